@@ -1,0 +1,326 @@
+//! The Qwen2-Audio audio encoder (`audio_tower`): a Whisper encoder followed by an average pool.
+//!
+//! Mirrors `Qwen2AudioEncoder` in transformers'
+//! `src/transformers/models/qwen2_audio/modeling_qwen2_audio.py`:
+//!
+//! ```text
+//! mel (1, n_mels, 2P) -> gelu(conv1 k3 p1) -> gelu(conv2 k3 s2 p1) -> (1, P, d) + embed_positions
+//!     -> L x [x + out_proj(MHA(LN1 x)); x + fc2(act(fc1(LN2 x)))]       (keys >= T1 masked)
+//!     -> AvgPool1d(2, 2) -> LayerNorm -> (N, d)
+//! ```
+//! with `P = max_source_positions`, `T1 = (F - 1) / 2 + 1` for `F` valid mel frames and
+//! `N = (T1 - 2) / 2 + 1` valid output tokens.
+//!
+//! The reference always runs all `P` positions and masks the padded keys. Since masked keys
+//! receive no attention and the valid rows only see the convolution's receptive field, running
+//! the stack on the first `T1` positions gives the same valid rows: [`EncodeOptions::full_length`]
+//! keeps the reference's full path for checking that claim.
+//!
+//! On request the encoder also returns each output token's **attention score**: the attention it
+//! receives in the last layer, averaged over heads and valid queries, then averaged in pairs like
+//! the pooler (see `shared/reference/pruning.md` §1).
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{
+    conv1d, layer_norm, linear, linear_no_bias, Activation, Conv1d, Conv1dConfig, LayerNorm,
+    LayerNormConfig, Linear, VarBuilder,
+};
+
+use crate::config::EncoderConfig;
+use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
+
+const LAYER_NORM_EPS: f64 = 1e-5;
+/// `torch.finfo(torch.float16).max - 1000`: the reference clamps f16 activations to this.
+const F16_CLAMP: f64 = 64504.0;
+
+/// What [`Qwen2AudioEncoder::forward`] should compute besides the hidden states.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodeOptions {
+    /// Also return the per-token attention scores of the last layer.
+    pub scores: bool,
+    /// Run all `max_source_positions` positions with a key-padding mask, as the reference does,
+    /// instead of only the valid prefix. Slower; the valid rows are the same.
+    pub full_length: bool,
+}
+
+/// The encoder's output for one window.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    /// `(N, d_model)`: the valid tokens after the pool and the final LayerNorm.
+    pub hidden: Tensor,
+    /// `N` attention scores, when [`EncodeOptions::scores`] asked for them.
+    pub scores: Option<Vec<f32>>,
+}
+
+impl EncoderOutput {
+    /// Number of valid audio tokens `N`.
+    pub fn len(&self) -> usize {
+        self.hidden.dims().first().copied().unwrap_or(0)
+    }
+
+    /// True when the window yields no token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = cfg.d_model;
+        Ok(Self {
+            q_proj: linear(d, d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v_proj: linear(d, d, vb.pp("v_proj"))?,
+            out_proj: linear(d, d, vb.pp("out_proj"))?,
+            heads: cfg.encoder_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// `(b, s, d) -> (b, heads, s, head_dim)`.
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Returns the attention output and, when `want_probs`, the attention probabilities
+    /// `(b, heads, s, s)` in f32.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (b, s, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?)?;
+        let k = self.split_heads(&self.k_proj.forward(x)?)?;
+        let v = self.split_heads(&self.v_proj.forward(x)?)?;
+        let logits = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let logits = match mask {
+            Some(mask) => logits.broadcast_add(mask)?,
+            None => logits,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
+        let out = out.transpose(1, 2)?.reshape((b, s, d))?;
+        let out = self.out_proj.forward(&out)?;
+        Ok((out, want_probs.then_some(probs)))
+    }
+}
+
+struct EncoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+    activation: Activation,
+}
+
+impl EncoderLayer {
+    fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = cfg.d_model;
+        let ln = LayerNormConfig {
+            eps: LAYER_NORM_EPS,
+            ..Default::default()
+        };
+        Ok(Self {
+            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_attn_layer_norm: layer_norm(d, ln, vb.pp("self_attn_layer_norm"))?,
+            fc1: linear(d, cfg.encoder_ffn_dim, vb.pp("fc1"))?,
+            fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
+            final_layer_norm: layer_norm(d, ln, vb.pp("final_layer_norm"))?,
+            activation: cfg.activation_function,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let h = self.self_attn_layer_norm.forward(x)?;
+        let (h, probs) = self.self_attn.forward(&h, mask, want_probs)?;
+        let x = (x + h)?;
+        let h = self.final_layer_norm.forward(&x)?;
+        let h = self
+            .fc2
+            .forward(&self.activation.forward(&self.fc1.forward(&h)?)?)?;
+        let mut x = (x + h)?;
+        if x.dtype() == DType::F16 {
+            x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
+        }
+        Ok((x, probs))
+    }
+}
+
+/// The Whisper-style encoder of Qwen2-Audio with its average pool and final LayerNorm.
+pub struct Qwen2AudioEncoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    embed_positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    layer_norm: LayerNorm,
+    cfg: EncoderConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl Qwen2AudioEncoder {
+    /// Loads the encoder from `vb`, which must point at the checkpoint's `audio_tower` prefix.
+    pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self, AudioError> {
+        cfg.validate()?;
+        let d = cfg.d_model;
+        let conv1 = conv1d(
+            cfg.num_mel_bins,
+            d,
+            3,
+            Conv1dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+            vb.pp("conv1"),
+        )?;
+        let conv2 = conv1d(
+            d,
+            d,
+            3,
+            Conv1dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            },
+            vb.pp("conv2"),
+        )?;
+        let embed_positions = vb
+            .pp("embed_positions")
+            .get((cfg.max_source_positions, d), "weight")?;
+        let layers = (0..cfg.encoder_layers)
+            .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let layer_norm = layer_norm(
+            d,
+            LayerNormConfig {
+                eps: LAYER_NORM_EPS,
+                ..Default::default()
+            },
+            vb.pp("layer_norm"),
+        )?;
+        Ok(Self {
+            conv1,
+            conv2,
+            embed_positions,
+            layers,
+            layer_norm,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The configuration the encoder was built from.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// Encodes one 30 s window of log-mel features.
+    ///
+    /// `mel` must have `num_mel_bins` rows and `2 * max_source_positions` frames, of which
+    /// `mel.valid_frames` are real audio. Returns the `N` valid tokens.
+    pub fn forward(&self, mel: &LogMel, opts: EncodeOptions) -> Result<EncoderOutput, AudioError> {
+        let frames = self.cfg.mel_frames();
+        if mel.n_mels != self.cfg.num_mel_bins || mel.n_frames != frames {
+            return Err(AudioError::ShapeMismatch {
+                what: "log-mel features".to_string(),
+                expected: format!("({}, {frames})", self.cfg.num_mel_bins),
+                actual: format!("({}, {})", mel.n_mels, mel.n_frames),
+            });
+        }
+        let t1 = conv_output_len(mel.valid_frames).min(self.cfg.max_source_positions);
+        let n = audio_token_count(mel.valid_frames).min(t1 / 2);
+        if n == 0 {
+            return Err(AudioError::ShapeMismatch {
+                what: "valid mel frames".to_string(),
+                expected: "at least 3 frames (one encoder token)".to_string(),
+                actual: mel.valid_frames.to_string(),
+            });
+        }
+        let input = Tensor::from_slice(&mel.data, (1, mel.n_mels, mel.n_frames), &self.device)?;
+        // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding 1), so
+        // the short path keeps exactly the receptive field of the first T1 positions.
+        let (input, positions) = if opts.full_length {
+            (input, self.cfg.max_source_positions)
+        } else {
+            let keep = (2 * t1 + 1).min(frames);
+            (input.narrow(2, 0, keep)?, t1)
+        };
+        let x = input.to_dtype(self.dtype)?;
+        let x = self.conv1.forward(&x)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = x.narrow(2, 0, positions)?.transpose(1, 2)?;
+        let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
+
+        let mask = if positions > t1 {
+            let row: Vec<f32> = (0..positions)
+                .map(|j| if j < t1 { 0.0 } else { f32::NEG_INFINITY })
+                .collect();
+            Some(Tensor::from_vec(row, (1, 1, 1, positions), &self.device)?)
+        } else {
+            None
+        };
+        let last = self.layers.len().saturating_sub(1);
+        let mut probs = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (next, p) = layer.forward(&x, mask.as_ref(), opts.scores && i == last)?;
+            x = next;
+            if p.is_some() {
+                probs = p;
+            }
+        }
+
+        // AvgPool1d(2, 2) over the valid prefix, then the final LayerNorm.
+        let d = self.cfg.d_model;
+        let pooled = x
+            .narrow(1, 0, 2 * n)?
+            .reshape((1, n, 2, d))?
+            .mean(2)?
+            .squeeze(0)?;
+        let hidden = self.layer_norm.forward(&pooled)?;
+
+        let scores = match probs {
+            Some(p) => Some(pooled_scores(&p, t1, n)?),
+            None => None,
+        };
+        Ok(EncoderOutput { hidden, scores })
+    }
+}
+
+/// Attention received per key, averaged over heads and the first `t1` (valid) queries, then over
+/// key pairs like the pooler: `score[t] = (s[2t] + s[2t + 1]) / 2` for `t < n`.
+fn pooled_scores(probs: &Tensor, t1: usize, n: usize) -> candle_core::Result<Vec<f32>> {
+    let (_, heads, _, _) = probs.dims4()?;
+    let received = probs
+        .narrow(2, 0, t1)?
+        .sum(2)?
+        .sum(1)?
+        .squeeze(0)?
+        .affine(1.0 / (heads * t1) as f64, 0.0)?;
+    let per_key = received.narrow(D::Minus1, 0, 2 * n)?.to_vec1::<f32>()?;
+    Ok(per_key
+        .chunks_exact(2)
+        .map(|pair| (pair[0] + pair[1]) / 2.0)
+        .collect())
+}

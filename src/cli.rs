@@ -1,0 +1,715 @@
+//! Argument parsing and output for the `auris` binary.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use auris::checkpoint::{ModelSource, DEFAULT_MODEL};
+use auris::pipeline::Response;
+use auris::prompt::{multiple_choice, parse_choice};
+use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request};
+use auris_prune::{Policy, Remainder, Strategy};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+/// An error in how auris was called (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Audio-language inference for Qwen2-Audio-style models, with segmentwise token pruning.
+///
+/// auris decodes an audio file, computes Whisper log-mel features, encodes them, optionally
+/// keeps only the most attended audio tokens in each time segment, and lets the Qwen2 language
+/// model answer. Results go to stdout (text, or JSON Lines with --json); logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "auris", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Caption audio files, one line (or JSON object) per file.
+    ///
+    /// Example: auris caption --model models/tiny-chat tests/fixtures/audio/tone_440_16k.wav
+    Caption {
+        /// Audio files (WAV, FLAC, MP3, Ogg Vorbis; any rate and channel count).
+        #[arg(required = true, value_name = "AUDIO")]
+        audio: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Ask a question about an audio file, optionally multiple-choice.
+    ///
+    /// Example: auris ask clip.wav --question "What is heard?" --choice dog --choice violin
+    Ask {
+        /// The audio file.
+        #[arg(value_name = "AUDIO")]
+        audio: PathBuf,
+        /// The question.
+        #[arg(long, short = 'q')]
+        question: String,
+        /// An answer choice (repeat for each; rendered as "(A) ...", "(B) ...").
+        #[arg(long = "choice", value_name = "TEXT")]
+        choices: Vec<String>,
+        /// Pick the choice with the highest log-likelihood instead of generating an answer.
+        #[arg(long, requires = "choices")]
+        score_choices: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run up to the prompt logits and save the intermediate tensors to a safetensors file.
+    ///
+    /// Tensors: input_features, audio_embeds, audio_scores, projected, prompt_logits (f32).
+    Inspect {
+        /// The audio file.
+        #[arg(value_name = "AUDIO")]
+        audio: PathBuf,
+        /// Where to write the tensors.
+        #[arg(long, value_name = "FILE.safetensors")]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    #[command(flatten)]
+    prune: PruneArgs,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    /// Print one JSON object per input (JSON Lines) instead of plain text.
+    #[arg(long, help_heading = "Output")]
+    json: bool,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
+struct ModelArgs {
+    /// A model folder in the hub layout, or a hub id (cached under HF_HOME; set
+    /// HF_HUB_OFFLINE=1 to use the cache only).
+    #[arg(long, short = 'm', default_value = DEFAULT_MODEL, env = "AURIS_MODEL")]
+    model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Compute dtype: auto (f32 on CPU, bf16 on CUDA, f16 on Metal), f32, f16 or bf16.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    dtype: DtypeArg,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Prompt")]
+struct PromptArgs {
+    /// The instruction placed in the model's prompt format [default for caption: "Describe the
+    /// audio in one sentence." on chat models, "Generate the caption in English:" on base
+    /// models].
+    #[arg(long, conflicts_with = "raw_prompt")]
+    prompt: Option<String>,
+    /// A system message (chat models only).
+    #[arg(long, conflicts_with = "raw_prompt")]
+    system: Option<String>,
+    /// The complete prompt text, used verbatim; its <|AUDIO|> placeholder is expanded into
+    /// the audio tokens.
+    #[arg(long)]
+    raw_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum StrategyArg {
+    /// Keep every audio token.
+    None,
+    /// Segmentwise Top-K: the best tokens of each time segment.
+    Segmentwise,
+    /// The globally most attended tokens.
+    Topk,
+    /// The least attended tokens (an ablation).
+    Bottomk,
+    /// Tokens drawn at random (--seed).
+    Random,
+    /// Evenly spaced tokens.
+    Uniform,
+    /// VisionZip: dominant tokens plus merged contextual tokens.
+    Visionzip,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RemainderArg {
+    /// Give the K - S*floor(K/S) leftover slots to the best remaining tokens.
+    Spread,
+    /// Keep only S*floor(K/S) tokens, as the paper does.
+    Drop,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Pruning")]
+struct PruneArgs {
+    /// Which audio tokens the language model sees.
+    #[arg(long, value_enum, default_value_t = StrategyArg::None)]
+    prune: StrategyArg,
+    /// Fraction of the audio tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.25)]
+    keep: f32,
+    /// Number of time segments for --prune segmentwise.
+    #[arg(long, default_value_t = 10)]
+    segments: usize,
+    /// What segmentwise does with the budget left after the per-segment quotas.
+    #[arg(long, value_enum, default_value_t = RemainderArg::Spread)]
+    segment_remainder: RemainderArg,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Generation (defaults from the model's generation_config.json)")]
+struct GenerationArgs {
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = auris::DEFAULT_MAX_NEW_TOKENS)]
+    max_new_tokens: usize,
+    /// Always take the most likely token (the repetition penalty still applies).
+    #[arg(long)]
+    greedy: bool,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample within the top-p probability mass.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Penalty for tokens already in the prompt or output (1 = off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed for sampling and --prune random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl PruneArgs {
+    fn policy(&self, seed: u64) -> Result<Policy> {
+        let strategy = match self.prune {
+            StrategyArg::None => Strategy::None,
+            StrategyArg::Segmentwise => Strategy::Segmentwise {
+                segments: self.segments,
+                remainder: match self.segment_remainder {
+                    RemainderArg::Spread => Remainder::Spread,
+                    RemainderArg::Drop => Remainder::Drop,
+                },
+            },
+            StrategyArg::Topk => Strategy::TopK,
+            StrategyArg::Bottomk => Strategy::BottomK,
+            StrategyArg::Random => Strategy::Random { seed },
+            StrategyArg::Uniform => Strategy::Uniform,
+            StrategyArg::Visionzip => Strategy::VisionZip {
+                contextual_share: 0.18,
+            },
+        };
+        let keep = if matches!(strategy, Strategy::None) {
+            1.0
+        } else {
+            self.keep
+        };
+        Policy::new(strategy, keep).map_err(|e| usage(e.to_string()))
+    }
+
+    fn describe(&self) -> Value {
+        let name = self
+            .prune
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        if self.prune == StrategyArg::None {
+            json!({ "strategy": name })
+        } else {
+            json!({
+                "strategy": name,
+                "keep": self.keep,
+                "segments": self.segments,
+                "segment_remainder": format!("{:?}", self.segment_remainder).to_lowercase(),
+            })
+        }
+    }
+}
+
+fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_lowercase();
+    let device = match spec.as_str() {
+        "cpu" => Device::Cpu,
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0)?
+            } else if candle_core::utils::metal_is_available() {
+                Device::new_metal(0)?
+            } else {
+                Device::Cpu
+            }
+        }
+        "metal" => Device::new_metal(0)
+            .map_err(|e| anyhow::anyhow!("cannot open the Metal device: {e}"))?,
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| usage(format!("invalid --device {spec}: expected cuda:N")))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal)
+                .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e}"))?
+        }
+        _ => {
+            return Err(usage(format!(
+                "invalid --device {spec}: expected auto, cpu, cuda, cuda:N or metal"
+            )))
+        }
+    };
+    Ok(device)
+}
+
+fn pick_dtype(arg: DtypeArg, device: &Device) -> DType {
+    match arg {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F16 => DType::F16,
+        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::Auto => match device {
+            Device::Cpu => DType::F32,
+            Device::Cuda(_) => DType::BF16,
+            Device::Metal(_) => DType::F16,
+        },
+    }
+}
+
+fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
+struct Session {
+    pipeline: Pipeline,
+    load_ms: f64,
+    quiet: bool,
+}
+
+fn load(args: &ModelArgs, quiet: bool) -> Result<Session> {
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            return Err(usage("--threads must be at least 1"));
+        }
+        // Candle's CPU kernels size their thread pools from this variable; it is read once,
+        // before any tensor work starts, and nothing else runs yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = pick_dtype(args.dtype, &device);
+    let source = ModelSource::parse(&args.model, args.revision.as_deref())?;
+    if !quiet {
+        eprintln!(
+            "auris: loading {} on {} ({dtype:?})",
+            source.display(),
+            device_name(&device)
+        );
+    }
+    let start = Instant::now();
+    let pipeline = Pipeline::load(
+        &source,
+        &LoadOptions {
+            device,
+            dtype,
+            progress: !quiet,
+        },
+    )?;
+    Ok(Session {
+        pipeline,
+        load_ms: start.elapsed().as_secs_f64() * 1e3,
+        quiet,
+    })
+}
+
+fn prompt_spec(args: &PromptArgs, default_instruction: &str) -> PromptSpec {
+    match &args.raw_prompt {
+        Some(raw) => PromptSpec::Raw(raw.clone()),
+        None => PromptSpec::Instruction {
+            text: args
+                .prompt
+                .clone()
+                .unwrap_or_else(|| default_instruction.to_string()),
+            system: args.system.clone(),
+        },
+    }
+}
+
+fn generate_options(
+    pipeline: &Pipeline,
+    args: &GenerationArgs,
+) -> Result<auris_llm::GenerateOptions> {
+    let mut opts = pipeline.default_generate_options(args.max_new_tokens);
+    if args.max_new_tokens == 0 {
+        return Err(usage("--max-new-tokens must be at least 1"));
+    }
+    let s = &mut opts.sampling;
+    if let Some(t) = args.temperature {
+        if !(t >= 0.0 && t.is_finite()) {
+            return Err(usage(format!("invalid --temperature {t}: must be >= 0")));
+        }
+        s.temperature = (t > 0.0).then_some(t);
+    }
+    if let Some(k) = args.top_k {
+        s.top_k = (k > 0).then_some(k);
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(usage(format!("invalid --top-p {p}: must be in (0, 1]")));
+        }
+        s.top_p = (p < 1.0).then_some(p);
+    }
+    if let Some(r) = args.repetition_penalty {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(usage(format!(
+                "invalid --repetition-penalty {r}: must be > 0"
+            )));
+        }
+        s.repetition_penalty = r;
+    }
+    if args.greedy {
+        s.temperature = None;
+    }
+    s.seed = args.seed;
+    Ok(opts)
+}
+
+fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
+    let t = &r.timings;
+    json!({
+        "audio": r.audio.display().to_string(),
+        "duration_s": r.duration_s,
+        "sample_rate": r.sample_rate,
+        "n_audio_tokens": r.n_audio_tokens,
+        "n_kept": r.n_kept,
+        "kept_indices": r.kept_indices,
+        "prune": prune.describe(),
+        "prompt": r.prompt,
+        "prompt_token_ids": r.prompt_token_ids,
+        "output_token_ids": r.output_token_ids,
+        "text": r.text,
+        "timings_ms": {
+            "load": load_ms,
+            "decode_audio": t.decode_audio,
+            "mel": t.mel,
+            "encoder": t.encoder,
+            "projector": t.projector,
+            "prefill": t.prefill,
+            "generate": t.generate,
+        },
+        "tokens_per_s": t.tokens_per_s,
+    })
+}
+
+fn print_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn log_done(session: &Session, r: &Response) {
+    if session.quiet {
+        return;
+    }
+    eprintln!(
+        "auris: {}: {:.1} s audio, {} audio tokens (kept {}), {} new tokens, encoder {:.0} ms, prefill {:.0} ms, {:.1} tok/s",
+        r.audio.display(),
+        r.duration_s,
+        r.n_audio_tokens,
+        r.n_kept,
+        r.output_token_ids.len(),
+        r.timings.encoder,
+        r.timings.prefill,
+        r.timings.tokens_per_s
+    );
+}
+
+/// Runs the command line; the exit status reflects failed inputs.
+pub(crate) fn main() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            e.print()?;
+            return Ok(ExitCode::from(code as u8));
+        }
+    };
+    match cli.command {
+        Command::Caption { audio, common } => caption(&audio, &common),
+        Command::Ask {
+            audio,
+            question,
+            choices,
+            score_choices,
+            common,
+        } => ask(audio, &question, &choices, score_choices, &common),
+        Command::Inspect { audio, out, common } => inspect(audio, &out, &common),
+    }
+}
+
+fn check_prompt_args(common: &Common) -> Result<()> {
+    if let Some(raw) = &common.prompt.raw_prompt {
+        if !raw.contains(auris::prompt::AUDIO_TOKEN) {
+            return Err(usage(format!(
+                "--raw-prompt must contain the audio placeholder {}",
+                auris::prompt::AUDIO_TOKEN
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn caption(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
+    check_prompt_args(common)?;
+    let policy = common.prune.policy(common.generation.seed)?;
+    let session = load(&common.model, common.quiet)?;
+    let p = &session.pipeline;
+    let generate = generate_options(p, &common.generation)?;
+    let spec = prompt_spec(&common.prompt, p.default_caption_instruction());
+    let mut failed = 0;
+    for path in audio {
+        let request = Request {
+            audio: path.clone(),
+            prompt: spec.clone(),
+            policy,
+            generate: generate.clone(),
+            score_choices: None,
+            inspect: false,
+            prompt_only: false,
+        };
+        match p.run(&request, &mut |_| true) {
+            Ok(r) => {
+                log_done(&session, &r);
+                if common.json {
+                    print_line(&response_json(&r, &common.prune, session.load_ms).to_string())?;
+                } else {
+                    print_line(r.text.trim())?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                report_failure(path, &e, common.json)?;
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
+    eprintln!("error: {}: {err}", path.display());
+    if let Some(hint) = hint_for_error(err) {
+        eprintln!("hint: {hint}");
+    }
+    if json {
+        print_line(
+            &json!({ "audio": path.display().to_string(), "error": err.to_string() }).to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+fn ask(
+    audio: PathBuf,
+    question: &str,
+    choices: &[String],
+    score_choices: bool,
+    common: &Common,
+) -> Result<ExitCode> {
+    check_prompt_args(common)?;
+    if common.prompt.prompt.is_some() {
+        return Err(usage(
+            "ask takes its instruction from --question, not --prompt",
+        ));
+    }
+    let policy = common.prune.policy(common.generation.seed)?;
+    let session = load(&common.model, common.quiet)?;
+    let p = &session.pipeline;
+    let text = if choices.is_empty() {
+        question.to_string()
+    } else {
+        multiple_choice(question, choices)
+    };
+    let spec = match &common.prompt.raw_prompt {
+        Some(raw) => PromptSpec::Raw(raw.clone()),
+        None => PromptSpec::Instruction {
+            text,
+            system: common.prompt.system.clone(),
+        },
+    };
+    let request = Request {
+        audio: audio.clone(),
+        prompt: spec,
+        policy,
+        generate: generate_options(p, &common.generation)?,
+        score_choices: score_choices.then(|| choices.to_vec()),
+        inspect: false,
+        prompt_only: false,
+    };
+    let r = match p.run(&request, &mut |_| true) {
+        Ok(r) => r,
+        Err(e) => {
+            report_failure(&audio, &e, common.json)?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    log_done(&session, &r);
+    let answer = match &r.choice_logprobs {
+        Some(lp) => lp
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i),
+        None if !choices.is_empty() => parse_choice(&r.text, choices),
+        None => None,
+    };
+    let letter = answer.map(|i| auris::prompt::choice_letter(i).to_string());
+    if common.json {
+        let mut v = response_json(&r, &common.prune, session.load_ms);
+        if !choices.is_empty() {
+            v["choices"] = json!(choices);
+            v["answer"] = json!(letter);
+            v["answer_text"] = json!(answer.map(|i| choices[i].clone()));
+        }
+        if let Some(lp) = &r.choice_logprobs {
+            v["choice_logprobs"] = json!(lp);
+        }
+        print_line(&v.to_string())?;
+    } else {
+        match (answer, &r.choice_logprobs) {
+            (Some(i), _) => print_line(&format!("({}) {}", choice_letter(i), choices[i]))?,
+            (None, Some(_)) => print_line("")?,
+            (None, None) => print_line(r.text.trim())?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn choice_letter(i: usize) -> char {
+    auris::prompt::choice_letter(i)
+}
+
+fn inspect(audio: PathBuf, out: &std::path::Path, common: &Common) -> Result<ExitCode> {
+    check_prompt_args(common)?;
+    let policy = common.prune.policy(common.generation.seed)?;
+    let session = load(&common.model, common.quiet)?;
+    let p = &session.pipeline;
+    let request = Request {
+        audio: audio.clone(),
+        prompt: prompt_spec(&common.prompt, p.default_caption_instruction()),
+        policy,
+        generate: generate_options(p, &common.generation)?,
+        score_choices: None,
+        inspect: true,
+        prompt_only: true,
+    };
+    let r = match p.run(&request, &mut |_| true) {
+        Ok(r) => r,
+        Err(e) => {
+            report_failure(&audio, &e, common.json)?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let inspection = r
+        .inspection
+        .as_ref()
+        .context("the pipeline returned no intermediate tensors")?;
+    let tensors = HashMap::from([
+        (
+            "input_features".to_string(),
+            inspection.input_features.clone(),
+        ),
+        ("audio_embeds".to_string(), inspection.audio_embeds.clone()),
+        ("audio_scores".to_string(), inspection.audio_scores.clone()),
+        ("projected".to_string(), inspection.projected.clone()),
+        (
+            "prompt_logits".to_string(),
+            inspection.prompt_logits.clone(),
+        ),
+    ]);
+    candle_core::safetensors::save(&tensors, out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    if common.json {
+        let mut v = response_json(&r, &common.prune, session.load_ms);
+        v["out"] = json!(out.display().to_string());
+        print_line(&v.to_string())?;
+    } else {
+        print_line(&out.display().to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hint_for_error(err: &Error) -> Option<String> {
+    Some(match err {
+        Error::NotAModelFolder { .. } | Error::MissingFile { .. } => {
+            "--model takes a folder with config.json, tokenizer.json and safetensors weights, or a hub id such as Qwen/Qwen2-Audio-7B-Instruct".to_string()
+        }
+        Error::OfflineMissing { id, .. } => format!(
+            "unset HF_HUB_OFFLINE to download {id}, or fetch it once on a connected machine into HF_HOME"
+        ),
+        Error::Hub { .. } => {
+            "check the hub id and your network, or pass a local model folder with --model".to_string()
+        }
+        Error::PlaceholderCount { .. } => {
+            "a prompt needs exactly one <|AUDIO|> placeholder per audio file".to_string()
+        }
+        Error::Audio(auris_audio::AudioError::TooShort { .. }) => {
+            "the encoder needs at least 3 mel frames (about 0.02 s of audio)".to_string()
+        }
+        Error::Audio(_) => {
+            "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
+        }
+        _ => return None,
+    })
+}
+
+/// A hint line for an error that ended the whole run.
+pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
+    if let Some(e) = err.downcast_ref::<Error>() {
+        return hint_for_error(e);
+    }
+    if err.downcast_ref::<UsageError>().is_some() {
+        return Some("run auris <COMMAND> --help for the options".to_string());
+    }
+    None
+}

@@ -1,0 +1,193 @@
+//! `config.json` and `generation_config.json` of a Qwen2-Audio checkpoint.
+//!
+//! [`ModelConfig`] mirrors transformers' `Qwen2AudioConfig`: the nested `audio_config`
+//! ([`EncoderConfig`]) and `text_config` ([`Qwen2Config`]) take the transformers defaults for
+//! every field the file omits (the hub's Qwen2-Audio-7B config omits the LLM's sizes).
+
+use std::path::Path;
+
+use auris_audio::config::EncoderConfig;
+use auris_llm::Qwen2Config;
+use serde::Deserialize;
+
+use crate::checkpoint::read_json;
+use crate::Error;
+
+/// `config.json` of `Qwen2AudioForConditionalGeneration`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ModelConfig {
+    /// The audio encoder.
+    pub audio_config: EncoderConfig,
+    /// The Qwen2 language model.
+    pub text_config: Qwen2Config,
+    /// Id of the `<|AUDIO|>` placeholder token.
+    #[serde(alias = "audio_token_id")]
+    pub audio_token_index: u32,
+    /// `model_type`; `qwen2_audio` for the supported architecture.
+    pub model_type: Option<String>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            audio_config: EncoderConfig::default(),
+            text_config: Qwen2Config::default(),
+            audio_token_index: 151_646,
+            model_type: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let cfg: Self = read_json(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks both sub-configs and how they fit together.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(kind) = &self.model_type {
+            if kind != "qwen2_audio" {
+                return Err(Error::InvalidConfig {
+                    field: "model_type".to_string(),
+                    value: kind.clone(),
+                    reason: "auris runs qwen2_audio checkpoints".to_string(),
+                });
+            }
+        }
+        self.audio_config.validate()?;
+        self.text_config.validate()?;
+        let vocab = self.text_config.vocab_size;
+        if self.audio_token_index as usize >= vocab {
+            return Err(Error::InvalidConfig {
+                field: "audio_token_index".to_string(),
+                value: self.audio_token_index.to_string(),
+                reason: format!("outside the vocabulary of {vocab} rows"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One id or a list of ids, as `eos_token_id` may be either.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// A single id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    /// The ids as a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// `generation_config.json`: the decoding defaults a model ships with.
+///
+/// Missing fields take transformers' `GenerationConfig` defaults (greedy, temperature 1,
+/// top-k 50, top-p 1, no repetition penalty).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct GenerationConfig {
+    /// Sample instead of taking the most likely token.
+    pub do_sample: bool,
+    /// Softmax temperature when sampling.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens when sampling (0 = off).
+    pub top_k: usize,
+    /// Nucleus threshold when sampling (1 = off).
+    pub top_p: f64,
+    /// HF repetition penalty (1 = off); it applies to greedy decoding too.
+    pub repetition_penalty: f32,
+    /// Ids that end generation.
+    pub eos_token_id: Option<TokenIds>,
+    /// Padding id.
+    pub pad_token_id: Option<TokenIds>,
+    /// Default cap on new tokens, when the model sets one.
+    pub max_new_tokens: Option<usize>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            eos_token_id: None,
+            pad_token_id: None,
+            max_new_tokens: None,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json`, or the defaults when the model has none.
+    pub fn from_file(path: Option<&Path>) -> Result<Self, Error> {
+        match path {
+            Some(path) => read_json(path),
+            None => Ok(Self::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_config_gets_transformers_defaults() {
+        // The shape of Qwen2-Audio-7B-Instruct's config.json: the LLM's sizes are omitted.
+        let json = r#"{
+          "architectures": ["Qwen2AudioForConditionalGeneration"],
+          "audio_config": {"model_type": "qwen2_audio_encoder", "num_mel_bins": 128,
+            "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+            "d_model": 1280, "activation_function": "gelu", "scale_embedding": false,
+            "max_source_positions": 1500},
+          "audio_token_index": 151646, "ignore_index": -100, "model_type": "qwen2_audio",
+          "text_config": {"bos_token_id": 151643, "eos_token_id": 151645,
+            "intermediate_size": 11008, "max_position_embeddings": 8192, "model_type": "qwen2",
+            "rms_norm_eps": 1e-05, "rope_theta": 10000, "sliding_window": 32768,
+            "torch_dtype": "bfloat16", "use_mrope": false, "vocab_size": 156032},
+          "vocab_size": 156032
+        }"#;
+        let cfg: ModelConfig = serde_json::from_str(json).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.text_config.hidden_size, 4096);
+        assert_eq!(cfg.text_config.num_hidden_layers, 32);
+        assert_eq!(cfg.text_config.num_kv_heads(), 32);
+        assert_eq!(cfg.text_config.intermediate_size, 11008);
+        assert_eq!(cfg.audio_config.d_model, 1280);
+        assert_eq!(cfg.audio_token_index, 151646);
+    }
+
+    #[test]
+    fn audio_token_id_alias_and_validation() {
+        let cfg: ModelConfig =
+            serde_json::from_str(r#"{"audio_token_id": 7, "text_config": {"vocab_size": 5}}"#)
+                .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("audio_token_index"), "{err}");
+    }
+
+    #[test]
+    fn eos_may_be_one_or_many() {
+        let g: GenerationConfig = serde_json::from_str(r#"{"eos_token_id": 3}"#).unwrap();
+        assert_eq!(g.eos_token_id.unwrap().to_vec(), vec![3]);
+        let g: GenerationConfig =
+            serde_json::from_str(r#"{"eos_token_id": [3, 4], "do_sample": true}"#).unwrap();
+        assert_eq!(g.eos_token_id.unwrap().to_vec(), vec![3, 4]);
+        assert_eq!(g.top_k, 50);
+    }
+}

@@ -1,0 +1,34 @@
+//! The `auris` command line: parse arguments, call the pipeline, print results.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::main() {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            let usage = err.downcast_ref::<cli::UsageError>().is_some();
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = writeln!(stderr, "  caused by: {cause}");
+            }
+            if let Some(hint) = cli::hint_for(&err) {
+                let _ = writeln!(stderr, "hint: {hint}");
+            }
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

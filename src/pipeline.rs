@@ -1,0 +1,756 @@
+//! The pipeline: audio file -> log-mel -> encoder (+ scores) -> pruning -> projector -> prompt
+//! merge -> Qwen2 decoder -> text.
+//!
+//! [`Pipeline`] holds the loaded stages and no per-request state; each [`Request`] is run on its
+//! own KV cache. Data flows one way through the stages; shapes are checked between stages when
+//! the model is loaded.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use auris_audio::config::EncoderConfig;
+use auris_audio::encoder::{EncodeOptions, EncoderOutput, Qwen2AudioEncoder};
+use auris_audio::{LogMel, MelConfig, MelExtractor};
+use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams};
+use auris_projector::MultiModalProjector;
+use auris_prune::{Policy, Strategy, WindowInput};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::checkpoint::{self, ModelFiles, ModelSource, WeightStore};
+use crate::config::{GenerationConfig, ModelConfig};
+use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens, AUDIO_TOKEN};
+use crate::Error;
+
+/// The instruction used by `caption` on a chat model when the user gives none.
+pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
+/// The instruction used by `caption` on a base model (the model card's captioning prompt).
+pub const DEFAULT_BASE_CAPTION: &str = "Generate the caption in English:";
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the tensors live and the computation runs.
+    pub device: Device,
+    /// Compute dtype of the weights (f32 on CPU by default).
+    pub dtype: DType,
+    /// Show download progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            progress: false,
+        }
+    }
+}
+
+/// A decoded audio file, cut into 30 s windows of log-mel features.
+#[derive(Debug, Clone)]
+pub struct AudioInput {
+    /// The file.
+    pub path: PathBuf,
+    /// The file's own sample rate.
+    pub sample_rate: u32,
+    /// The file's channel count.
+    pub channels: usize,
+    /// Samples after downmixing and resampling to 16 kHz.
+    pub n_samples: usize,
+    /// One log-mel window per started 30 s.
+    pub windows: Vec<LogMel>,
+    /// Milliseconds spent decoding and resampling.
+    pub decode_ms: f64,
+    /// Milliseconds spent on the log-mel features.
+    pub mel_ms: f64,
+}
+
+impl AudioInput {
+    /// Length of the audio in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.n_samples as f64 / f64::from(auris_audio::SAMPLE_RATE)
+    }
+}
+
+/// The audio tokens handed to the language model, after pruning.
+#[derive(Debug, Clone)]
+pub struct AudioTokens {
+    /// `(n_kept, d_audio)` encoder rows in time order.
+    pub rows: Tensor,
+    /// Tokens the encoder produced over all windows.
+    pub n_audio_tokens: usize,
+    /// Indices of the kept tokens, counted across windows.
+    pub kept_indices: Vec<usize>,
+    /// Attention scores of every token (all windows), when computed.
+    pub scores: Option<Vec<f32>>,
+}
+
+/// What to put around the audio.
+#[derive(Debug, Clone)]
+pub enum PromptSpec {
+    /// An instruction placed in the model's prompt format (chat template or base prompt).
+    Instruction {
+        /// The instruction text.
+        text: String,
+        /// A system message (chat models only).
+        system: Option<String>,
+    },
+    /// The complete prompt text, used verbatim; each `<|AUDIO|>` is expanded.
+    Raw(String),
+}
+
+/// One run of the pipeline on one audio file.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The audio file.
+    pub audio: PathBuf,
+    /// The prompt.
+    pub prompt: PromptSpec,
+    /// Which audio tokens to keep.
+    pub policy: Policy,
+    /// Decoding parameters.
+    pub generate: GenerateOptions,
+    /// Answer choices to score by log-likelihood instead of generating (`ask --score-choices`).
+    pub score_choices: Option<Vec<String>>,
+    /// Keep the intermediate tensors (`auris inspect`).
+    pub inspect: bool,
+    /// Stop after the prompt logits (no generation).
+    pub prompt_only: bool,
+}
+
+/// Stage timings of one request, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Model loading (filled in by the caller, shared by every file of a call).
+    pub load: f64,
+    /// Decoding and resampling the audio.
+    pub decode_audio: f64,
+    /// Log-mel features.
+    pub mel: f64,
+    /// Encoder, scores included.
+    pub encoder: f64,
+    /// Pruning and projection.
+    pub projector: f64,
+    /// Prompt prefill up to the first logits.
+    pub prefill: f64,
+    /// Generating the new tokens.
+    pub generate: f64,
+    /// New tokens per second of `generate`.
+    pub tokens_per_s: f64,
+}
+
+/// Intermediate tensors of a request (`auris inspect`).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// `(n_mels, frames)` log-mel of the first window.
+    pub input_features: Tensor,
+    /// `(N, d_audio)` encoder output of all windows, valid rows.
+    pub audio_embeds: Tensor,
+    /// `(N,)` attention scores.
+    pub audio_scores: Tensor,
+    /// `(n_kept, hidden)` rows fed to the LLM.
+    pub projected: Tensor,
+    /// `(vocab,)` logits at the last prompt position.
+    pub prompt_logits: Tensor,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The audio file.
+    pub audio: PathBuf,
+    /// Duration in seconds.
+    pub duration_s: f64,
+    /// The file's sample rate.
+    pub sample_rate: u32,
+    /// Tokens the encoder produced.
+    pub n_audio_tokens: usize,
+    /// Tokens given to the LLM.
+    pub n_kept: usize,
+    /// Indices of the kept tokens across windows.
+    pub kept_indices: Vec<usize>,
+    /// Prompt text before placeholder expansion.
+    pub prompt: String,
+    /// Prompt ids after expansion.
+    pub prompt_token_ids: Vec<u32>,
+    /// Generated ids (stop token excluded).
+    pub output_token_ids: Vec<u32>,
+    /// Generated text.
+    pub text: String,
+    /// The stop id that ended generation, if any.
+    pub stopped_on: Option<u32>,
+    /// Log-likelihood of each answer choice, when scored.
+    pub choice_logprobs: Option<Vec<f32>>,
+    /// Stage timings.
+    pub timings: Timings,
+    /// Intermediate tensors, when asked for.
+    pub inspection: Option<Inspection>,
+}
+
+/// A loaded model: every stage, the tokenizer and the prompt format.
+pub struct Pipeline {
+    config: ModelConfig,
+    generation: GenerationConfig,
+    mel: MelExtractor,
+    encoder: Qwen2AudioEncoder,
+    projector: MultiModalProjector,
+    decoder: Qwen2Decoder,
+    tokenizer: Tokenizer,
+    special: SpecialTokens,
+    chat_template: Option<ChatTemplate>,
+    stop_ids: Vec<u32>,
+    device: Device,
+    name: String,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Pipeline {
+    /// Loads a model from a folder or the hub.
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self, Error> {
+        let files = checkpoint::resolve(source, opts.progress)?;
+        Self::from_files(&files, &source.display(), opts)
+    }
+
+    /// Loads a model whose files are already resolved.
+    pub fn from_files(files: &ModelFiles, name: &str, opts: &LoadOptions) -> Result<Self, Error> {
+        let config = ModelConfig::from_file(&files.config)?;
+        let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
+        let mel_config = match (&files.preprocessor_config, &files.processor_config) {
+            (Some(path), _) => MelConfig::from_preprocessor_json(path)?,
+            (None, Some(path)) => MelConfig::from_processor_json(path)?,
+            (None, None) => MelConfig::whisper(config.audio_config.num_mel_bins),
+        };
+        check_front_end(&mel_config, &config.audio_config)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
+        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)?;
+        let chat_template = ChatTemplate::from_model_files(
+            files.chat_template.as_deref(),
+            files.tokenizer_config.as_deref(),
+        )?;
+
+        let store = WeightStore::open(&files.weights)?;
+        let vb = store.var_builder(opts.dtype, &opts.device);
+        let encoder = Qwen2AudioEncoder::load(&config.audio_config, vb.pp("audio_tower"))?;
+        let projector = MultiModalProjector::load(
+            config.audio_config.d_model,
+            config.text_config.hidden_size,
+            vb.pp("multi_modal_projector"),
+        )?;
+        let decoder = Qwen2Decoder::load(&config.text_config, vb.pp("language_model"))?;
+        let coverage = store.coverage(&["language_model.lm_head.weight"]);
+        if !coverage.unused.is_empty() {
+            return Err(Error::UnusedTensors {
+                count: coverage.unused.len(),
+                examples: coverage
+                    .unused
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+
+        let stop_ids = stop_ids(&generation, &config, &tokenizer);
+        let mel = MelExtractor::new(mel_config)?;
+        Ok(Self {
+            config,
+            generation,
+            mel,
+            encoder,
+            projector,
+            decoder,
+            tokenizer,
+            special,
+            chat_template,
+            stop_ids,
+            device: opts.device.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The model's name as given when loading.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The parsed `config.json`.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The model's decoding defaults.
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// The audio encoder.
+    pub fn encoder(&self) -> &Qwen2AudioEncoder {
+        &self.encoder
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// True when the model has a chat template (an instruct model).
+    pub fn is_chat(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Ids that end generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// Decoding options from the model's `generation_config.json`, with `max_new_tokens`.
+    pub fn default_generate_options(&self, max_new_tokens: usize) -> GenerateOptions {
+        let g = &self.generation;
+        let sampling = if g.do_sample {
+            SamplingParams {
+                temperature: Some(g.temperature),
+                top_k: (g.top_k > 0).then_some(g.top_k),
+                top_p: (g.top_p < 1.0).then_some(g.top_p),
+                repetition_penalty: g.repetition_penalty,
+                seed: 0,
+            }
+        } else {
+            SamplingParams {
+                temperature: None,
+                top_k: None,
+                top_p: None,
+                repetition_penalty: g.repetition_penalty,
+                seed: 0,
+            }
+        };
+        GenerateOptions {
+            max_new_tokens,
+            stop_ids: self.stop_ids.clone(),
+            sampling,
+        }
+    }
+
+    /// Decodes, resamples and cuts an audio file into log-mel windows.
+    pub fn load_audio(&self, path: &Path) -> Result<AudioInput, Error> {
+        let start = Instant::now();
+        let pcm = auris_audio::decode_file(path)?;
+        let samples = auris_audio::to_16k(&pcm, path)?;
+        let decode_ms = ms(start);
+        let start = Instant::now();
+        let windows = self.mel.windows(&samples)?;
+        Ok(AudioInput {
+            path: path.to_path_buf(),
+            sample_rate: pcm.sample_rate,
+            channels: pcm.channels,
+            n_samples: samples.len(),
+            windows,
+            decode_ms,
+            mel_ms: ms(start),
+        })
+    }
+
+    /// Runs the encoder on every window.
+    pub fn encode(&self, audio: &AudioInput, scores: bool) -> Result<Vec<EncoderOutput>, Error> {
+        audio
+            .windows
+            .iter()
+            .map(|w| {
+                self.encoder
+                    .forward(
+                        w,
+                        EncodeOptions {
+                            scores,
+                            full_length: false,
+                        },
+                    )
+                    .map_err(Error::from)
+            })
+            .collect()
+    }
+
+    /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
+    /// order; kept indices count tokens across windows.
+    pub fn select(&self, encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
+        let n_audio_tokens: usize = encoded.iter().map(EncoderOutput::len).sum();
+        let all_scores: Option<Vec<f32>> = encoded
+            .iter()
+            .map(|w| w.scores.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat());
+        if matches!(policy.strategy, Strategy::None) {
+            let rows: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
+            return Ok(AudioTokens {
+                rows: Tensor::cat(&rows, 0)?,
+                n_audio_tokens,
+                kept_indices: (0..n_audio_tokens).collect(),
+                scores: all_scores,
+            });
+        }
+        let needs_vectors = matches!(policy.strategy, Strategy::VisionZip { .. });
+        let mut scores = Vec::with_capacity(encoded.len());
+        let mut vectors = Vec::with_capacity(encoded.len());
+        for w in encoded {
+            scores.push(w.scores.as_deref().ok_or_else(|| {
+                Error::Usage("pruning needs the encoder's attention scores".to_string())
+            })?);
+            vectors.push(if needs_vectors {
+                Some(
+                    w.hidden
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                )
+            } else {
+                None
+            });
+        }
+        let inputs: Vec<WindowInput<'_>> = encoded
+            .iter()
+            .zip(&scores)
+            .zip(&vectors)
+            .map(|((w, s), v)| match v {
+                Some(v) => WindowInput::with_vectors(s, v, w.hidden.dims()[1]),
+                None => WindowInput::new(s),
+            })
+            .collect();
+        let selections = auris_prune::select_windows(policy, &inputs)?;
+        let lengths: Vec<usize> = encoded.iter().map(EncoderOutput::len).collect();
+        let kept_indices = auris_prune::global_indices(&lengths, &selections)?;
+        let mut rows = Vec::with_capacity(encoded.len());
+        for (window, selection) in encoded.iter().zip(&selections) {
+            let d = window.hidden.dim(1)?;
+            rows.push(match &selection.merged {
+                Some(merged) => Tensor::from_slice(merged, (selection.len(), d), &self.device)?
+                    .to_dtype(window.hidden.dtype())?,
+                None => {
+                    let idx: Vec<u32> = selection.indices.iter().map(|&i| i as u32).collect();
+                    let idx = Tensor::from_vec(idx, selection.len(), &self.device)?;
+                    window.hidden.index_select(&idx, 0)?
+                }
+            });
+        }
+        Ok(AudioTokens {
+            rows: Tensor::cat(&rows, 0)?,
+            n_audio_tokens,
+            kept_indices,
+            scores: all_scores,
+        })
+    }
+
+    /// Projects the kept encoder rows into the language model's embedding space.
+    pub fn project(&self, tokens: &AudioTokens) -> Result<Tensor, Error> {
+        Ok(self.projector.forward(&tokens.rows)?)
+    }
+
+    /// The prompt text before expansion, for one audio input.
+    pub fn render_prompt(&self, spec: &PromptSpec, audio: &Path) -> Result<String, Error> {
+        match spec {
+            PromptSpec::Raw(text) => {
+                let n = prompt::count_placeholders(text);
+                if n != 1 {
+                    return Err(Error::PlaceholderCount {
+                        placeholders: n,
+                        audios: 1,
+                        token: AUDIO_TOKEN.to_string(),
+                    });
+                }
+                Ok(text.clone())
+            }
+            PromptSpec::Instruction { text, system } => match &self.chat_template {
+                Some(template) => {
+                    let mut messages = Vec::new();
+                    if let Some(system) = system {
+                        messages.push(Message {
+                            role: "system".to_string(),
+                            content: vec![Part::Text {
+                                text: system.clone(),
+                            }],
+                        });
+                    }
+                    messages.push(Message {
+                        role: "user".to_string(),
+                        content: vec![
+                            Part::Audio {
+                                audio_url: audio.display().to_string(),
+                            },
+                            Part::Text { text: text.clone() },
+                        ],
+                    });
+                    template.render(&messages, true)
+                }
+                None => {
+                    if system.is_some() {
+                        return Err(Error::Usage(
+                            "this model has no chat template, so it takes no system message"
+                                .to_string(),
+                        ));
+                    }
+                    Ok(format!("<|audio_bos|>{AUDIO_TOKEN}<|audio_eos|>{text}"))
+                }
+            },
+        }
+    }
+
+    /// The default instruction of `caption` for this model.
+    pub fn default_caption_instruction(&self) -> &'static str {
+        if self.is_chat() {
+            DEFAULT_CHAT_CAPTION
+        } else {
+            DEFAULT_BASE_CAPTION
+        }
+    }
+
+    /// Embeds `ids` and writes `audio_rows` into the placeholder span.
+    pub fn merge_embeddings(
+        &self,
+        ids: &[u32],
+        span: std::ops::Range<usize>,
+        audio_rows: &Tensor,
+    ) -> Result<Tensor, Error> {
+        let rows = audio_rows.dim(0)?;
+        if rows != span.len() {
+            return Err(Error::AudioRowMismatch {
+                tokens: span.len(),
+                rows,
+            });
+        }
+        let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let text = self.decoder.embed_tokens(&ids_t)?.squeeze(0)?;
+        let audio = audio_rows.to_dtype(text.dtype())?;
+        let mut parts = Vec::with_capacity(3);
+        if span.start > 0 {
+            parts.push(text.narrow(0, 0, span.start)?);
+        }
+        parts.push(audio);
+        if span.end < ids.len() {
+            parts.push(text.narrow(0, span.end, ids.len() - span.end)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+    }
+
+    /// Runs one request end to end; `on_token` sees each new token id as it is generated and
+    /// may return `false` to stop.
+    pub fn run(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
+        request.policy.validate()?;
+        let mut timings = Timings::default();
+        let audio = self.load_audio(&request.audio)?;
+        timings.decode_audio = audio.decode_ms;
+        timings.mel = audio.mel_ms;
+
+        let start = Instant::now();
+        let want_scores = request.inspect || !matches!(request.policy.strategy, Strategy::None);
+        let encoded = self.encode(&audio, want_scores)?;
+        timings.encoder = ms(start);
+
+        let start = Instant::now();
+        let tokens = self.select(&encoded, &request.policy)?;
+        let projected = self.project(&tokens)?;
+        timings.projector = ms(start);
+
+        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
+        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
+        let expanded = prompt::expand(&ids, &[tokens.kept_indices.len()], &self.special)?;
+        let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
+        let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
+
+        let start = Instant::now();
+        let mut cache = self.decoder.new_cache();
+        let logits = self.decoder.forward_embeds(&embeds, &mut cache)?;
+        timings.prefill = ms(start);
+
+        let inspection = if request.inspect {
+            Some(self.inspection(&audio, &encoded, &tokens, &projected, &logits)?)
+        } else {
+            None
+        };
+
+        let mut response = Response {
+            audio: request.audio.clone(),
+            duration_s: audio.duration_s(),
+            sample_rate: audio.sample_rate,
+            n_audio_tokens: tokens.n_audio_tokens,
+            n_kept: tokens.kept_indices.len(),
+            kept_indices: tokens.kept_indices.clone(),
+            prompt: prompt_text,
+            prompt_token_ids: expanded.ids.clone(),
+            output_token_ids: Vec::new(),
+            text: String::new(),
+            stopped_on: None,
+            choice_logprobs: None,
+            timings,
+            inspection,
+        };
+        if request.prompt_only {
+            return Ok(response);
+        }
+        if let Some(choices) = &request.score_choices {
+            let start = Instant::now();
+            response.choice_logprobs = Some(self.score_choices(&mut cache, &logits, choices)?);
+            response.timings.generate = ms(start);
+            return Ok(response);
+        }
+
+        let start = Instant::now();
+        let generation = auris_llm::generate_from_logits(
+            &self.decoder,
+            &mut cache,
+            &logits,
+            &expanded.ids,
+            &request.generate,
+            on_token,
+        )?;
+        let elapsed = ms(start);
+        response.timings.generate = elapsed;
+        response.timings.tokens_per_s = if elapsed > 0.0 {
+            generation.tokens.len() as f64 / (elapsed / 1e3)
+        } else {
+            0.0
+        };
+        response.text = self.decode(&generation.tokens)?;
+        response.output_token_ids = generation.tokens;
+        response.stopped_on = generation.stopped_on;
+        Ok(response)
+    }
+
+    /// Detokenizes, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Log-likelihood of each choice's continuation `"(L) text"` after the prompt, reusing the
+    /// prompt's KV cache.
+    fn score_choices(
+        &self,
+        cache: &mut KvCache,
+        prompt_logits: &Tensor,
+        choices: &[String],
+    ) -> Result<Vec<f32>, Error> {
+        let prompt_len = cache.len();
+        let first = candle_nn::ops::log_softmax(&prompt_logits.squeeze(0)?, 0)?;
+        let mut out = Vec::with_capacity(choices.len());
+        for (i, choice) in choices.iter().enumerate() {
+            let text = format!("({}) {choice}", prompt::choice_letter(i));
+            let ids = self
+                .tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec();
+            let Some(&first_id) = ids.first() else {
+                out.push(0.0);
+                continue;
+            };
+            let mut total = first.i(first_id as usize)?.to_scalar::<f32>()?;
+            if ids.len() > 1 {
+                cache.truncate(prompt_len);
+                let ids_t = Tensor::new(&ids[..ids.len() - 1], &self.device)?.unsqueeze(0)?;
+                let embeds = self.decoder.embed_tokens(&ids_t)?;
+                let logits = self
+                    .decoder
+                    .forward_embeds_all(&embeds, cache)?
+                    .squeeze(0)?;
+                let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+                for (pos, &id) in ids[1..].iter().enumerate() {
+                    total += logp.i((pos, id as usize))?.to_scalar::<f32>()?;
+                }
+            }
+            out.push(total);
+        }
+        cache.truncate(prompt_len);
+        Ok(out)
+    }
+
+    fn inspection(
+        &self,
+        audio: &AudioInput,
+        encoded: &[EncoderOutput],
+        tokens: &AudioTokens,
+        projected: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Inspection, Error> {
+        let first = audio
+            .windows
+            .first()
+            .ok_or_else(|| Error::Usage("the audio produced no window".to_string()))?;
+        let input_features =
+            Tensor::from_slice(&first.data, (first.n_mels, first.n_frames), &Device::Cpu)?;
+        let hidden: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
+        let audio_embeds = Tensor::cat(&hidden, 0)?.to_dtype(DType::F32)?;
+        let scores = tokens.scores.clone().unwrap_or_default();
+        let n = scores.len();
+        Ok(Inspection {
+            input_features,
+            audio_embeds,
+            audio_scores: Tensor::from_vec(scores, n, &Device::Cpu)?,
+            projected: projected.to_dtype(DType::F32)?,
+            prompt_logits: logits.squeeze(0)?.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s
+/// `eos_token_id` when it has one (what `generate` uses), else the text config's
+/// `eos_token_id` plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
+fn stop_ids(
+    generation: &GenerationConfig,
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+) -> Vec<u32> {
+    if let Some(eos) = &generation.eos_token_id {
+        return eos.to_vec();
+    }
+    let mut ids: Vec<u32> = config
+        .text_config
+        .eos_token_id
+        .as_ref()
+        .map(|e| e.to_vec())
+        .unwrap_or_default();
+    for token in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(id) = tokenizer.token_to_id(token) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// The front-end must produce what the encoder expects.
+fn check_front_end(mel: &MelConfig, audio: &EncoderConfig) -> Result<(), Error> {
+    if mel.n_mels != audio.num_mel_bins {
+        return Err(Error::InvalidConfig {
+            field: "preprocessor_config.feature_size".to_string(),
+            value: mel.n_mels.to_string(),
+            reason: format!(
+                "the encoder expects audio_config.num_mel_bins = {}",
+                audio.num_mel_bins
+            ),
+        });
+    }
+    if mel.n_frames() != audio.mel_frames() {
+        return Err(Error::InvalidConfig {
+            field: "preprocessor_config.n_samples".to_string(),
+            value: mel.n_samples.to_string(),
+            reason: format!(
+                "gives {} frames per window, the encoder expects {} (2 x max_source_positions)",
+                mel.n_frames(),
+                audio.mel_frames()
+            ),
+        });
+    }
+    Ok(())
+}

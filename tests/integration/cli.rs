@@ -1,0 +1,221 @@
+//! The `auris` binary: JSON output, inspect, help.
+
+use serde_json::Value;
+
+use crate::common::{assert_close, auris, fixture, model_dir, run, Case};
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn caption_json_reproduces_reference_tokens() {
+    let case = Case::load("tiny-base", "caption_librivox");
+    let out = run(auris()
+        .args(["caption", "--json", "--max-new-tokens", "24", "--model"])
+        .arg(model_dir("tiny-base"))
+        .arg(case.audio()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1);
+    let v = &lines[0];
+    assert_eq!(ids(&v["output_token_ids"]), case.ids("greedy_ids"));
+    assert_eq!(ids(&v["prompt_token_ids"]), case.ids("input_ids"));
+    assert_eq!(v["prompt"], case.json["prompt"]);
+    assert_eq!(v["n_audio_tokens"], case.json["n_audio_tokens"]);
+    assert_eq!(v["n_kept"], case.json["n_audio_tokens"]);
+    assert_eq!(v["sample_rate"], 16000);
+    for key in [
+        "audio",
+        "duration_s",
+        "kept_indices",
+        "text",
+        "timings_ms",
+        "tokens_per_s",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    for key in [
+        "load",
+        "decode_audio",
+        "mel",
+        "encoder",
+        "prefill",
+        "generate",
+    ] {
+        assert!(v["timings_ms"][key].is_number(), "missing timing {key}");
+    }
+}
+
+#[test]
+fn ask_json_reproduces_reference_greedy_with_repetition_penalty() {
+    let case = Case::load("tiny-chat", "caption_librivox");
+    let out = run(auris()
+        .args([
+            "ask",
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "24",
+            "--model",
+        ])
+        .arg(model_dir("tiny-chat"))
+        .arg(case.audio())
+        .args(["--question", "Describe the audio in one sentence."]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["prompt"], case.json["prompt"]);
+    assert_eq!(ids(&v["output_token_ids"]), case.ids("greedy_ids"));
+}
+
+#[test]
+fn ask_with_choices_scores_them() {
+    let case = Case::load("tiny-chat", "ask_mc_dog");
+    let out = run(auris()
+        .args(["ask", "--json", "--score-choices", "--model"])
+        .arg(model_dir("tiny-chat"))
+        .arg(case.audio())
+        .args([
+            "--question",
+            "What can be heard?",
+            "--choice",
+            "a dog barking",
+            "--choice",
+            "a violin",
+            "--choice",
+            "a car engine",
+        ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["prompt"], case.json["prompt"]);
+    assert_eq!(v["choice_logprobs"].as_array().unwrap().len(), 3);
+    // The reference ranks "(B) a violin" first on this random model.
+    assert_eq!(v["answer"], "B");
+    assert_eq!(v["answer_text"], "a violin");
+}
+
+#[test]
+fn caption_with_segmentwise_pruning_reports_the_selection() {
+    let case = Case::load("tiny-chat", "prune_seg25_librivox");
+    let out = run(auris()
+        .args([
+            "caption",
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "24",
+            "--prune",
+            "segmentwise",
+            "--keep",
+            "0.25",
+            "--segments",
+            "10",
+            "--model",
+        ])
+        .arg(model_dir("tiny-chat"))
+        .arg(case.audio()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(v["kept_indices"], case.json["prune"]["kept_indices"]);
+    assert_eq!(v["n_kept"], 21);
+    assert_eq!(v["prune"]["strategy"], "segmentwise");
+    assert_eq!(ids(&v["output_token_ids"]), case.ids("pruned_greedy_ids"));
+}
+
+#[test]
+fn inspect_writes_reference_tensors() {
+    let case = Case::load("tiny-chat", "caption_librivox");
+    let out_path =
+        std::env::temp_dir().join(format!("auris-inspect-{}.safetensors", std::process::id()));
+    let out = run(auris()
+        .args(["inspect", "--model"])
+        .arg(model_dir("tiny-chat"))
+        .arg(case.audio())
+        .arg("--out")
+        .arg(&out_path));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = candle_core::safetensors::load(&out_path, &candle_core::Device::Cpu).unwrap();
+    for key in ["audio_embeds", "projected", "prompt_logits"] {
+        assert_close(&format!("inspect {key}"), &t[key], case.tensor(key), 1e-4);
+    }
+    let mel = candle_core::safetensors::load(
+        fixture("mel/librivox_0930_16k.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let stored = &mel["mel128_w0"];
+    let n = stored.dim(1).unwrap();
+    let ours = t["input_features"].narrow(1, 0, n).unwrap();
+    assert_close("inspect input_features", &ours, stored, 1e-3);
+    assert_eq!(
+        t["audio_scores"].dims(),
+        &[case.json["n_audio_tokens"].as_u64().unwrap() as usize]
+    );
+    let _ = std::fs::remove_file(out_path);
+}
+
+#[test]
+fn several_files_load_once_and_a_failure_does_not_stop_the_rest() {
+    let out = run(auris()
+        .args(["caption", "--json", "--max-new-tokens", "2", "--model"])
+        .arg(model_dir("tiny-base"))
+        .arg(fixture("audio/tone_440_16k.wav"))
+        .arg(fixture("audio/bad/random_bytes.wav"))
+        .arg(fixture("audio/librivox_0880_16k.wav")));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].get("text").is_some());
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("random_bytes.wav"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].get("text").is_some());
+    assert_eq!(out.stderr.matches("loading").count(), 1, "{}", out.stderr);
+}
+
+fn help_snapshot(args: &[&str], name: &str) {
+    let out = run(auris().args(args));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let path = crate::common::root().join("tests/snapshots").join(name);
+    if std::env::var_os("AURIS_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &out.stdout).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing snapshot {}; run with AURIS_UPDATE_SNAPSHOTS=1",
+            path.display()
+        )
+    });
+    assert_eq!(
+        out.stdout,
+        expected,
+        "help of `auris {}` changed; rerun with AURIS_UPDATE_SNAPSHOTS=1 if intended",
+        args.join(" ")
+    );
+}
+
+#[test]
+fn help_output_is_stable() {
+    help_snapshot(&["--help"], "help.txt");
+    help_snapshot(&["caption", "--help"], "help_caption.txt");
+    help_snapshot(&["ask", "--help"], "help_ask.txt");
+    help_snapshot(&["inspect", "--help"], "help_inspect.txt");
+}

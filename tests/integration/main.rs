@@ -1,0 +1,9 @@
+//! End-to-end tests of the auris pipeline and binary on the committed fixture checkpoints.
+//!
+//! Every expected value comes from `scripts/make_fixtures.sh`, which runs transformers itself on
+//! the same checkpoints and audio (see `tests/fixtures/README.md`).
+
+mod cli;
+mod common;
+mod errors;
+mod parity;
