@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use auris::checkpoint::{ModelSource, DEFAULT_MODEL};
 use auris::pipeline::Response;
-use auris::prompt::{multiple_choice, parse_choice};
+use auris::prompt::{multiple_choice, parse_choice, PromptFormat};
 use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request};
 use auris_prune::{Policy, Remainder, Strategy};
 use candle_core::{DType, Device};
@@ -67,6 +67,45 @@ enum Command {
         score_choices: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Time every stage of the pipeline on one clip (warm-up, repetitions, min and median).
+    ///
+    /// Example: auris bench --model models/tiny-chat clip.wav --keeps 1,0.5,0.25,0.1
+    Bench {
+        /// The clip to time.
+        #[arg(value_name = "AUDIO")]
+        audio: PathBuf,
+        /// Timed repetitions.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Untimed warm-up runs.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Tokens generated after each prefill (stop ids ignored).
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Keep ratios to time; 1 means no pruning.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        keeps: Vec<f32>,
+        /// One repetition, no warm-up, 8 new tokens: proves the command works.
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        /// Strategy used for keep ratios below 1.
+        #[arg(long, value_enum, default_value_t = StrategyArg::Segmentwise, help_heading = "Pruning")]
+        prune: StrategyArg,
+        /// Number of time segments for --prune segmentwise.
+        #[arg(long, default_value_t = 10, help_heading = "Pruning")]
+        segments: usize,
+        /// Print the report as one JSON object instead of a markdown table.
+        #[arg(long, help_heading = "Output")]
+        json: bool,
+        /// Print nothing on stderr but errors.
+        #[arg(long, help_heading = "Output")]
+        quiet: bool,
     },
     /// Run up to the prompt logits and save the intermediate tensors to a safetensors file.
     ///
@@ -145,6 +184,17 @@ struct PromptArgs {
     /// the audio tokens.
     #[arg(long)]
     raw_prompt: Option<String>,
+    /// Prompt layout: auto (the model's chat template if it has one, the built-in Qwen2-Audio
+    /// ChatML template for models named *Instruct*, else the base prompt), chat or base.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    prompt_format: FormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Chat,
+    Base,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -323,7 +373,7 @@ struct Session {
     quiet: bool,
 }
 
-fn load(args: &ModelArgs, quiet: bool) -> Result<Session> {
+fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
     if let Some(threads) = args.threads {
         if threads == 0 {
             return Err(usage("--threads must be at least 1"));
@@ -349,6 +399,11 @@ fn load(args: &ModelArgs, quiet: bool) -> Result<Session> {
             device,
             dtype,
             progress: !quiet,
+            prompt_format: match format {
+                FormatArg::Auto => PromptFormat::Auto,
+                FormatArg::Chat => PromptFormat::Chat,
+                FormatArg::Base => PromptFormat::Base,
+            },
         },
     )?;
     Ok(Session {
@@ -481,6 +536,62 @@ pub(crate) fn main() -> Result<ExitCode> {
             common,
         } => ask(audio, &question, &choices, score_choices, &common),
         Command::Inspect { audio, out, common } => inspect(audio, &out, &common),
+        Command::Bench {
+            audio,
+            repeat,
+            warmup,
+            new_tokens,
+            keeps,
+            quick,
+            model,
+            prompt,
+            prune,
+            segments,
+            json,
+            quiet,
+        } => {
+            let prune_args = PruneArgs {
+                prune,
+                keep: 0.5,
+                segments,
+                segment_remainder: RemainderArg::Spread,
+            };
+            let strategy = prune_args.policy(0)?.strategy;
+            let session = load(&model, prompt.prompt_format, quiet)?;
+            let p = &session.pipeline;
+            let (warmup, repeat, new_tokens) = if quick {
+                (0, 1, 8)
+            } else {
+                (warmup, repeat, new_tokens)
+            };
+            if repeat == 0 {
+                return Err(usage("--repeat must be at least 1"));
+            }
+            let opts = auris::bench::BenchOptions {
+                audio,
+                warmup,
+                repeat,
+                new_tokens,
+                strategy,
+                keeps,
+                prompt: prompt_spec(&prompt, p.default_caption_instruction()),
+            };
+            let report = auris::bench::run(p, &opts, &mut |line| {
+                if !quiet {
+                    eprintln!("{line}");
+                }
+            })
+            .map_err(|e| match e {
+                Error::Prune(e) => usage(e.to_string()),
+                other => other.into(),
+            })?;
+            if json {
+                print_line(&serde_json::to_string(&report)?)?;
+            } else {
+                print_line(auris::bench::markdown(&report).trim_end())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -499,7 +610,7 @@ fn check_prompt_args(common: &Common) -> Result<()> {
 fn caption(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
     check_prompt_args(common)?;
     let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.quiet)?;
+    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
     let p = &session.pipeline;
     let generate = generate_options(p, &common.generation)?;
     let spec = prompt_spec(&common.prompt, p.default_caption_instruction());
@@ -563,7 +674,7 @@ fn ask(
         ));
     }
     let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.quiet)?;
+    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
     let p = &session.pipeline;
     let text = if choices.is_empty() {
         question.to_string()
@@ -632,7 +743,7 @@ fn choice_letter(i: usize) -> char {
 fn inspect(audio: PathBuf, out: &std::path::Path, common: &Common) -> Result<ExitCode> {
     check_prompt_args(common)?;
     let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.quiet)?;
+    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
     let p = &session.pipeline;
     let request = Request {
         audio: audio.clone(),

@@ -12,6 +12,7 @@
 //! # Ok::<(), auris::Error>(())
 //! ```
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 mod error;

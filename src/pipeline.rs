@@ -20,7 +20,10 @@ use tokenizers::Tokenizer;
 
 use crate::checkpoint::{self, ModelFiles, ModelSource, WeightStore};
 use crate::config::{GenerationConfig, ModelConfig};
-use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens, AUDIO_TOKEN};
+use crate::prompt::{
+    self, ChatTemplate, Message, Part, PromptFormat, SpecialTokens, AUDIO_TOKEN,
+    BUILTIN_CHAT_TEMPLATE,
+};
 use crate::Error;
 
 /// The instruction used by `caption` on a chat model when the user gives none.
@@ -37,6 +40,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Show download progress on stderr.
     pub progress: bool,
+    /// Chat template or base prompt.
+    pub prompt_format: PromptFormat,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +50,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             progress: false,
+            prompt_format: PromptFormat::Auto,
         }
     }
 }
@@ -230,10 +236,22 @@ impl Pipeline {
         let tokenizer = Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
         let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)?;
-        let chat_template = ChatTemplate::from_model_files(
+        let own_template = ChatTemplate::from_model_files(
             files.chat_template.as_deref(),
+            files.processor_config.as_deref(),
             files.tokenizer_config.as_deref(),
         )?;
+        let chat_template = match opts.prompt_format {
+            PromptFormat::Base => None,
+            PromptFormat::Chat => {
+                Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
+            }
+            PromptFormat::Auto => own_template.or_else(|| {
+                let instruct = name.to_lowercase().contains("instruct")
+                    && tokenizer.token_to_id("<|im_start|>").is_some();
+                instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
+            }),
+        };
 
         let store = WeightStore::open(&files.weights)?;
         let vb = store.var_builder(opts.dtype, &opts.device);
@@ -294,6 +312,16 @@ impl Pipeline {
     /// The audio encoder.
     pub fn encoder(&self) -> &Qwen2AudioEncoder {
         &self.encoder
+    }
+
+    /// The language model.
+    pub fn decoder(&self) -> &Qwen2Decoder {
+        &self.decoder
+    }
+
+    /// Ids of the audio placeholder tokens.
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.special
     }
 
     /// The tokenizer.

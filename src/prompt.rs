@@ -24,9 +24,25 @@ pub const AUDIO_BOS_TOKEN: &str = "<|audio_bos|>";
 /// Closes an audio span.
 pub const AUDIO_EOS_TOKEN: &str = "<|audio_eos|>";
 
-/// The ChatML template of Qwen2-Audio-7B-Instruct (`shared/reference/qwen2-audio.md` §6.2),
-/// used only when a chat model ships no template of its own.
+/// The ChatML template of Qwen2-Audio-7B-Instruct (`shared/reference/qwen2-audio.md` §6.2,
+/// transformers' `Qwen2AudioProcessor.default_chat_template`), used only when a chat model
+/// ships no template of its own (the hub's Qwen2-Audio-7B-Instruct keeps its template in an
+/// unmerged pull request, and transformers falls back to this one).
 pub const BUILTIN_CHAT_TEMPLATE: &str = "{% set audio_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// How prompts are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptFormat {
+    /// The model's chat template when it has one; the built-in ChatML template when it has
+    /// none but is named like an instruct model (`*Instruct*`) and its tokenizer knows
+    /// `<|im_start|>`; the base prompt otherwise.
+    #[default]
+    Auto,
+    /// The chat template (the model's own, else the built-in ChatML one).
+    Chat,
+    /// `<|audio_bos|><|AUDIO|><|audio_eos|>` followed by the instruction.
+    Base,
+}
 
 /// Ids of the tokens the prompt format needs, looked up by their strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +139,13 @@ impl ChatTemplate {
         }
     }
 
-    /// The model's own template: `chat_template.jinja`, `chat_template.json`, or the
-    /// `chat_template` key of `tokenizer_config.json`; `None` when it ships none (a base model).
+    /// The model's own template: `chat_template.jinja`, `chat_template.json`, the
+    /// `chat_template` key of `processor_config.json`, or that of `tokenizer_config.json` when
+    /// it can place audio (a text-only Qwen2 template cannot). `None` when the model ships no
+    /// audio chat template.
     pub fn from_model_files(
         template_file: Option<&Path>,
+        processor_config: Option<&Path>,
         tokenizer_config: Option<&Path>,
     ) -> Result<Option<Self>, Error> {
         if let Some(path) = template_file {
@@ -142,9 +161,18 @@ impl ChatTemplate {
                 return Ok(Some(t));
             }
         }
+        if let Some(path) = processor_config {
+            let holder: TemplateHolder = read_json(path)?;
+            if let Some(t) = holder.chat_template.and_then(pick_template) {
+                return Ok(Some(t));
+            }
+        }
         if let Some(path) = tokenizer_config {
             let holder: TemplateHolder = read_json(path)?;
-            return Ok(holder.chat_template.and_then(pick_template));
+            return Ok(holder
+                .chat_template
+                .and_then(pick_template)
+                .filter(|t| t.source.contains("audio")));
         }
         Ok(None)
     }

@@ -218,4 +218,106 @@ fn help_output_is_stable() {
     help_snapshot(&["caption", "--help"], "help_caption.txt");
     help_snapshot(&["ask", "--help"], "help_ask.txt");
     help_snapshot(&["inspect", "--help"], "help_inspect.txt");
+    help_snapshot(&["bench", "--help"], "help_bench.txt");
+}
+
+fn prompt_of(model: &std::path::Path, extra: &[&str]) -> String {
+    let out = run(auris()
+        .args(["inspect", "--json", "--model"])
+        .arg(model)
+        .arg(fixture("audio/tone_440_16k.wav"))
+        .arg("--out")
+        .arg(std::env::temp_dir().join(format!("auris-prompt-{}.safetensors", std::process::id())))
+        .args(extra));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    json_lines(&out.stdout)[0]["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+const BUILTIN_CAPTION_PROMPT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe the audio in one sentence.<|im_end|>\n<|im_start|>assistant\n";
+
+#[test]
+fn prompt_format_can_be_forced() {
+    let base = model_dir("tiny-base");
+    assert_eq!(
+        prompt_of(&base, &[]),
+        "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:"
+    );
+    // tiny-base ships no template: `chat` falls back to the built-in Qwen2-Audio ChatML one.
+    assert_eq!(
+        prompt_of(&base, &["--prompt-format", "chat"]),
+        BUILTIN_CAPTION_PROMPT
+    );
+    assert!(
+        prompt_of(&model_dir("tiny-chat"), &["--prompt-format", "base"])
+            .starts_with("<|audio_bos|>")
+    );
+}
+
+#[test]
+fn instruct_named_model_without_template_gets_the_builtin_chat_template() {
+    // The hub's Qwen2-Audio-7B-Instruct ships no chat template file; transformers then uses
+    // the processor's built-in one, and so do we.
+    let dir = crate::common::copy_model("tiny-base", "Qwen2-Audio-Instruct");
+    assert_eq!(prompt_of(&dir, &[]), BUILTIN_CAPTION_PROMPT);
+}
+
+#[test]
+fn text_only_tokenizer_template_is_not_used_for_audio() {
+    let dir = crate::common::copy_model("tiny-base", "texttemplate");
+    let path = dir.join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["chat_template"] = Value::String("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}".into());
+    std::fs::write(&path, v.to_string()).unwrap();
+    assert!(prompt_of(&dir, &[]).starts_with("<|audio_bos|>"));
+}
+
+#[test]
+fn bench_quick_reports_every_stage() {
+    let out = run(auris()
+        .args(["bench", "--quick", "--json", "--keeps", "1,0.25", "--model"])
+        .arg(model_dir("tiny-chat"))
+        .arg(fixture("audio/librivox_0930_16k.wav")));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = &json_lines(&out.stdout)[0];
+    for key in ["decode_audio", "mel", "encoder", "encoder_with_scores"] {
+        assert!(v[key]["median_ms"].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
+    let keeps = v["keeps"].as_array().unwrap();
+    assert_eq!(keeps.len(), 2);
+    assert_eq!(keeps[0]["strategy"], "none");
+    assert_eq!(keeps[0]["n_kept"], 82);
+    assert_eq!(keeps[1]["strategy"], "segmentwise");
+    assert_eq!(keeps[1]["n_kept"], 21);
+    assert!(keeps[1]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_rejects_bad_keep_ratios() {
+    let out = run(auris()
+        .args(["bench", "--quick", "--keeps", "0", "--model"])
+        .arg(model_dir("tiny-chat"))
+        .arg(fixture("audio/librivox_0930_16k.wav")));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("keep"), "{}", out.stderr);
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    let mut child = auris()
+        .args(["caption", "--max-new-tokens", "2", "--model"])
+        .arg(model_dir("tiny-base"))
+        .arg(fixture("audio/tone_440_16k.wav"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }

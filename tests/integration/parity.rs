@@ -390,3 +390,26 @@ fn projector_is_rowwise_so_pruning_before_it_is_exact() {
         REL,
     );
 }
+
+#[test]
+fn caption_api_returns_reference_greedy_tokens() {
+    for (model, case) in [
+        ("tiny-base", "caption_librivox"),
+        ("tiny-chat", "caption_librivox"),
+    ] {
+        let case = Case::load(model, case);
+        let dir = crate::common::model_dir(model);
+        let r = auris::caption(dir.to_str().unwrap(), case.audio(), None).unwrap();
+        let expected = case.ids("greedy_ids");
+        assert_eq!(r.prompt, case.json["prompt"].as_str().unwrap(), "{model}");
+        assert!(
+            r.output_token_ids.len() >= expected.len(),
+            "{model}: stopped early"
+        );
+        assert_eq!(
+            &r.output_token_ids[..expected.len()],
+            expected.as_slice(),
+            "{model}"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! `auris bench`: stage timings of the pipeline on one clip, with warm-up and repetitions.
+//!
+//! Each repetition runs the whole request path once per keep ratio: decode + log-mel, the
+//! encoder (with attention scores when pruning), selection and projection, the prompt prefill,
+//! then `new_tokens` greedy tokens with stop ids disabled. The encoder is also timed without
+//! scores so the cost of the scores is visible. Times are wall-clock milliseconds; the report
+//! gives the minimum and the median over the repetitions.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use auris_llm::{GenerateOptions, SamplingParams};
+use auris_prune::{Policy, Strategy};
+use serde::Serialize;
+
+use crate::pipeline::{Pipeline, PromptSpec};
+use crate::{prompt, Error};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The clip.
+    pub audio: PathBuf,
+    /// Untimed runs before measuring.
+    pub warmup: usize,
+    /// Timed runs.
+    pub repeat: usize,
+    /// Tokens generated after the prefill.
+    pub new_tokens: usize,
+    /// Pruning strategy used for every keep ratio below 1.
+    pub strategy: Strategy,
+    /// Keep ratios to measure (1.0 means no pruning).
+    pub keeps: Vec<f32>,
+    /// The prompt.
+    pub prompt: PromptSpec,
+}
+
+/// Minimum and median of repeated timings, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Median run.
+    pub median_ms: f64,
+}
+
+impl Stat {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            samples[n / 2]
+        } else {
+            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+        };
+        Self {
+            min_ms: samples.first().copied().unwrap_or(0.0),
+            median_ms: median,
+        }
+    }
+}
+
+/// Timings at one keep ratio.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeepReport {
+    /// The keep ratio.
+    pub keep: f32,
+    /// Strategy name (`none` at keep 1).
+    pub strategy: String,
+    /// Audio tokens the encoder produced.
+    pub n_audio_tokens: usize,
+    /// Audio tokens the LLM saw.
+    pub n_kept: usize,
+    /// Prompt length after expansion.
+    pub prompt_tokens: usize,
+    /// Selection and projection of the kept rows.
+    pub select_project: Stat,
+    /// Prompt prefill up to the first logits.
+    pub prefill: Stat,
+    /// Time to first token: decode + mel + encoder (+ scores) + selection + projection + prefill.
+    pub ttft: Stat,
+    /// `ttft` plus the generation of `new_tokens` tokens.
+    pub e2e: Stat,
+    /// Median decode speed over the repetitions, tokens per second.
+    pub decode_tok_s: f64,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model as given.
+    pub model: String,
+    /// The clip.
+    pub audio: String,
+    /// Its duration in seconds.
+    pub duration_s: f64,
+    /// Timed repetitions.
+    pub repeat: usize,
+    /// Tokens generated per run.
+    pub new_tokens: usize,
+    /// Decoding and resampling the file.
+    pub decode_audio: Stat,
+    /// Log-mel features of every window.
+    pub mel: Stat,
+    /// Encoder without scores.
+    pub encoder: Stat,
+    /// Encoder with the last layer's attention scores.
+    pub encoder_with_scores: Stat,
+    /// Median extra cost of the scores over the plain encoder, in percent.
+    pub scores_overhead_pct: f64,
+    /// One entry per keep ratio.
+    pub keeps: Vec<KeepReport>,
+    /// Peak resident memory of the process in MiB (Linux only; 0 elsewhere).
+    pub peak_rss_mb: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Peak resident set size (`VmHWM`) in MiB, or 0 when unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct KeepSamples {
+    select_project: Vec<f64>,
+    prefill: Vec<f64>,
+    ttft: Vec<f64>,
+    e2e: Vec<f64>,
+    tok_s: Vec<f64>,
+    n_audio_tokens: usize,
+    n_kept: usize,
+    prompt_tokens: usize,
+}
+
+/// Runs the benchmark and reports progress on stderr through `log`.
+pub fn run(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<BenchReport, Error> {
+    if opts.repeat == 0 {
+        return Err(Error::Usage("--repeat must be at least 1".to_string()));
+    }
+    let policies: Vec<Policy> = opts
+        .keeps
+        .iter()
+        .map(|&keep| {
+            let strategy = if keep >= 1.0 {
+                Strategy::None
+            } else {
+                opts.strategy
+            };
+            let policy = Policy { strategy, keep };
+            policy.validate().map(|_| policy)
+        })
+        .collect::<Result<_, _>>()?;
+    let text = pipeline.render_prompt(&opts.prompt, &opts.audio)?;
+    let ids = prompt::tokenize(pipeline.tokenizer(), &text)?;
+    let generate = GenerateOptions {
+        max_new_tokens: opts.new_tokens,
+        stop_ids: Vec::new(),
+        sampling: SamplingParams {
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+        },
+    };
+
+    let (mut decode, mut mel, mut enc, mut enc_scores) = (vec![], vec![], vec![], vec![]);
+    let mut per_keep: Vec<KeepSamples> = policies
+        .iter()
+        .map(|_| KeepSamples {
+            select_project: vec![],
+            prefill: vec![],
+            ttft: vec![],
+            e2e: vec![],
+            tok_s: vec![],
+            n_audio_tokens: 0,
+            n_kept: 0,
+            prompt_tokens: 0,
+        })
+        .collect();
+    let mut duration_s = 0.0;
+    for run in 0..opts.warmup + opts.repeat {
+        let timed = run >= opts.warmup;
+        log(&format!(
+            "bench: {} {}/{}",
+            if timed { "run" } else { "warm-up" },
+            if timed {
+                run - opts.warmup + 1
+            } else {
+                run + 1
+            },
+            if timed { opts.repeat } else { opts.warmup }
+        ));
+        let audio = pipeline.load_audio(&opts.audio)?;
+        duration_s = audio.duration_s();
+        let start = Instant::now();
+        let plain = pipeline.encode(&audio, false)?;
+        let t_enc = ms(start);
+        let start = Instant::now();
+        let scored = pipeline.encode(&audio, true)?;
+        let t_enc_scores = ms(start);
+        if timed {
+            decode.push(audio.decode_ms);
+            mel.push(audio.mel_ms);
+            enc.push(t_enc);
+            enc_scores.push(t_enc_scores);
+        }
+        for (policy, samples) in policies.iter().zip(per_keep.iter_mut()) {
+            let pruning = !matches!(policy.strategy, Strategy::None);
+            let (encoded, t_encoder) = if pruning {
+                (&scored, t_enc_scores)
+            } else {
+                (&plain, t_enc)
+            };
+            let start = Instant::now();
+            let tokens = pipeline.select(encoded, policy)?;
+            let projected = pipeline.project(&tokens)?;
+            let t_select = ms(start);
+            let expanded = prompt::expand(
+                &ids,
+                &[tokens.kept_indices.len()],
+                pipeline.special_tokens(),
+            )?;
+            let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
+            let start = Instant::now();
+            let embeds = pipeline.merge_embeddings(&expanded.ids, span, &projected)?;
+            let mut cache = pipeline.decoder().new_cache();
+            let logits = pipeline.decoder().forward_embeds(&embeds, &mut cache)?;
+            let t_prefill = ms(start);
+            let start = Instant::now();
+            let generation = auris_llm::generate_from_logits(
+                pipeline.decoder(),
+                &mut cache,
+                &logits,
+                &expanded.ids,
+                &generate,
+                &mut |_| true,
+            )?;
+            let t_generate = ms(start);
+            if timed {
+                let ttft = audio.decode_ms + audio.mel_ms + t_encoder + t_select + t_prefill;
+                samples.select_project.push(t_select);
+                samples.prefill.push(t_prefill);
+                samples.ttft.push(ttft);
+                samples.e2e.push(ttft + t_generate);
+                samples
+                    .tok_s
+                    .push(generation.tokens.len() as f64 / (t_generate / 1e3).max(1e-9));
+            }
+            samples.n_audio_tokens = tokens.n_audio_tokens;
+            samples.n_kept = tokens.kept_indices.len();
+            samples.prompt_tokens = expanded.ids.len();
+        }
+    }
+
+    let encoder = Stat::of(enc);
+    let encoder_with_scores = Stat::of(enc_scores);
+    let keeps = policies
+        .iter()
+        .zip(per_keep)
+        .map(|(policy, s)| KeepReport {
+            keep: policy.keep,
+            strategy: policy.strategy.name().to_string(),
+            n_audio_tokens: s.n_audio_tokens,
+            n_kept: s.n_kept,
+            prompt_tokens: s.prompt_tokens,
+            select_project: Stat::of(s.select_project),
+            prefill: Stat::of(s.prefill),
+            ttft: Stat::of(s.ttft),
+            e2e: Stat::of(s.e2e),
+            decode_tok_s: Stat::of(s.tok_s).median_ms,
+        })
+        .collect();
+    Ok(BenchReport {
+        model: pipeline.name().to_string(),
+        audio: opts.audio.display().to_string(),
+        duration_s,
+        repeat: opts.repeat,
+        new_tokens: opts.new_tokens,
+        decode_audio: Stat::of(decode),
+        mel: Stat::of(mel),
+        scores_overhead_pct: 100.0 * (encoder_with_scores.median_ms - encoder.median_ms)
+            / encoder.median_ms.max(1e-9),
+        encoder,
+        encoder_with_scores,
+        keeps,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// A markdown table of the report.
+pub fn markdown(r: &BenchReport) -> String {
+    let mut out = format!(
+        "{} on {} ({:.1} s), median of {} runs (min in brackets), {} new tokens\n\n",
+        r.model, r.audio, r.duration_s, r.repeat, r.new_tokens
+    );
+    out.push_str(&format!(
+        "| stage | time |\n|---|---|\n| decode + resample | {:.1} ms ({:.1}) |\n| log-mel | {:.1} ms ({:.1}) |\n| encoder | {:.1} ms ({:.1}) |\n| encoder + scores | {:.1} ms ({:.1}), scores +{:.1}% |\n\n",
+        r.decode_audio.median_ms,
+        r.decode_audio.min_ms,
+        r.mel.median_ms,
+        r.mel.min_ms,
+        r.encoder.median_ms,
+        r.encoder.min_ms,
+        r.encoder_with_scores.median_ms,
+        r.encoder_with_scores.min_ms,
+        r.scores_overhead_pct
+    ));
+    out.push_str("| strategy | keep | audio tokens | prompt tokens | select+project | prefill | time to first token | end to end | decode tok/s |\n|---|---|---|---|---|---|---|---|---|\n");
+    for k in &r.keeps {
+        out.push_str(&format!(
+            "| {} | {} | {}/{} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} |\n",
+            k.strategy,
+            k.keep,
+            k.n_kept,
+            k.n_audio_tokens,
+            k.prompt_tokens,
+            k.select_project.median_ms,
+            k.prefill.median_ms,
+            k.ttft.median_ms,
+            k.e2e.median_ms,
+            k.decode_tok_s
+        ));
+    }
+    out.push_str(&format!("\npeak RSS {:.0} MiB\n", r.peak_rss_mb));
+    out
+}
