@@ -195,12 +195,20 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
 
         let (k, v) = cache.append(layer, &k, &v)?;
+        // Grouped-query attention without copying the cache: the `groups` query heads that
+        // share kv head `g` are heads `g * groups .. (g + 1) * groups` (transformers'
+        // `repeat_kv` order), so they fold into the row axis of one matmul per kv head.
         let groups = self.num_heads / self.num_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, groups)?;
-        let v = candle_transformers::utils::repeat_kv(v, groups)?;
+        let kv_len = k.dim(2)?;
+        let q = q.reshape((b, self.num_kv_heads, groups * s, self.head_dim))?;
 
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.reshape((
+            b,
+            self.num_heads,
+            s,
+            kv_len,
+        ))?;
         let mask = if self.window.is_some() {
             step.sliding_mask.as_ref()
         } else {
@@ -210,12 +218,14 @@ impl Attention {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?;
-        let out =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, s, self.num_heads * self.head_dim))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(xs.dtype())?
+            .reshape((b, self.num_kv_heads, groups * s, kv_len))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, self.num_heads, s, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, s, self.num_heads * self.head_dim))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
