@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use auris_audio::config::EncoderConfig;
-use auris_llm::Qwen2Config;
+use auris_llm::{Qwen2Config, TokenIds};
 use serde::Deserialize;
 
 use crate::checkpoint::read_json;
@@ -69,26 +69,6 @@ impl ModelConfig {
             });
         }
         Ok(())
-    }
-}
-
-/// One id or a list of ids, as `eos_token_id` may be either.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// A single id.
-    One(u32),
-    /// Several ids.
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    /// The ids as a list.
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(id) => vec![*id],
-            Self::Many(ids) => ids.clone(),
-        }
     }
 }
 
