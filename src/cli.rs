@@ -625,14 +625,20 @@ fn caption(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
             inspect: false,
             prompt_only: false,
         };
-        match p.run(&request, &mut |_| true) {
+        let result = if common.json {
+            p.run(&request, &mut |_| true)
+        } else {
+            stream_run(p, &request)
+        };
+        match result {
             Ok(r) => {
                 log_done(&session, &r);
                 if common.json {
                     print_line(&response_json(&r, &common.prune, session.load_ms).to_string())?;
-                } else {
-                    print_line(r.text.trim())?;
                 }
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok(ExitCode::SUCCESS);
             }
             Err(e) => {
                 failed += 1;
@@ -645,6 +651,50 @@ fn caption(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs a request, printing the text to stdout as it is generated (leading white space
+/// dropped), then a newline.
+fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, Error> {
+    let mut stream = auris::pipeline::TextStream::new(p.tokenizer());
+    let mut started = false;
+    let mut write_error: Option<std::io::Error> = None;
+    let mut stdout = std::io::stdout();
+    let result = p.run(request, &mut |id| {
+        let piece = match stream.push(id) {
+            Ok(Some(piece)) => piece,
+            Ok(None) | Err(_) => return true,
+        };
+        let piece = if started {
+            piece.as_str()
+        } else {
+            piece.trim_start()
+        };
+        if piece.is_empty() {
+            return true;
+        }
+        started = true;
+        match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = write_error {
+        return Err(Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        });
+    }
+    if result.is_ok() {
+        let _ = writeln!(stdout);
+    }
+    result
 }
 
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {

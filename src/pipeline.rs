@@ -730,6 +730,43 @@ impl Pipeline {
     }
 }
 
+/// Turns generated ids into text pieces as they arrive, holding back a piece while it ends in
+/// an incomplete UTF-8 sequence (a byte-level BPE token can carry part of a character).
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream over `tokenizer`'s vocabulary; special tokens are skipped.
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds one id; returns the new text, if any is complete.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, Error> {
+        self.ids.push(id);
+        let text = self
+            .tokenizer
+            .decode(&self.ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+            return Ok(None);
+        }
+        let piece = text
+            .get(self.emitted..)
+            .map(str::to_string)
+            .filter(|p| !p.is_empty());
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}
+
 /// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s
 /// `eos_token_id` when it has one (what `generate` uses), else the text config's
 /// `eos_token_id` plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
