@@ -2,21 +2,13 @@
 
 use serde_json::Value;
 
-use crate::common::{assert_close, auris, fixture, model_dir, run, Case};
+use crate::common::{assert_close, auris, fixture, json_ids, model_dir, run, Case};
 
 fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -31,8 +23,8 @@ fn caption_json_reproduces_reference_tokens() {
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 1);
     let v = &lines[0];
-    assert_eq!(ids(&v["output_token_ids"]), case.ids("greedy_ids"));
-    assert_eq!(ids(&v["prompt_token_ids"]), case.ids("input_ids"));
+    assert_eq!(json_ids(&v["output_token_ids"]), case.ids("greedy_ids"));
+    assert_eq!(json_ids(&v["prompt_token_ids"]), case.ids("input_ids"));
     assert_eq!(v["prompt"], case.json["prompt"]);
     assert_eq!(v["n_audio_tokens"], case.json["n_audio_tokens"]);
     assert_eq!(v["n_kept"], case.json["n_audio_tokens"]);
@@ -77,7 +69,7 @@ fn ask_json_reproduces_reference_greedy_with_repetition_penalty() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = &json_lines(&out.stdout)[0];
     assert_eq!(v["prompt"], case.json["prompt"]);
-    assert_eq!(ids(&v["output_token_ids"]), case.ids("greedy_ids"));
+    assert_eq!(json_ids(&v["output_token_ids"]), case.ids("greedy_ids"));
 }
 
 #[test]
@@ -131,7 +123,10 @@ fn caption_with_segmentwise_pruning_reports_the_selection() {
     assert_eq!(v["kept_indices"], case.json["prune"]["kept_indices"]);
     assert_eq!(v["n_kept"], 21);
     assert_eq!(v["prune"]["strategy"], "segmentwise");
-    assert_eq!(ids(&v["output_token_ids"]), case.ids("pruned_greedy_ids"));
+    assert_eq!(
+        json_ids(&v["output_token_ids"]),
+        case.ids("pruned_greedy_ids")
+    );
 }
 
 #[test]

@@ -55,12 +55,7 @@ impl Case {
     }
 
     pub(crate) fn ids(&self, key: &str) -> Vec<u32> {
-        self.json[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {key}"))
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
+        json_ids(&self.json[key])
     }
 
     pub(crate) fn tensor(&self, key: &str) -> &Tensor {
@@ -68,6 +63,15 @@ impl Case {
             .get(key)
             .unwrap_or_else(|| panic!("no tensor {key}"))
     }
+}
+
+/// A JSON array of token ids.
+pub(crate) fn json_ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array of ids: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Largest absolute difference and largest |reference| of two tensors of the same shape.

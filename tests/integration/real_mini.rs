@@ -18,7 +18,7 @@ use auris_prune::{Policy, Strategy};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use crate::common::{max_abs_diff, root};
+use crate::common::{json_ids, max_abs_diff, root};
 
 fn resolve(path: std::ffi::OsString) -> PathBuf {
     let p = PathBuf::from(path);
@@ -57,14 +57,6 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
         refs.display()
     );
     Some((model, refs))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn rel_diff(what: &str, ours: &Tensor, reference: &Tensor) -> f32 {
@@ -123,7 +115,11 @@ fn real_mini_matches_transformers_on_librivox() {
             prompt_only: false,
         };
         let r = p.run(&request, &mut |_| true).unwrap();
-        assert_eq!(r.prompt_token_ids, ids(&json["input_ids"]), "{name}: ids");
+        assert_eq!(
+            r.prompt_token_ids,
+            json_ids(&json["input_ids"]),
+            "{name}: ids"
+        );
         let ins = r.inspection.as_ref().unwrap();
 
         let (mel_diff, _) = max_abs_diff(&ins.input_features, &tensors["input_features"]);
@@ -147,7 +143,7 @@ fn real_mini_matches_transformers_on_librivox() {
         }
 
         // Greedy ids: identical, or diverging only at a near-tie of the reference.
-        let mut expected = ids(&json["greedy_ids"]);
+        let mut expected = json_ids(&json["greedy_ids"]);
         if json["stopped_on_eos"].as_bool().unwrap() {
             let eos = expected.pop();
             assert_eq!(r.stopped_on, eos, "{name}: stop token");
