@@ -13,16 +13,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AURIS_REF_VENV:-$ROOT/.venv-ref}"
 CACHE="$ROOT/scripts/.cache"
 
-PINS=(
-  "torch==2.15.0"
-  "transformers==5.24.0"
-  "tokenizers==0.23.3"
-  "safetensors==0.8.0"
-  "numpy==2.4.6"
-  "scipy==1.17.1"
-  "soundfile==0.14.0"
-  "Jinja2==3.1.6"
-)
+source "$ROOT/scripts/lib/pins.sh"
+PINS=("${REF_PINS[@]}")
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "creating reference venv in $VENV" >&2

@@ -10,18 +10,8 @@ VENV="${AURIS_REF_VENV:-$ROOT/.venv-ref}"
 CACHE="$ROOT/scripts/.cache"
 PY="$VENV/bin/python"
 
-PINS=(
-  "torch==2.15.0"
-  "transformers==5.24.0"
-  "tokenizers==0.23.3"
-  "safetensors==0.8.0"
-  "numpy==2.4.6"
-  "scipy==1.17.1"
-  "soundfile==0.14.0"
-  "Jinja2==3.1.6"
-  "gguf==0.19.0"
-  "accelerate==1.15.0"
-)
+source "$ROOT/scripts/lib/pins.sh"
+PINS=("${REF_PINS[@]}" "gguf==0.19.0" "accelerate==1.15.0")
 
 ensure_ref_venv() {
   if [[ ! -x "$PY" ]]; then
