@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use auris::checkpoint::{ModelSource, DEFAULT_MODEL};
 use auris::pipeline::Response;
-use auris::prompt::{multiple_choice, parse_choice, PromptFormat};
+use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
 use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request};
 use auris_prune::{Policy, Remainder, Strategy};
 use candle_core::{DType, Device};
@@ -764,7 +764,7 @@ fn ask(
         None if !choices.is_empty() => parse_choice(&r.text, choices),
         None => None,
     };
-    let letter = answer.map(|i| auris::prompt::choice_letter(i).to_string());
+    let letter = answer.map(|i| choice_letter(i).to_string());
     if common.json {
         let mut v = response_json(&r, &common.prune, session.load_ms);
         if !choices.is_empty() {
@@ -784,10 +784,6 @@ fn ask(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn choice_letter(i: usize) -> char {
-    auris::prompt::choice_letter(i)
 }
 
 fn inspect(audio: PathBuf, out: &std::path::Path, common: &Common) -> Result<ExitCode> {
