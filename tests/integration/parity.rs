@@ -178,6 +178,7 @@ fn short_encoder_path_equals_full_length_path() {
             EncodeOptions {
                 scores: true,
                 full_length: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -187,6 +188,7 @@ fn short_encoder_path_equals_full_length_path() {
             EncodeOptions {
                 scores: true,
                 full_length: true,
+                ..Default::default()
             },
         )
         .unwrap();

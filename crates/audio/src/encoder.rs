@@ -41,14 +41,20 @@ pub struct EncodeOptions {
     /// Run all `max_source_positions` positions with a key-padding mask, as the reference does,
     /// instead of only the valid prefix. Slower; the valid rows are the same.
     pub full_length: bool,
+    /// Run as Whisper's own encoder instead: all `max_source_positions` frames with no mask and
+    /// no average pool (the LayerNorm applies to every frame). The output then has one row per
+    /// frame, padding included, and the scores are per frame, averaged over heads and all
+    /// queries. This is what a Whisper text decoder cross-attends to.
+    pub frames: bool,
 }
 
 /// The encoder's output for one window.
 #[derive(Debug, Clone)]
 pub struct EncoderOutput {
-    /// `(N, d_model)`: the valid tokens after the pool and the final LayerNorm.
+    /// `(N, d_model)`: the valid tokens after the pool and the final LayerNorm (with
+    /// [`EncodeOptions::frames`], `(max_source_positions, d_model)`: every frame).
     pub hidden: Tensor,
-    /// `N` attention scores, when [`EncodeOptions::scores`] asked for them.
+    /// One attention score per row of `hidden`, when [`EncodeOptions::scores`] asked for them.
     pub scores: Option<Vec<f32>>,
 }
 
@@ -261,7 +267,7 @@ impl Qwen2AudioEncoder {
         let input = Tensor::from_slice(&mel.data, (1, mel.n_mels, mel.n_frames), &self.device)?;
         // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding 1), so
         // the short path keeps exactly the receptive field of the first T1 positions.
-        let (input, positions) = if opts.full_length {
+        let (input, positions) = if opts.full_length || opts.frames {
             (input, self.cfg.max_source_positions)
         } else {
             let keep = (2 * t1 + 1).min(frames);
@@ -273,7 +279,7 @@ impl Qwen2AudioEncoder {
         let x = x.narrow(2, 0, positions)?.transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
 
-        let mask = if positions > t1 {
+        let mask = if positions > t1 && !opts.frames {
             let row: Vec<f32> = (0..positions)
                 .map(|j| if j < t1 { 0.0 } else { f32::NEG_INFINITY })
                 .collect();
@@ -289,6 +295,15 @@ impl Qwen2AudioEncoder {
             if p.is_some() {
                 probs = p;
             }
+        }
+
+        if opts.frames {
+            let hidden = self.layer_norm.forward(&x.squeeze(0)?)?;
+            let scores = match probs {
+                Some(p) => Some(received_attention(&p, positions)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            return Ok(EncoderOutput { hidden, scores });
         }
 
         // AvgPool1d(2, 2) over the valid prefix, then the final LayerNorm.
@@ -308,18 +323,22 @@ impl Qwen2AudioEncoder {
     }
 }
 
+/// Attention received per key `(keys,)`, averaged over heads and the first `queries` queries.
+fn received_attention(probs: &Tensor, queries: usize) -> candle_core::Result<Tensor> {
+    let (_, heads, _, keys) = probs.dims4()?;
+    // Column sums as a (1 x queries) by (queries x keys) product per head: a strided reduction
+    // over the query axis is an order of magnitude slower on the CPU.
+    let ones = Tensor::ones((1, heads, 1, queries), DType::F32, probs.device())?;
+    ones.matmul(&probs.narrow(2, 0, queries)?.contiguous()?)?
+        .reshape((heads, keys))?
+        .sum(0)?
+        .affine(1.0 / (heads * queries) as f64, 0.0)
+}
+
 /// Attention received per key, averaged over heads and the first `t1` (valid) queries, then over
 /// key pairs like the pooler: `score[t] = (s[2t] + s[2t + 1]) / 2` for `t < n`.
 fn pooled_scores(probs: &Tensor, t1: usize, n: usize) -> candle_core::Result<Vec<f32>> {
-    let (_, heads, _, keys) = probs.dims4()?;
-    // Column sums as a (1 x t1) by (t1 x keys) product per head: a strided reduction over the
-    // query axis is an order of magnitude slower on the CPU.
-    let ones = Tensor::ones((1, heads, 1, t1), DType::F32, probs.device())?;
-    let received = ones
-        .matmul(&probs.narrow(2, 0, t1)?.contiguous()?)?
-        .reshape((heads, keys))?
-        .sum(0)?
-        .affine(1.0 / (heads * t1) as f64, 0.0)?;
+    let received = received_attention(probs, t1)?;
     let per_key = received.narrow(D::Minus1, 0, 2 * n)?.to_vec1::<f32>()?;
     Ok(per_key
         .chunks_exact(2)

