@@ -165,9 +165,13 @@ enum EvalCommand {
         /// Seed of the random strategy.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Only the first N clips of the manifest.
+        /// Only the first N clips of the manifest (after --every).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Take every N-th clip of the manifest (1st, N+1-th, ...): a subset spread over the
+        /// whole set.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        every: usize,
         /// Cap on tokens generated per transcription (0: the model's max_length, 448 positions
         /// for OpenAI Whisper). Pruned inputs can make Whisper loop until the cap; every
         /// looped token counts as an insertion.
@@ -681,6 +685,7 @@ pub(crate) fn main() -> Result<ExitCode> {
             segments,
             seed,
             limit,
+            every,
             max_new_tokens,
             out,
             markdown,
@@ -710,7 +715,13 @@ pub(crate) fn main() -> Result<ExitCode> {
             }
             set_threads(threads)?;
             let device = parse_device(&device)?;
-            let clips = auris::eval::read_manifest(&manifest)?;
+            if every == 0 {
+                return Err(usage("--every must be at least 1"));
+            }
+            let clips: Vec<_> = auris::eval::read_manifest(&manifest)?
+                .into_iter()
+                .step_by(every)
+                .collect();
             let source = ModelSource::parse(&model, revision.as_deref())?;
             if !quiet {
                 eprintln!(

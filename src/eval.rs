@@ -168,7 +168,17 @@ pub fn asr_pruning(
                 continue;
             }
         };
-        let full = model.transcribe(&encoded.hidden, opts.max_new_tokens)?;
+        // All transcriptions of the clip in one batch: one pass over the weights per step.
+        let mut frames = vec![encoded.hidden.clone()];
+        for (_, _, policy) in &policies {
+            frames.push(prune_frames(&encoded, policy)?);
+        }
+        let mut transcripts = model
+            .transcribe_batch(&frames, opts.max_new_tokens)?
+            .into_iter();
+        let full = transcripts
+            .next()
+            .ok_or_else(|| Error::Usage("no transcription".to_string()))?;
         let none = ErrorCount::of(&clip.text, &full.text);
         report.none.add(none);
         let mut record = json!({
@@ -176,9 +186,7 @@ pub fn asr_pruning(
             "reference": clip.text,
             "none": {"text": full.text, "errors": none.errors},
         });
-        for (name, keep, policy) in &policies {
-            let kept = prune_frames(&encoded, policy)?;
-            let t = model.transcribe(&kept, opts.max_new_tokens)?;
+        for ((name, keep, _), t) in policies.iter().zip(transcripts) {
             let count = ErrorCount::of(&clip.text, &t.text);
             report
                 .pruned

@@ -132,6 +132,19 @@ struct WhisperGeneration {
     max_length: Option<usize>,
 }
 
+/// `x W^T + b` for `x` of shape `(b, t, in)`, as `W x^T`: decoding feeds a few rows at a time,
+/// and with the weight as the left operand the product runs at GEMM speed (the `x W^T`
+/// orientation takes a much slower small-m path).
+fn project(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let y = layer.weight().matmul(&x.reshape((b * t, d))?.t()?)?.t()?;
+    let y = match layer.bias() {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y.contiguous()?,
+    };
+    y.reshape((b, t, ()))
+}
+
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -164,8 +177,8 @@ impl Attention {
     /// Keys and values of `x`, split into heads.
     fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
-            self.split_heads(&self.k_proj.forward(x)?)?,
-            self.split_heads(&self.v_proj.forward(x)?)?,
+            self.split_heads(&project(&self.k_proj, x)?)?,
+            self.split_heads(&project(&self.v_proj, x)?)?,
         ))
     }
 
@@ -179,7 +192,7 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?)?;
+        let q = self.split_heads(&(project(&self.q_proj, x)? * scale)?)?;
         let logits = q.matmul(&k.t()?)?;
         let logits = match mask {
             Some(mask) => logits.broadcast_add(mask)?,
@@ -187,7 +200,7 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.out_proj.forward(&out)
+        project(&self.out_proj, &out)
     }
 }
 
@@ -221,15 +234,21 @@ impl DecoderLayer {
     }
 }
 
-/// Per-transcription state: the self-attention cache and the cross-attention keys/values.
+/// State of a batch of transcriptions decoded in lockstep: the self-attention caches and the
+/// cross-attention keys/values, one row per transcription.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     cross_kv: Vec<(Tensor, Tensor)>,
+    /// `(rows, 1, 1, frames)`: `-inf` on the padding of rows with fewer frames than the most.
+    cross_mask: Option<Tensor>,
+    /// Frames of each row (the rest of its cross keys is padding).
+    frames: Vec<usize>,
     len: usize,
+    rows: usize,
 }
 
 impl DecoderState {
-    /// Tokens decoded so far (prompt included).
+    /// Tokens decoded so far per row (prompt included).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -237,6 +256,55 @@ impl DecoderState {
     /// True before the first step.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Transcriptions in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Keeps only the given rows (ascending), e.g. when the others have finished.
+    pub fn retain(&mut self, rows: &[usize]) -> candle_core::Result<()> {
+        if rows.len() == self.rows {
+            return Ok(());
+        }
+        let device = self.cross_kv.first().map(|(k, _)| k.device().clone());
+        let Some(device) = device else {
+            return Ok(());
+        };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &device)?;
+        let pick = |t: &Tensor| t.index_select(&idx, 0);
+        for (k, v) in self.cross_kv.iter_mut() {
+            *k = pick(k)?;
+            *v = pick(v)?;
+        }
+        for (k, v) in self.self_kv.iter_mut().flatten() {
+            *k = pick(k)?;
+            *v = pick(v)?;
+        }
+        if let Some(mask) = self.cross_mask.as_mut() {
+            *mask = pick(mask)?;
+        }
+        self.frames = rows.iter().map(|&r| self.frames[r]).collect();
+        self.rows = rows.len();
+        // Drop the padding no remaining row needs: the cross-attention reads less per step.
+        let longest = self.frames.iter().copied().max().unwrap_or(0);
+        if let Some((k, _)) = self.cross_kv.first() {
+            if k.dim(2)? > longest {
+                for (k, v) in self.cross_kv.iter_mut() {
+                    *k = k.narrow(2, 0, longest)?.contiguous()?;
+                    *v = v.narrow(2, 0, longest)?.contiguous()?;
+                }
+                self.cross_mask = match self.cross_mask.take() {
+                    Some(m) if self.frames.iter().any(|&n| n < longest) => {
+                        Some(m.narrow(3, 0, longest)?.contiguous()?)
+                    }
+                    _ => None,
+                };
+            }
+        }
+        Ok(())
     }
 }
 
@@ -292,25 +360,66 @@ impl WhisperDecoder {
         })
     }
 
-    /// Prepares a transcription over `frames` `(n, d)`: the cross-attention keys and values of
-    /// every layer, computed once.
-    pub fn start(&self, frames: &Tensor) -> candle_core::Result<DecoderState> {
-        let frames = frames.unsqueeze(0)?;
+    /// Prepares transcriptions over `frames`, each `(n_i, d)`: the cross-attention keys and
+    /// values of every layer, computed once. Rows with fewer frames are padded and masked: a
+    /// masked key gets exactly zero attention.
+    pub fn start(&self, frames: &[Tensor]) -> candle_core::Result<DecoderState> {
+        let lens = frames
+            .iter()
+            .map(|f| f.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let padded = frames
+            .iter()
+            .zip(&lens)
+            .map(|(f, &n)| {
+                if n == longest {
+                    Ok(f.clone())
+                } else {
+                    let pad = Tensor::zeros((longest - n, f.dim(1)?), f.dtype(), f.device())?;
+                    Tensor::cat(&[f, &pad], 0)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let batch = Tensor::stack(&padded, 0)?;
+        let rows = lens.len();
+        let cross_mask = if lens.iter().all(|&n| n == longest) {
+            None
+        } else {
+            let m: Vec<f32> = lens
+                .iter()
+                .flat_map(|&n| {
+                    (0..longest).map(move |j| if j < n { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            Some(
+                Tensor::from_vec(m, (rows, 1, 1, longest), batch.device())?
+                    .to_dtype(batch.dtype())?,
+            )
+        };
         let cross_kv = self
             .layers
             .iter()
-            .map(|l| l.encoder_attn.keys_values(&frames))
+            .map(|l| l.encoder_attn.keys_values(&batch))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(DecoderState {
             self_kv: vec![None; self.layers.len()],
             cross_kv,
+            cross_mask,
+            frames: lens,
             len: 0,
+            rows,
         })
     }
 
-    /// Feeds `ids` after what `state` holds; returns the logits `(vocab,)` of the last one.
+    /// Feeds `t` more tokens per row (`ids` holds `rows * t` ids, row after row) after what
+    /// `state` holds; returns the logits `(rows, vocab)` of each row's last position.
     pub fn step(&self, state: &mut DecoderState, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let t = ids.len();
+        let rows = state.rows;
+        if rows == 0 || ids.len() % rows != 0 {
+            candle_core::bail!("{} ids for {rows} rows", ids.len());
+        }
+        let t = ids.len() / rows;
         let past = state.len;
         if t == 0 || past + t > self.max_positions {
             candle_core::bail!(
@@ -319,14 +428,17 @@ impl WhisperDecoder {
             );
         }
         let device = self.embed_tokens.device();
-        let ids_t = Tensor::from_slice(ids, t, device)?;
-        let tokens = self.embed_tokens.index_select(&ids_t, 0)?;
+        let ids_t = Tensor::from_slice(ids, rows * t, device)?;
+        let tokens = self
+            .embed_tokens
+            .index_select(&ids_t, 0)?
+            .reshape((rows, t, ()))?;
         let tokens = if self.embed_scale != 1.0 {
             (tokens * self.embed_scale)?
         } else {
             tokens
         };
-        let mut x = (tokens + self.embed_positions.narrow(0, past, t)?)?.unsqueeze(0)?;
+        let mut x = tokens.broadcast_add(&self.embed_positions.narrow(0, past, t)?)?;
         // Query i (absolute position past + i) sees keys 0..=past + i.
         let mask = if t > 1 {
             let m: Vec<f32> = (0..t)
@@ -356,17 +468,23 @@ impl WhisperDecoder {
             x = (x + h)?;
             let h = layer.encoder_attn_layer_norm.forward(&x)?;
             let (ck, cv) = &state.cross_kv[i];
-            x = (&x + layer.encoder_attn.attend(&h, ck, cv, None)?)?;
+            x = (&x
+                + layer
+                    .encoder_attn
+                    .attend(&h, ck, cv, state.cross_mask.as_ref())?)?;
             let h = layer.final_layer_norm.forward(&x)?;
-            let h = layer
-                .fc2
-                .forward(&self.activation.forward(&layer.fc1.forward(&h)?)?)?;
+            let h = project(
+                &layer.fc2,
+                &self.activation.forward(&project(&layer.fc1, &h)?)?,
+            )?;
             x = (x + h)?;
         }
         state.len += t;
-        let last = x.narrow(1, t - 1, 1)?.squeeze(0)?;
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
         let last = self.layer_norm.forward(&last)?;
-        last.matmul(&self.proj_out.t()?)?.squeeze(0)
+        // (vocab, d) x (d, rows): the long side as the product's rows runs at GEMM speed; the
+        // other orientation goes through a much slower small-m path.
+        self.proj_out.matmul(&last.t()?)?.t()?.contiguous()
     }
 }
 
@@ -534,46 +652,85 @@ impl Transcriber {
         frames: &Tensor,
         max_new_tokens: Option<usize>,
     ) -> Result<Transcript, Error> {
+        let mut out = self.transcribe_batch(std::slice::from_ref(frames), max_new_tokens)?;
+        Ok(out.remove(0))
+    }
+
+    /// Greedy transcriptions of several frame sets (any numbers of frames), decoded in lockstep
+    /// (one pass over the weights per step for all of them); a transcription leaves the batch
+    /// when it ends. Each result is what [`Transcriber::transcribe`] gives up to
+    /// float rounding (the products are computed for several rows at once).
+    pub fn transcribe_batch(
+        &self,
+        frames: &[Tensor],
+        max_new_tokens: Option<usize>,
+    ) -> Result<Vec<Transcript>, Error> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
         let max_length = match max_new_tokens {
             Some(n) => self.max_length.min(self.prompt.len() + n),
             None => self.max_length,
         };
-        let frames = frames.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let frames = frames
+            .iter()
+            .map(|f| f.to_device(&self.device)?.to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let mut state = self.decoder.start(&frames)?;
-        let mut logits = self.decoder.step(&mut state, &self.prompt)?;
-        let mut ids = Vec::new();
-        while state.len() < max_length {
-            let mut row = logits.to_vec1::<f32>()?;
-            for &t in &self.suppress {
-                if let Some(v) = row.get_mut(t as usize) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-            if ids.is_empty() {
-                for &t in &self.begin_suppress {
-                    if let Some(v) = row.get_mut(t as usize) {
+        let prompt: Vec<u32> = frames.iter().flat_map(|_| self.prompt.clone()).collect();
+        let mut logits = self.decoder.step(&mut state, &prompt)?;
+        let mut ids: Vec<Vec<u32>> = vec![Vec::new(); frames.len()];
+        // Batch row -> transcription index.
+        let mut active: Vec<usize> = (0..frames.len()).collect();
+        while !active.is_empty() {
+            let table = logits.to_vec2::<f32>()?;
+            let mut keep_rows = Vec::with_capacity(active.len());
+            let mut next_ids = Vec::with_capacity(active.len());
+            for (row, mut scores) in table.into_iter().enumerate() {
+                let which = active[row];
+                for &t in &self.suppress {
+                    if let Some(v) = scores.get_mut(t as usize) {
                         *v = f32::NEG_INFINITY;
                     }
                 }
+                if ids[which].is_empty() {
+                    for &t in &self.begin_suppress {
+                        if let Some(v) = scores.get_mut(t as usize) {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let next = argmax(&scores);
+                if next == self.eos {
+                    continue;
+                }
+                ids[which].push(next);
+                // The sequence (prompt + generated) has reached max_length.
+                if state.len() + 1 >= max_length {
+                    continue;
+                }
+                keep_rows.push(row);
+                next_ids.push(next);
             }
-            let next = argmax(&row);
-            if next == self.eos {
+            if keep_rows.is_empty() {
                 break;
             }
-            ids.push(next);
-            if state.len() + 1 >= max_length {
-                break;
-            }
-            logits = self.decoder.step(&mut state, &[next])?;
+            state.retain(&keep_rows)?;
+            active = keep_rows.iter().map(|&r| active[r]).collect();
+            logits = self.decoder.step(&mut state, &next_ids)?;
         }
-        let text = self
-            .tokenizer
-            .decode(&ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Transcript {
-            ids,
-            text: text.trim().to_string(),
-        })
+        ids.into_iter()
+            .map(|ids| {
+                let text = self
+                    .tokenizer
+                    .decode(&ids, true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(Transcript {
+                    ids,
+                    text: text.trim().to_string(),
+                })
+            })
+            .collect()
     }
 }
 
