@@ -383,9 +383,37 @@ impl RecordingBackend {
         if let Ok(mut used) = self.0.used.lock() {
             used.insert(name.to_string());
         }
+        if let Ok(view) = self.0.tensors.get(name) {
+            release_pages(view.data());
+        }
         tensor.to_dtype(dtype)
     }
 }
+
+/// Tells the kernel the process no longer needs the mapped file pages of `bytes`: the tensor has
+/// been copied out, and without this the mapping's resident pages would count against the
+/// process a second time (peak RSS twice the weights). Safe for a read-only file mapping: a page
+/// touched again (a neighbouring tensor sharing it) is simply read back from the page cache.
+#[cfg(unix)]
+fn release_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return,
+    };
+    let start = bytes.as_ptr() as usize;
+    let aligned = start - start % page;
+    let len = start + bytes.len() - aligned;
+    // SAFETY: the range lies within the read-only file mapping the bytes belong to (extended down
+    // to its page boundary, still inside the mapping); MADV_DONTNEED on a shared file mapping
+    // only drops this process's page-table entries, the contents stay readable.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_DONTNEED);
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_bytes: &[u8]) {}
 
 impl SimpleBackend for RecordingBackend {
     fn get(
