@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# auris against PyTorch and llama.cpp on the same checkpoint, clip, prompt and thread count
+# (issue 7). Writes bench/results.json (one object per engine: auris, torch, llamacpp) and
+# bench/results.md (times and auris/peer ratios), and prints the table.
+#
+#   scripts/bench.sh [--quick] [--threads N] [--out bench/results.json]
+#
+#   --quick      1 warm-up + 1 timed run of everything (default: 1 warm-up + 3 runs)
+#   --threads N  threads for every engine (default: all cores)
+#   --out PATH   the JSON file; the table goes next to it with .md
+#
+# On a fresh machine it makes, once, under bench/work/ (git-ignored):
+#   realistic/      the realistic-shape random-weight checkpoint (scripts/make_bench_model.py)
+#   clip_29p9s.wav  and clip_10s.wav, cut from tests/fixtures/audio/long_42s_16k.wav
+#   gguf/           the checkpoint as f32 GGUF (text) + mmproj GGUF (audio tower + projector),
+#                   made by the convert_hf_to_gguf.py vendored in llama-cpp-python's sdist
+# and the venv $AURIS_BENCH_VENV (default .venv-bench/): the reference pins of scripts/lib/pins.sh
+# plus llama-cpp-python (built from PyPI's sdist: needs a C/C++ compiler; 21 minutes on 2 cores
+# shared with other work), gguf and sentencepiece (the converter's imports). An existing venv is
+# reused and completed. The auris binary is built with `cargo build --release` unless AURIS_BIN
+# names one.
+#
+# Time on a 2-core machine, everything already made: --quick about 10-14 minutes, the default
+# about twice that. The first run adds the venv, the checkpoint (~3 GB, a minute) and the GGUF
+# files (~3 GB, a minute or two). Run it on a quiet machine: every number is wall-clock time, and
+# multi-threaded decode collapses when other processes compete for the cores (the run records the
+# load average and the table warns when it was above 1). Peak memory is 3-6 GiB per engine; each
+# engine runs in its own process.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source scripts/lib/pins.sh
+
+LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
+BENCH_PINS=("${REF_PINS[@]}" "gguf==0.19.0" "sentencepiece==0.2.3")
+VENV="${AURIS_BENCH_VENV:-$ROOT/.venv-bench}"
+PY="$VENV/bin/python"
+CACHE="$ROOT/scripts/.cache/bench"
+WORK="$ROOT/bench/work"
+MODEL="$WORK/realistic"
+CLIP30="$WORK/clip_29p9s.wav"
+CLIP10="$WORK/clip_10s.wav"
+GGUF="$WORK/gguf/realistic-f32.gguf"
+MMPROJ="$WORK/gguf/mmproj-realistic-f32.gguf"
+RUN="$WORK/run"
+
+QUICK=0
+THREADS="$(nproc)"
+OUT="$ROOT/bench/results.json"
+while (($#)); do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --threads) THREADS="${2:?--threads needs a number}"; shift ;;
+    --out) OUT="${2:?--out needs a path}"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+WARMUP=1
+REPEAT=3
+((QUICK)) && REPEAT=1
+NEW_TOKENS=64
+MD="${OUT%.json}.md"
+
+log() { echo "bench.sh: $*" >&2; }
+
+# The llama-cpp-python sdist: installed from this file, and the source of the GGUF converter.
+fetch_sdist() {
+  local version="${LLAMA_CPP_PYTHON##*==}"
+  SDIST="$CACHE/llama_cpp_python-$version.tar.gz"
+  LLAMA_DIR="$CACHE/llama_cpp_python-$version/vendor/llama.cpp"
+  mkdir -p "$CACHE"
+  if [[ ! -f "$SDIST" ]]; then
+    log "downloading the $LLAMA_CPP_PYTHON sdist"
+    "$VENV/bin/pip" download --quiet --no-deps --no-binary llama-cpp-python -d "$CACHE" "$LLAMA_CPP_PYTHON"
+  fi
+  if [[ ! -f "$LLAMA_DIR/convert_hf_to_gguf.py" ]]; then
+    tar -xzf "$SDIST" -C "$CACHE"
+  fi
+}
+
+has_pin() {
+  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${1%%==*}') != '${1##*==}')" 2>/dev/null
+}
+
+ensure_bench_venv() {
+  if [[ ! -x "$PY" ]]; then
+    log "creating the benchmark venv in $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+  fi
+  local missing=() pin
+  for pin in "${BENCH_PINS[@]}"; do has_pin "$pin" || missing+=("$pin"); done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} into $VENV"
+    "$VENV/bin/pip" install --quiet "${missing[@]}"
+  fi
+  fetch_sdist
+  if ! has_pin "$LLAMA_CPP_PYTHON"; then
+    # GGML_NATIVE: the best SIMD this CPU has, as a user building llama.cpp here would get.
+    log "building $LLAMA_CPP_PYTHON from source (log: $CACHE/llama-cpp-python-build.log)"
+    local start=$SECONDS
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      "$VENV/bin/pip" install --verbose "$SDIST" >"$CACHE/llama-cpp-python-build.log" 2>&1 \
+      || { tail -n 30 "$CACHE/llama-cpp-python-build.log" >&2; exit 1; }
+    log "built $LLAMA_CPP_PYTHON in $((SECONDS - start)) s"
+  fi
+  local pin_list=("${BENCH_PINS[@]}" "$LLAMA_CPP_PYTHON")
+  for pin in "${pin_list[@]}"; do
+    has_pin "$pin" || { echo "$VENV does not match the pin $pin" >&2; exit 1; }
+  done
+}
+
+ensure_inputs() {
+  if [[ ! -f "$MODEL/model.safetensors.index.json" ]]; then
+    log "writing the realistic-shape checkpoint to $MODEL"
+    "$PY" scripts/make_bench_model.py "$MODEL"
+  fi
+  if [[ ! -f "$CLIP30" || ! -f "$CLIP10" ]]; then
+    "$PY" scripts/lib/bench_clips.py "$WORK"
+  fi
+  mkdir -p "$(dirname "$GGUF")"
+  local args out
+  for out in "$GGUF" "$MMPROJ"; do
+    if [[ ! -f "$out" || "$out" -ot "$MODEL/model.safetensors.index.json" ]]; then
+      args=()
+      [[ "$out" == "$MMPROJ" ]] && args=(--mmproj)
+      log "converting $MODEL to $out"
+      "$PY" scripts/lib/convert_gguf.py "$LLAMA_DIR" -- "$MODEL" "${args[@]}" --outtype f32 \
+        --outfile "$out.tmp" >"$out.log" 2>&1 || { tail -n 20 "$out.log" >&2; exit 1; }
+      mv "$out.tmp" "$out"
+    fi
+  done
+}
+
+ensure_auris() {
+  if [[ -n "${AURIS_BIN:-}" ]]; then
+    AURIS="$AURIS_BIN"
+  else
+    log "building auris (cargo build --release)"
+    cargo build --release --quiet
+    AURIS="$ROOT/target/release/auris"
+  fi
+  [[ -x "$AURIS" ]] || { echo "no auris binary at $AURIS" >&2; exit 1; }
+}
+
+main() {
+  ensure_bench_venv
+  ensure_inputs
+  ensure_auris
+  rm -rf "$RUN"
+  mkdir -p "$RUN"
+  local load_start
+  load_start="$(cut -d' ' -f1 /proc/loadavg)"
+  if awk -v l="$load_start" 'BEGIN { exit !(l > 1.0) }'; then
+    log "warning: load average $load_start: other work is running, the times will not be reliable"
+  fi
+  local common=(--threads "$THREADS" --warmup "$WARMUP" --repeat "$REPEAT")
+
+  log "auris on the 29.9 s clip (keep 1 and segmentwise 0.25)"
+  "$AURIS" bench --model "$MODEL" "$CLIP30" --keeps 1,0.25 --prune segmentwise \
+    --new-tokens "$NEW_TOKENS" "${common[@]}" --json >"$RUN/auris_30s.json"
+  log "auris on the 10 s clip (encoder)"
+  "$AURIS" bench --model "$MODEL" "$CLIP10" --keeps 1 --new-tokens 0 "${common[@]}" \
+    --json >"$RUN/auris_10s.json"
+
+  # The peers prefill as many tokens as auris's real prompts held (keep 1 and keep 0.25).
+  local prefill
+  prefill="$("$PY" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print(",".join(str(k["prompt_tokens"]) for k in sorted(r["keeps"], key=lambda k: -k["keep"])))' \
+    "$RUN/auris_30s.json")"
+  local peer_args=(--model "$MODEL" --clip30 "$CLIP30" --clip10 "$CLIP10" "${common[@]}"
+                   --new-tokens "$NEW_TOKENS" --prefill-tokens "$prefill")
+
+  log "PyTorch"
+  "$PY" scripts/bench_peers.py torch "${peer_args[@]}" --out "$RUN/torch.json" \
+    || log "warning: the PyTorch run failed; its entry will say so"
+  log "llama.cpp"
+  "$PY" scripts/bench_peers.py llamacpp "${peer_args[@]}" --gguf "$GGUF" --mmproj "$MMPROJ" \
+    --out "$RUN/llamacpp.json" || log "warning: the llama.cpp run failed; its entry will say so"
+
+  local quick=()
+  ((QUICK)) && quick=(--quick)
+  "$PY" scripts/bench_report.py --auris30 "$RUN/auris_30s.json" --auris10 "$RUN/auris_10s.json" \
+    --torch "$RUN/torch.json" --llamacpp "$RUN/llamacpp.json" --threads "$THREADS" \
+    --warmup "$WARMUP" --repeat "$REPEAT" "${quick[@]}" --checkpoint bench/work/realistic \
+    --load-start "$load_start" \
+    --out "$OUT" --md "$MD"
+  log "wrote $OUT and $MD"
+}
+
+main
