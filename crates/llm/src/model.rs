@@ -460,14 +460,16 @@ impl Qwen2Decoder {
     /// The new tokens take RoPE positions `cache.len()..cache.len() + seq` and are appended to
     /// `cache`. `embeds` is cast to the model dtype. `lm_head` runs on the last position only.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
-        let hidden = self.forward_hidden(embeds, cache)?;
-        let s = hidden.dim(1)?;
-        let last = hidden.narrow(1, s - 1, 1)?;
-        Ok(self
-            .lm_head
-            .forward(&last)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        on_pool(|| {
+            let hidden = self.forward_hidden(embeds, cache)?;
+            let s = hidden.dim(1)?;
+            let last = hidden.narrow(1, s - 1, 1)?;
+            Ok(self
+                .lm_head
+                .forward(&last)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?)
+        })
     }
 
     /// Like [`Qwen2Decoder::forward_embeds`] but returns the logits of every new position,
@@ -477,8 +479,10 @@ impl Qwen2Decoder {
         embeds: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor, LlmError> {
-        let hidden = self.forward_hidden(embeds, cache)?;
-        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        on_pool(|| {
+            let hidden = self.forward_hidden(embeds, cache)?;
+            Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        })
     }
 
     /// The decoder stack and final norm: `(batch, seq, hidden)` in, same shape out.
@@ -532,6 +536,18 @@ impl Qwen2Decoder {
             dtype: embeds.dtype(),
         }
     }
+}
+
+/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`crate::gemv`] use it).
+///
+/// A decode step runs about a hundred parallel products; called from outside the pool, each
+/// would park this thread until the pool finishes and wake it again. From inside, the pool's
+/// threads split the rows among themselves and carry on with the next operation at once.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
 }
 
 fn bad_ids(ids: &Tensor) -> LlmError {
