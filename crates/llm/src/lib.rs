@@ -37,7 +37,9 @@
 mod cache;
 mod config;
 mod error;
+mod gemv;
 mod generate;
+mod linear;
 mod model;
 #[cfg(test)]
 mod tests;

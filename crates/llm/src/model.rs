@@ -2,9 +2,10 @@
 //! [`modeling_qwen2.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py)
 //! (eager attention), driven by embeddings and a caller-owned [`KvCache`].
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
 
+use crate::linear::Linear;
 use crate::{HiddenAct, KvCache, LlmError, Qwen2Config};
 
 /// Reads `name` under `vb`, naming the full tensor path when it is missing or malformed.
@@ -145,9 +146,8 @@ fn attention_mask(
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked: one product per step instead of three.
+    qkv_proj: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -162,9 +162,11 @@ impl Attention {
         let num_kv_heads = cfg.num_kv_heads();
         let head_dim = cfg.head_dim();
         Ok(Self {
-            q_proj: linear(vb.pp("q_proj"), hidden, num_heads * head_dim, true)?,
-            k_proj: linear(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, true)?,
-            v_proj: linear(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, true)?,
+            qkv_proj: Linear::concat(&[
+                linear(vb.pp("q_proj"), hidden, num_heads * head_dim, true)?,
+                linear(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, true)?,
+                linear(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, true)?,
+            ])?,
             o_proj: linear(vb.pp("o_proj"), num_heads * head_dim, hidden, false)?,
             num_heads,
             num_kv_heads,
@@ -181,16 +183,17 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor, LlmError> {
         let (b, s, _) = xs.dims3()?;
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor, LlmError> {
-            Ok(proj
-                .forward(xs)?
+        let qkv = self.qkv_proj.forward(xs)?;
+        let heads = |first: usize, n: usize| -> Result<Tensor, LlmError> {
+            Ok(qkv
+                .narrow(D::Minus1, first * self.head_dim, n * self.head_dim)?
                 .reshape((b, s, n, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = heads(&self.q_proj, self.num_heads)?;
-        let k = heads(&self.k_proj, self.num_kv_heads)?;
-        let v = heads(&self.v_proj, self.num_kv_heads)?;
+        let q = heads(0, self.num_heads)?;
+        let k = heads(self.num_heads, self.num_kv_heads)?;
+        let v = heads(self.num_heads + self.num_kv_heads, self.num_kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &step.cos, &step.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
 
@@ -226,14 +229,15 @@ impl Attention {
             .reshape((b, self.num_heads, s, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, s, self.num_heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` stacked: one product per step instead of two.
+    gate_up_proj: Linear,
+    intermediate: usize,
     down_proj: Linear,
     act: HiddenAct,
 }
@@ -242,23 +246,27 @@ impl Mlp {
     fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
         let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(vb.pp("gate_proj"), hidden, inter, false)?,
-            up_proj: linear(vb.pp("up_proj"), hidden, inter, false)?,
+            gate_up_proj: Linear::concat(&[
+                linear(vb.pp("gate_proj"), hidden, inter, false)?,
+                linear(vb.pp("up_proj"), hidden, inter, false)?,
+            ])?,
+            intermediate: inter,
             down_proj: linear(vb.pp("down_proj"), inter, hidden, false)?,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
-        let gate = self.gate_proj.forward(xs)?;
+        let gate_up = self.gate_up_proj.forward(xs)?;
+        let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let gate = match self.act {
             HiddenAct::Silu => gate.silu()?,
             HiddenAct::Gelu => gate.gelu_erf()?,
             HiddenAct::GeluTanh => gate.gelu()?,
             HiddenAct::Relu => gate.relu()?,
         };
-        let up = self.up_proj.forward(xs)?;
-        Ok(self.down_proj.forward(&(gate * up)?)?)
+        let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 
@@ -452,14 +460,16 @@ impl Qwen2Decoder {
     /// The new tokens take RoPE positions `cache.len()..cache.len() + seq` and are appended to
     /// `cache`. `embeds` is cast to the model dtype. `lm_head` runs on the last position only.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
-        let hidden = self.forward_hidden(embeds, cache)?;
-        let s = hidden.dim(1)?;
-        let last = hidden.narrow(1, s - 1, 1)?;
-        Ok(self
-            .lm_head
-            .forward(&last)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        on_pool(|| {
+            let hidden = self.forward_hidden(embeds, cache)?;
+            let s = hidden.dim(1)?;
+            let last = hidden.narrow(1, s - 1, 1)?;
+            Ok(self
+                .lm_head
+                .forward(&last)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?)
+        })
     }
 
     /// Like [`Qwen2Decoder::forward_embeds`] but returns the logits of every new position,
@@ -469,8 +479,10 @@ impl Qwen2Decoder {
         embeds: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor, LlmError> {
-        let hidden = self.forward_hidden(embeds, cache)?;
-        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        on_pool(|| {
+            let hidden = self.forward_hidden(embeds, cache)?;
+            Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        })
     }
 
     /// The decoder stack and final norm: `(batch, seq, hidden)` in, same shape out.
@@ -524,6 +536,18 @@ impl Qwen2Decoder {
             dtype: embeds.dtype(),
         }
     }
+}
+
+/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`crate::gemv`] use it).
+///
+/// A decode step runs about a hundred parallel products; called from outside the pool, each
+/// would park this thread until the pool finishes and wake it again. From inside, the pool's
+/// threads split the rows among themselves and carry on with the next operation at once.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
 }
 
 fn bad_ids(ids: &Tensor) -> LlmError {
