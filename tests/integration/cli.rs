@@ -214,6 +214,10 @@ fn help_output_is_stable() {
     help_snapshot(&["ask", "--help"], "help_ask.txt");
     help_snapshot(&["inspect", "--help"], "help_inspect.txt");
     help_snapshot(&["bench", "--help"], "help_bench.txt");
+    help_snapshot(
+        &["eval", "asr-pruning", "--help"],
+        "help_eval_asr_pruning.txt",
+    );
 }
 
 fn prompt_of(model: &std::path::Path, extra: &[&str]) -> String {
