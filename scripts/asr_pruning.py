@@ -316,7 +316,9 @@ def cmd_fixture(args) -> None:
         log(f"{clip.name}: {case['text']!r} (margin {case['min_margin']:.3f}); pruned: "
             + "; ".join(f"{k}: {v['text']!r}" for k, v in case["pruned"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": str(args.model), "row_sample": ROW_SAMPLE, "cases": cases,
+    model_dir = args.model.resolve()
+    model_dir = model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir
+    meta = {"model": str(model_dir), "row_sample": ROW_SAMPLE, "cases": cases,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     args.out.write_text(json.dumps(meta, indent=1) + "\n")
     save_np(tensors, str(args.out.with_suffix(".safetensors")))
