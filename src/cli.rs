@@ -162,6 +162,11 @@ enum EvalCommand {
         /// Number of time segments for segmentwise.
         #[arg(long, default_value_t = 10)]
         segments: usize,
+        /// Which frames are pruned: window (all 1500 frames of the 30 s window, padding
+        /// included) or audio (only the frames covering the clip; the padding frames are kept,
+        /// as Qwen2-Audio prunes only a clip's valid tokens).
+        #[arg(long, value_enum, default_value_t = ScopeArg::Window)]
+        scope: ScopeArg,
         /// Seed of the random strategy.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -271,6 +276,14 @@ struct PromptArgs {
     /// ChatML template for models named *Instruct*, else the base prompt), chat or base.
     #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
     prompt_format: FormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    /// All frames of the window.
+    Window,
+    /// Only the frames covering the audio.
+    Audio,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -687,6 +700,7 @@ pub(crate) fn main() -> Result<ExitCode> {
             strategies,
             keeps,
             segments,
+            scope,
             seed,
             limit,
             every,
@@ -741,6 +755,10 @@ pub(crate) fn main() -> Result<ExitCode> {
             }
             let transcriber = auris::whisper::Transcriber::load(&source, &device, !quiet)?;
             let opts = auris::eval::AsrEvalOptions {
+                scope: match scope {
+                    ScopeArg::Window => auris::eval::PruneScope::Window,
+                    ScopeArg::Audio => auris::eval::PruneScope::Audio,
+                },
                 strategies: resolved,
                 keeps,
                 limit,

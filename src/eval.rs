@@ -67,9 +67,32 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
     Ok(entries)
 }
 
+/// Which frames a strategy prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PruneScope {
+    /// All frames of the 30 s window, padding included (`N` = 1500 for Whisper).
+    #[default]
+    Window,
+    /// Only the frames that cover the audio (`N` = the clip's `T1` conv positions); the padding
+    /// frames after them are all kept. Qwen2-Audio likewise prunes only a clip's valid tokens.
+    Audio,
+}
+
+impl PruneScope {
+    /// The name used on the command line and in the JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PruneScope::Window => "window",
+            PruneScope::Audio => "audio",
+        }
+    }
+}
+
 /// What to evaluate.
 #[derive(Debug, Clone)]
 pub struct AsrEvalOptions {
+    /// Which frames are pruned.
+    pub scope: PruneScope,
     /// Strategies compared against no pruning.
     pub strategies: Vec<Strategy>,
     /// Keep ratios, each in (0, 1).
@@ -157,6 +180,7 @@ pub fn asr_pruning(
         runtime_s: 0.0,
         parameters: strategy_parameters(&opts.strategies),
     };
+    report.parameters["scope"] = json!(opts.scope.name());
     report.parameters["max_new_tokens"] = json!(opts.max_new_tokens);
     report.parameters["max_tokens_per_second"] = json!(opts.tokens_per_second);
     let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
@@ -173,9 +197,13 @@ pub fn asr_pruning(
             }
         };
         // All transcriptions of the clip in one batch: one pass over the weights per step.
+        let audio_frames = match opts.scope {
+            PruneScope::Window => None,
+            PruneScope::Audio => Some(audio_positions(duration_s)),
+        };
         let mut frames = vec![encoded.hidden.clone()];
         for (_, _, policy) in &policies {
-            frames.push(prune_frames(&encoded, policy)?);
+            frames.push(prune_frames(&encoded, policy, audio_frames)?);
         }
         let mut transcripts = model
             .transcribe_batch(&frames, opts.max_new_tokens)?
@@ -241,8 +269,33 @@ pub fn asr_pruning(
 }
 
 /// The frames a policy keeps (VisionZip: dominant frames plus merged contextual ones).
-fn prune_frames(encoded: &EncoderOutput, policy: &Policy) -> Result<candle_core::Tensor, Error> {
-    Ok(select_tokens(std::slice::from_ref(encoded), policy)?.rows)
+fn prune_frames(
+    encoded: &EncoderOutput,
+    policy: &Policy,
+    audio_frames: Option<usize>,
+) -> Result<candle_core::Tensor, Error> {
+    let n = encoded.len();
+    match audio_frames {
+        Some(a) if a < n => {
+            let scores = encoded.scores.as_ref().map(|s| s[..a].to_vec());
+            let speech = EncoderOutput {
+                hidden: encoded.hidden.narrow(0, 0, a)?,
+                scores,
+            };
+            let kept = select_tokens(std::slice::from_ref(&speech), policy)?.rows;
+            Ok(candle_core::Tensor::cat(
+                &[&kept, &encoded.hidden.narrow(0, a, n - a)?],
+                0,
+            )?)
+        }
+        _ => Ok(select_tokens(std::slice::from_ref(encoded), policy)?.rows),
+    }
+}
+
+/// Encoder positions covering `duration_s` of 16 kHz audio (the conv stem's output length).
+fn audio_positions(duration_s: f64) -> usize {
+    let samples = (duration_s * 16_000.0).round() as usize;
+    auris_audio::conv_output_len(auris_audio::valid_frames(samples)).max(1)
 }
 
 fn strategy_parameters(strategies: &[Strategy]) -> Value {
@@ -326,10 +379,14 @@ impl AsrReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "WER on {} clips ({} reference words, {:.1} min of speech); no pruning: **{:.2} %**.\n",
+            "WER on {} clips ({} reference words, {:.1} min of speech), pruning {}; no pruning: **{:.2} %**.\n",
             self.clips,
             self.words,
             self.audio_s / 60.0,
+            match self.parameters["scope"].as_str() {
+                Some("audio") => "the frames covering the audio",
+                _ => "the whole 30 s window",
+            },
             100.0 * base
         );
         let _ = write!(s, "| strategy |");
@@ -536,6 +593,36 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert_eq!(svg.matches("<circle").count(), 6);
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn audio_scope_prunes_only_the_audio_frames() {
+        use candle_core::{Device, Tensor};
+        // 6 frames, the first 4 cover audio; rows are their own index.
+        let hidden = Tensor::from_vec(
+            (0..6).map(|i| i as f32).collect::<Vec<_>>(),
+            (6, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let encoded = EncoderOutput {
+            hidden,
+            scores: Some(vec![0.1, 0.9, 0.2, 0.8, 0.95, 0.99]),
+        };
+        let policy = Policy::new(Strategy::TopK, 0.5).unwrap();
+        let rows = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Window scope: the best 3 of all 6 (two of them padding).
+        assert_eq!(
+            rows(prune_frames(&encoded, &policy, None).unwrap()),
+            [1.0, 4.0, 5.0]
+        );
+        // Audio scope: the best 2 of the 4 audio frames, then every padding frame.
+        assert_eq!(
+            rows(prune_frames(&encoded, &policy, Some(4)).unwrap()),
+            [1.0, 3.0, 4.0, 5.0]
+        );
+        // 1 s of audio: 100 mel frames, 50 encoder positions.
+        assert_eq!(audio_positions(1.0), 50);
     }
 
     #[test]
