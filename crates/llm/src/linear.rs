@@ -102,6 +102,10 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn values(t: Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     fn ramp(len: usize, scale: f32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
@@ -119,20 +123,8 @@ mod tests {
         let seq = Tensor::from_vec(ramp(3 * k, 0.02), (1, 3, k), &Device::Cpu).unwrap();
         for xs in [seq.narrow(1, 2, 1).unwrap(), seq.narrow(1, 0, 1).unwrap()] {
             assert!(ours.forward_one_row(&xs).unwrap().is_some());
-            let a: Vec<f32> = ours
-                .forward(&xs)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let e: Vec<f32> = theirs
-                .forward(&xs)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let a = values(ours.forward(&xs).unwrap());
+            let e = values(theirs.forward(&xs).unwrap());
             assert_eq!(ours.forward(&xs).unwrap().dims(), &[1, 1, n]);
             for (a, e) in a.iter().zip(&e) {
                 assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{a} vs {e}");
@@ -140,20 +132,8 @@ mod tests {
         }
         // Several rows take candle's path and give its exact result.
         assert!(ours.forward_one_row(&seq).unwrap().is_none());
-        let a: Vec<f32> = ours
-            .forward(&seq)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let e: Vec<f32> = theirs
-            .forward(&seq)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let a = values(ours.forward(&seq).unwrap());
+        let e = values(theirs.forward(&seq).unwrap());
         assert_eq!(a, e);
     }
 }
