@@ -182,10 +182,6 @@ enum EvalCommand {
         /// looped token counts as an insertion.
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
-        /// Also cap each transcription at this many tokens per second of audio (at least 16; 0:
-        /// off). Real speech stays far below 8; the cap stops loops early.
-        #[arg(long, default_value_t = 8.0)]
-        max_tokens_per_second: f64,
         /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
         #[arg(long, value_name = "FILE.json", help_heading = "Output")]
         out: Option<PathBuf>,
@@ -705,7 +701,6 @@ pub(crate) fn main() -> Result<ExitCode> {
             limit,
             every,
             max_new_tokens,
-            max_tokens_per_second,
             out,
             markdown,
             plot,
@@ -734,9 +729,6 @@ pub(crate) fn main() -> Result<ExitCode> {
             }
             set_threads(threads)?;
             let device = parse_device(&device)?;
-            if !(max_tokens_per_second >= 0.0 && max_tokens_per_second.is_finite()) {
-                return Err(usage("--max-tokens-per-second must be a number >= 0"));
-            }
             if every == 0 {
                 return Err(usage("--every must be at least 1"));
             }
@@ -763,7 +755,6 @@ pub(crate) fn main() -> Result<ExitCode> {
                 keeps,
                 limit,
                 max_new_tokens: (max_new_tokens > 0).then_some(max_new_tokens),
-                tokens_per_second: (max_tokens_per_second > 0.0).then_some(max_tokens_per_second),
                 details,
                 progress: !quiet,
             };

@@ -101,9 +101,6 @@ pub struct AsrEvalOptions {
     pub limit: Option<usize>,
     /// Cap on generated tokens per transcription (`None`: the model's `max_length`).
     pub max_new_tokens: Option<usize>,
-    /// Also cap at this many tokens per second of audio (at least 16): speech never needs more,
-    /// and a pruned input that makes Whisper loop stops early.
-    pub tokens_per_second: Option<f64>,
     /// Write one JSON line per clip (hypotheses and errors per configuration) here.
     pub details: Option<PathBuf>,
     /// Print a line per clip on stderr.
@@ -182,7 +179,6 @@ pub fn asr_pruning(
     };
     report.parameters["scope"] = json!(opts.scope.name());
     report.parameters["max_new_tokens"] = json!(opts.max_new_tokens);
-    report.parameters["max_tokens_per_second"] = json!(opts.tokens_per_second);
     let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
     for (i, clip) in clips.iter().enumerate() {
         let clip_start = Instant::now();
