@@ -241,10 +241,9 @@ pub struct DecoderState {
     cross_kv: Vec<(Tensor, Tensor)>,
     /// `(rows, 1, 1, frames)`: `-inf` on the padding of rows with fewer frames than the most.
     cross_mask: Option<Tensor>,
-    /// Frames of each row (the rest of its cross keys is padding).
+    /// Frames of each row (the rest of its cross keys is padding); one entry per row.
     frames: Vec<usize>,
     len: usize,
-    rows: usize,
 }
 
 impl DecoderState {
@@ -260,12 +259,12 @@ impl DecoderState {
 
     /// Transcriptions in the batch.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.frames.len()
     }
 
     /// Keeps only the given rows (ascending), e.g. when the others have finished.
     pub fn retain(&mut self, rows: &[usize]) -> candle_core::Result<()> {
-        if rows.len() == self.rows {
+        if rows.len() == self.rows() {
             return Ok(());
         }
         let device = self.cross_kv.first().map(|(k, _)| k.device().clone());
@@ -287,7 +286,6 @@ impl DecoderState {
             *mask = pick(mask)?;
         }
         self.frames = rows.iter().map(|&r| self.frames[r]).collect();
-        self.rows = rows.len();
         // Drop the padding no remaining row needs: the cross-attention reads less per step.
         let longest = self.frames.iter().copied().max().unwrap_or(0);
         if let Some((k, _)) = self.cross_kv.first() {
@@ -408,14 +406,13 @@ impl WhisperDecoder {
             cross_mask,
             frames: lens,
             len: 0,
-            rows,
         })
     }
 
     /// Feeds `t` more tokens per row (`ids` holds `rows * t` ids, row after row) after what
     /// `state` holds; returns the logits `(rows, vocab)` of each row's last position.
     pub fn step(&self, state: &mut DecoderState, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let rows = state.rows;
+        let rows = state.rows();
         if rows == 0 || !ids.len().is_multiple_of(rows) {
             candle_core::bail!("{} ids for {rows} rows", ids.len());
         }
@@ -672,16 +669,14 @@ impl Transcriber {
             let mut next_ids = Vec::with_capacity(active.len());
             for (row, mut scores) in table.into_iter().enumerate() {
                 let which = active[row];
-                for &t in &self.suppress {
+                let first = ids[which].is_empty();
+                for &t in self
+                    .suppress
+                    .iter()
+                    .chain(first.then_some(&self.begin_suppress).into_iter().flatten())
+                {
                     if let Some(v) = scores.get_mut(t as usize) {
                         *v = f32::NEG_INFINITY;
-                    }
-                }
-                if ids[which].is_empty() {
-                    for &t in &self.begin_suppress {
-                        if let Some(v) = scores.get_mut(t as usize) {
-                            *v = f32::NEG_INFINITY;
-                        }
                     }
                 }
                 let next = argmax(&scores);
