@@ -1,30 +1,42 @@
 """Write a Qwen2-Audio checkpoint of realistic shape with seeded random weights, for timing.
 
-Shapes (issue 7): a Whisper-small-sized encoder (d_model 768, 12 layers, 12 heads, ffn 3072,
-128 mel bins) and a Qwen2-0.5B-sized decoder (hidden 896, 24 layers, 14 heads, 2 KV heads,
-intermediate 4864, vocab 151936). The tokenizer, processor files and chat template are those of
-models/tiny-chat (their ids fit in the vocabulary). Weights are random: only for speed.
+    $VENV/bin/python scripts/make_bench_model.py OUT_DIR [--shape small|7b]
 
-    $VENV/bin/python scripts/make_bench_model.py OUT_DIR
+`--shape small` (the default; needs torch and transformers): a Whisper-small-sized encoder
+(d_model 768, 12 layers, 12 heads, ffn 3072, 128 mel bins) and a Qwen2-0.5B-sized decoder
+(hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936), written by
+transformers' `save_pretrained`.
+
+`--shape 7b` (needs only numpy): Qwen2-Audio-7B's exact layout, as on the hub: the
+Whisper-large-v3-sized encoder (d_model 1280, 32 layers, 20 heads, ffn 5120), the 4096 x 1280
+projector and the 7.7 B-parameter Qwen2 decoder (hidden 4096, 32 layers, 32 heads, no GQA,
+intermediate 11008, vocab 156032, untied head), bf16, 5 shards of about 3.9 GB and a
+`model.safetensors.index.json`, 16.8 GB in all. Its `config.json` is the hub's
+(Qwen/Qwen2-Audio-7B-Instruct): the Qwen2 class defaults (hidden_size 4096, 32 layers, 32
+heads) are left out, as there, so the loader has to supply them. Tensors are streamed to disk
+one chunk at a time (a few hundred MB of memory), never held whole.
+
+In both shapes the tokenizer, processor files and chat template are those of models/tiny-chat
+(their ids fit in the vocabulary, and the special token ids in config.json are tiny-chat's).
+Weights are random (N(0, 0.02), norms 1): only for speed and memory measurements.
 """
 
+import argparse
 import json
 import shutil
-import sys
+import struct
 from pathlib import Path
-
-import torch
-from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny-chat"
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "processor_config.json",
+                   "chat_template.jinja", "generation_config.json"]
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
-    out.mkdir(parents=True, exist_ok=True)
-    tiny_cfg = json.loads((TINY / "config.json").read_text())
-    audio_token = tiny_cfg["audio_token_index"]
+def write_small(out: Path, tiny_cfg: dict) -> None:
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
     cfg = Qwen2AudioConfig(
         audio_config=dict(
             model_type="qwen2_audio_encoder", num_mel_bins=128, d_model=768, encoder_layers=12,
@@ -37,16 +49,157 @@ def main() -> None:
             tie_word_embeddings=False, bos_token_id=tiny_cfg["text_config"].get("bos_token_id"),
             eos_token_id=tiny_cfg["text_config"].get("eos_token_id"),
         ),
-        audio_token_index=audio_token,
+        audio_token_index=tiny_cfg["audio_token_index"],
     )
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(cfg).eval()
     model.save_pretrained(out, safe_serialization=True, max_shard_size="1GB")
-    for name in ["tokenizer.json", "tokenizer_config.json", "processor_config.json",
-                 "chat_template.jinja", "generation_config.json"]:
-        shutil.copy(TINY / name, out / name)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {n / 1e6:.1f} M parameters")
+
+
+# Qwen2-Audio-7B: audio_config and text_config as written in the hub's config.json.
+AUDIO_7B = dict(d_model=1280, layers=32, ffn=5120, mel=128, positions=1500)
+TEXT_7B = dict(hidden=4096, layers=32, inter=11008, vocab=156032)
+
+
+def config_7b(tiny_cfg: dict) -> dict:
+    """The hub's config.json of Qwen2-Audio-7B-Instruct, with tiny-chat's token ids."""
+    text = tiny_cfg["text_config"]
+    return {
+        "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "audio_config": {
+            "model_type": "qwen2_audio_encoder", "num_mel_bins": 128, "encoder_layers": 32,
+            "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "d_model": 1280,
+            "activation_function": "gelu", "scale_embedding": False,
+            "max_source_positions": 1500,
+        },
+        "audio_token_index": tiny_cfg["audio_token_index"],
+        "ignore_index": -100,
+        "model_type": "qwen2_audio",
+        "text_config": {
+            "bos_token_id": text.get("bos_token_id"), "eos_token_id": text.get("eos_token_id"),
+            "intermediate_size": 11008, "max_position_embeddings": 8192, "model_type": "qwen2",
+            "rms_norm_eps": 1e-05, "rope_theta": 10000, "sliding_window": 32768,
+            "torch_dtype": "bfloat16", "use_mrope": False, "vocab_size": 156032,
+        },
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.38.1",
+        "vocab_size": 156032,
+    }
+
+
+def tensors_7b() -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, init) in the hub's order; init is "normal", "zeros" or "ones"."""
+    a, t = AUDIO_7B, TEXT_7B
+    d, h = a["d_model"], t["hidden"]
+    out = [
+        ("audio_tower.conv1.weight", (d, a["mel"], 3), "normal"),
+        ("audio_tower.conv1.bias", (d,), "zeros"),
+        ("audio_tower.conv2.weight", (d, d, 3), "normal"),
+        ("audio_tower.conv2.bias", (d,), "zeros"),
+        ("audio_tower.embed_positions.weight", (a["positions"], d), "normal"),
+    ]
+    for i in range(a["layers"]):
+        p = f"audio_tower.layers.{i}"
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"]:
+            out.append((f"{p}.self_attn.{proj}.weight", (d, d), "normal"))
+            if proj != "k_proj":
+                out.append((f"{p}.self_attn.{proj}.bias", (d,), "zeros"))
+        for norm in ["self_attn_layer_norm", "final_layer_norm"]:
+            out.append((f"{p}.{norm}.weight", (d,), "ones"))
+            out.append((f"{p}.{norm}.bias", (d,), "zeros"))
+        out += [(f"{p}.fc1.weight", (a["ffn"], d), "normal"), (f"{p}.fc1.bias", (a["ffn"],), "zeros"),
+                (f"{p}.fc2.weight", (d, a["ffn"]), "normal"), (f"{p}.fc2.bias", (d,), "zeros")]
+    out += [("audio_tower.layer_norm.weight", (d,), "ones"),
+            ("audio_tower.layer_norm.bias", (d,), "zeros"),
+            ("multi_modal_projector.linear.weight", (h, d), "normal"),
+            ("multi_modal_projector.linear.bias", (h,), "zeros"),
+            ("language_model.model.embed_tokens.weight", (t["vocab"], h), "normal")]
+    for i in range(t["layers"]):
+        p = f"language_model.model.layers.{i}"
+        for proj in ["q_proj", "k_proj", "v_proj"]:
+            out.append((f"{p}.self_attn.{proj}.weight", (h, h), "normal"))
+            out.append((f"{p}.self_attn.{proj}.bias", (h,), "normal"))
+        out.append((f"{p}.self_attn.o_proj.weight", (h, h), "normal"))
+        out += [(f"{p}.mlp.gate_proj.weight", (t["inter"], h), "normal"),
+                (f"{p}.mlp.up_proj.weight", (t["inter"], h), "normal"),
+                (f"{p}.mlp.down_proj.weight", (h, t["inter"]), "normal")]
+        out.append((f"{p}.input_layernorm.weight", (h,), "ones"))
+        out.append((f"{p}.post_attention_layernorm.weight", (h,), "ones"))
+    out += [("language_model.model.norm.weight", (h,), "ones"),
+            ("language_model.lm_head.weight", (t["vocab"], h), "normal")]
+    return out
+
+
+def write_shard(path: Path, tensors, rng) -> None:
+    """A safetensors file (8-byte header length, JSON header, raw little-endian data)."""
+    import numpy as np
+
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape, _ in tensors:
+        size = 2 * int(np.prod(shape))
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    chunk = 1 << 25
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for _, shape, init in tensors:
+            n = int(np.prod(shape))
+            for start in range(0, n, chunk):
+                m = min(chunk, n - start)
+                if init == "normal":
+                    values = rng.standard_normal(m, dtype=np.float32) * np.float32(0.02)
+                else:
+                    values = np.full(m, 1.0 if init == "ones" else 0.0, dtype=np.float32)
+                # bf16 = the high half of the f32 bits, rounded to nearest even.
+                bits = values.view(np.uint32)
+                bits = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+                f.write((bits >> np.uint32(16)).astype("<u2").tobytes())
+
+
+def write_7b(out: Path, tiny_cfg: dict, shard_bytes: int = 3_900_000_000) -> None:
+    import numpy as np
+
+    (out / "config.json").write_text(json.dumps(config_7b(tiny_cfg), indent=2) + "\n")
+    shards, current, size = [], [], 0
+    for name, shape, init in tensors_7b():
+        nbytes = 2 * int(np.prod(shape))
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape, init))
+        size += nbytes
+    shards.append(current)
+    rng = np.random.default_rng(0)
+    weight_map, total = {}, 0
+    for i, tensors in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        print(f"writing {fname} ({len(tensors)} tensors)", flush=True)
+        write_shard(out / fname, tensors, rng)
+        for name, shape, _ in tensors:
+            weight_map[name] = fname
+            total += 2 * int(np.prod(shape))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(f"wrote {out}: {total / 2 / 1e9:.2f} B parameters, {total / 1e9:.1f} GB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--shape", choices=["small", "7b"], default="small")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tiny_cfg = json.loads((TINY / "config.json").read_text())
+    if args.shape == "7b":
+        write_7b(args.out, tiny_cfg)
+    else:
+        write_small(args.out, tiny_cfg)
+    for name in TOKENIZER_FILES:
+        shutil.copy(TINY / name, args.out / name)
 
 
 if __name__ == "__main__":

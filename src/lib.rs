@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod eval;
+pub mod memory;
 pub mod pipeline;
 pub mod prompt;
 pub mod wer;

@@ -1,0 +1,210 @@
+//! Will the model fit? The resident size of a load, estimated from the checkpoint's tensor
+//! headers before any weight is read, against the memory the system can give.
+//!
+//! The estimate adds up what stays resident once the model is loaded and a request runs:
+//! - the weights, tensor by tensor, at the size each one is stored in after loading (the
+//!   checkpoint's own precision, f32, or a quantised block format);
+//! - the KV cache of the language model for the requested context, in the compute dtype;
+//! - the largest transient buffers of one request: an encoder layer's attention probabilities
+//!   over a 30 s window, the prefill's attention scores and MLP activations, and one weight
+//!   matrix widened to f32 for a multi-row product when weights are not stored in f32;
+//! - a fixed allowance for the binary, tokenizer and allocator.
+//!
+//! Available memory is the smaller of the system's available memory (`MemAvailable` on Linux)
+//! and what the process's cgroup still allows, as read by `sysinfo`.
+
+use std::fmt;
+
+/// Fixed allowance for the code, tokenizer, templates and allocator slack.
+const OVERHEAD_BYTES: u64 = 300 << 20;
+
+/// Estimated resident memory of a loaded model serving one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    /// Weights as stored after loading.
+    pub weights: u64,
+    /// The language model's KV cache for the requested context.
+    pub kv_cache: u64,
+    /// Transient activations and widened weights of one request.
+    pub activations: u64,
+}
+
+impl Footprint {
+    /// Everything, with the fixed overhead.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.activations + OVERHEAD_BYTES
+    }
+}
+
+/// The model dimensions the KV cache and activation estimates need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Attention heads of the decoder.
+    pub heads: usize,
+    /// Key/value heads of the decoder.
+    pub kv_heads: usize,
+    /// Per-head size of the decoder.
+    pub head_dim: usize,
+    /// Decoder hidden size.
+    pub hidden: usize,
+    /// Decoder MLP size.
+    pub intermediate: usize,
+    /// Vocabulary rows of the output head.
+    pub vocab: usize,
+    /// Encoder attention heads.
+    pub encoder_heads: usize,
+    /// Encoder positions per 30 s window (1500 for Whisper-style encoders).
+    pub encoder_positions: usize,
+    /// Encoder MLP size.
+    pub encoder_ffn: usize,
+}
+
+/// Bytes of one activation element (the CPU computes in f32).
+const ACT: u64 = 4;
+
+impl Dims {
+    /// The KV cache of `context` positions, `kv_bytes` per element.
+    pub fn kv_cache(&self, context: usize, kv_bytes: u64) -> u64 {
+        2 * (self.layers * self.kv_heads * self.head_dim * context) as u64 * kv_bytes
+    }
+
+    /// The largest transient buffers of one request with a prompt of `context` positions:
+    /// the larger of the encoder's and the prefill's working sets, plus `widened` bytes of
+    /// weight converted for a multi-row product.
+    pub fn activations(&self, context: usize, widened: u64) -> u64 {
+        let (n, t) = (self.encoder_positions as u64, context as u64);
+        // Scores and probabilities of one layer, plus the MLP's widest activation.
+        let encoder = 2 * self.encoder_heads as u64 * n * n * ACT + 2 * n * self.encoder_ffn as u64 * ACT;
+        let prefill = 2 * self.heads as u64 * t * t * ACT
+            + 3 * t * self.intermediate as u64 * ACT
+            + 4 * t * self.hidden as u64 * ACT
+            + self.vocab as u64 * ACT;
+        encoder.max(prefill) + widened
+    }
+}
+
+/// Memory the process can still use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Available {
+    /// Bytes.
+    pub bytes: u64,
+    /// Where the figure comes from.
+    pub source: AvailableSource,
+}
+
+/// Which limit [`Available`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AvailableSource {
+    /// The system's available memory (free plus reclaimable caches).
+    System,
+    /// The process's cgroup limit, lower than the system's.
+    Cgroup,
+}
+
+impl fmt::Display for AvailableSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::System => "available",
+            Self::Cgroup => "available to this cgroup",
+        })
+    }
+}
+
+/// The memory this process can still use, or `None` where the system does not say.
+pub fn available() -> Option<Available> {
+    let mut sys = sysinfo::System::new().ok()?;
+    sys.refresh_memory();
+    let system = sys.available_memory();
+    let cgroup = sys.cgroup_limits().map(|limits| limits.free_memory);
+    pick_available(system, cgroup)
+}
+
+fn pick_available(system: u64, cgroup: Option<u64>) -> Option<Available> {
+    let sys = (system > 0).then_some(Available {
+        bytes: system,
+        source: AvailableSource::System,
+    });
+    match cgroup {
+        Some(free) if free > 0 && sys.is_none_or(|s| free < s.bytes) => Some(Available {
+            bytes: free,
+            source: AvailableSource::Cgroup,
+        }),
+        _ => sys,
+    }
+}
+
+/// `bytes` in decimal gigabytes with one decimal, the unit model cards use.
+pub fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Qwen2-Audio-7B's decoder and encoder.
+    fn dims_7b() -> Dims {
+        Dims {
+            layers: 32,
+            heads: 32,
+            kv_heads: 32,
+            head_dim: 128,
+            hidden: 4096,
+            intermediate: 11008,
+            vocab: 156_032,
+            encoder_heads: 20,
+            encoder_positions: 1500,
+            encoder_ffn: 5120,
+        }
+    }
+
+    #[test]
+    fn kv_cache_of_the_7b_model_is_half_a_megabyte_per_position_in_bf16() {
+        // 2 (k, v) x 32 layers x 32 heads x 128 dims x 2 bytes = 512 KiB per position.
+        assert_eq!(dims_7b().kv_cache(1, 2), 512 << 10);
+        assert_eq!(dims_7b().kv_cache(1000, 4), 1000 * (1 << 20));
+    }
+
+    #[test]
+    fn activations_take_the_larger_stage_plus_the_widened_weight() {
+        let d = dims_7b();
+        let encoder = 2 * 20 * 1500 * 1500 * 4 + 2 * 1500 * 5120 * 4;
+        // A short prompt: the encoder's attention dominates.
+        assert_eq!(d.activations(100, 0), encoder);
+        assert_eq!(d.activations(100, 7), encoder + 7);
+        // A long prompt: the prefill's scores grow with its square.
+        assert!(d.activations(4000, 0) > encoder);
+    }
+
+    #[test]
+    fn the_tighter_limit_wins() {
+        let sys = |bytes| Available {
+            bytes,
+            source: AvailableSource::System,
+        };
+        assert_eq!(pick_available(10, None), Some(sys(10)));
+        assert_eq!(pick_available(10, Some(20)), Some(sys(10)));
+        assert_eq!(
+            pick_available(10, Some(4)),
+            Some(Available {
+                bytes: 4,
+                source: AvailableSource::Cgroup
+            })
+        );
+        assert_eq!(pick_available(0, None), None);
+        assert_eq!(pick_available(0, Some(0)), None);
+    }
+
+    #[test]
+    fn this_machine_reports_some_memory() {
+        let a = available().expect("sysinfo reads the memory on the test platforms");
+        assert!(a.bytes > 64 << 20, "{a:?}");
+    }
+
+    #[test]
+    fn gigabytes_are_decimal() {
+        assert_eq!(gb(16_794_189_824), "16.8 GB");
+    }
+}
