@@ -307,6 +307,24 @@ struct Recorder {
     used: Mutex<HashSet<String>>,
 }
 
+/// A tensor as the checkpoint's header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Full name, e.g. `language_model.model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Element type in the file (`None` for a type candle cannot load).
+    pub dtype: Option<DType>,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 /// Which checkpoint tensors the model did not read.
 #[derive(Debug, Clone, Default)]
 pub struct Coverage {
@@ -358,6 +376,25 @@ impl WeightStore {
             .into_iter()
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// Name, shape and stored dtype of every tensor, read from the file headers only (no
+    /// weight is touched): what a memory estimate needs before loading. A dtype candle does
+    /// not know is `None`.
+    pub fn infos(&self) -> Vec<TensorInfo> {
+        let mut infos: Vec<TensorInfo> = self
+            .inner
+            .tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| TensorInfo {
+                shape: view.shape().to_vec(),
+                dtype: DType::try_from(view.dtype()).ok(),
+                name,
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
     }
 
     /// Fails when a tensor nobody read remains, besides the `allowed` ones: a prefix mistake or a
@@ -493,5 +530,28 @@ mod tests {
         assert!(err.to_string().contains("no such folder"), "{err}");
         let err = ModelSource::parse("missing-model-folder", None).unwrap_err();
         assert!(err.to_string().contains("no such folder"), "{err}");
+    }
+
+    #[test]
+    fn infos_come_from_the_headers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-chat");
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        shards.sort();
+        let store = WeightStore::open(&shards).unwrap();
+        let infos = store.infos();
+        assert_eq!(infos.len(), store.names().len());
+        let embed = infos
+            .iter()
+            .find(|i| i.name == "language_model.model.embed_tokens.weight")
+            .unwrap();
+        assert_eq!(embed.shape, vec![512, 64]);
+        assert_eq!(embed.dtype, Some(DType::BF16));
+        assert_eq!(embed.numel(), 512 * 64);
+        // Nothing was read, so nothing counts as used.
+        assert_eq!(store.coverage(&[]).unused.len(), infos.len());
     }
 }
