@@ -37,8 +37,10 @@
 mod cache;
 mod config;
 mod error;
+mod format;
 mod gemv;
 mod generate;
+mod halfgemv;
 mod linear;
 mod model;
 #[cfg(test)]
@@ -47,5 +49,6 @@ mod tests;
 pub use cache::KvCache;
 pub use config::{HiddenAct, Qwen2Config, RopeParameters, TokenIds};
 pub use error::LlmError;
+pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
 pub use model::Qwen2Decoder;
