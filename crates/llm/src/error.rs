@@ -85,6 +85,17 @@ pub enum LlmError {
         reason: &'static str,
     },
 
+    /// An option value (e.g. a weight format name) is not one of the accepted values.
+    #[error("invalid `{option}`: {value:?}, expected {expected}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted values.
+        expected: &'static str,
+    },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -12,9 +12,22 @@
 //! - [`Qwen2Decoder::load`] reads the weights under a `VarBuilder` placed at the language
 //!   model's prefix (`language_model` in Qwen2-Audio checkpoints); compute dtype and device are
 //!   the `VarBuilder`'s. Norms and softmax run in f32 whatever the dtype.
-//! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)`.
-//! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` → logits of the last
-//!   position `(batch, vocab)`, f32. [`Qwen2Decoder::forward_embeds_all`] → `(batch, seq,
+//! - [`Qwen2Decoder::load_with`] with [`LoadOptions`] keeps the linear weights in a
+//!   [`WeightFormat`] (`f32`, `bf16`, `f16`, or GGML's `q8_0`, `q4_0`, `q4_k` quantised at load,
+//!   one tensor at a time) and computes everything else in f32; the `VarBuilder`'s dtype is
+//!   only the dtype tensors are read in. The output head gets [`WeightFormat::head_format`];
+//!   a weight whose row length does not fit the block falls back per
+//!   [`WeightFormat::for_row_len`]. [`Qwen2Decoder::weight_format`],
+//!   [`Qwen2Decoder::head_weight_format`], [`Qwen2Decoder::dtype`] (the compute dtype) and
+//!   [`Qwen2Decoder::linear_weight_bytes`] describe the result. On the CPU, single-row
+//!   products (decode) of bf16/f16 weights run a multi-threaded GEMV picked at run time
+//!   (AVX-512F, AVX2 + FMA + F16C, portable), and several rows (prefill) widen one chunk of
+//!   weight rows at a time to f32 for candle's matmul; quantised weights run candle's
+//!   `QMatMul` (activations quantised to q8 blocks, integer block dots).
+//! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute
+//!   dtype.
+//! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
+//!   to the compute dtype) → logits of the last position `(batch, vocab)`, f32. [`Qwen2Decoder::forward_embeds_all`] → `(batch, seq,
 //!   vocab)`, f32. New tokens take the contiguous RoPE positions `cache.len()..cache.len() +
 //!   seq` and are appended to the [`KvCache`]; every sequence of a batch shares the positions
 //!   (no padding support).
@@ -37,8 +50,10 @@
 mod cache;
 mod config;
 mod error;
+mod format;
 mod gemv;
 mod generate;
+mod halfgemv;
 mod linear;
 mod model;
 #[cfg(test)]
@@ -47,5 +62,6 @@ mod tests;
 pub use cache::KvCache;
 pub use config::{HiddenAct, Qwen2Config, RopeParameters, TokenIds};
 pub use error::LlmError;
+pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
 pub use model::Qwen2Decoder;

@@ -1,106 +1,392 @@
-//! The decoder's linear layers: candle's `Linear`, with a multi-threaded matrix-vector product
-//! for the single-row inputs of decode steps.
+//! The decoder's linear layers, over weights kept in their storage precision.
+//!
+//! A [`Linear`] holds one of three weight kinds:
+//! - dense: a candle tensor computed in its own dtype ([`crate::Qwen2Decoder::load`], and f32
+//!   storage); single f32 rows go through [`gemv`], the rest through candle's matmul;
+//! - half: bf16/f16 bits computed in f32; single rows through [`gemv_half`], several rows by
+//!   widening a chunk of weight rows at a time to f32 and calling candle's matmul (gemm);
+//! - quantised: a GGML block tensor (`q8_0`, `q4_0`, `q4_K`) through candle's `QMatMul`, which
+//!   quantises the activations to q8 blocks and runs integer block dots picked at run time.
 
-use candle_core::{DType, Module, Storage, Tensor};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::gemv::gemv;
-use crate::LlmError;
+use crate::halfgemv::{gemv_half, HalfKind};
+use crate::{LlmError, WeightFormat};
+
+/// Weights widened to f32 at once by a multi-row product with half weights: 64 MiB of f32, a
+/// few times a layer's working set, so one such chunk at most is alive.
+const WIDEN_CHUNK_WEIGHTS: usize = 1 << 24;
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Half {
+        bits: Tensor,
+        kind: HalfKind,
+    },
+    Quant {
+        qtensor: Arc<QTensor>,
+        format: WeightFormat,
+    },
+}
 
 /// `y = x · wᵀ + b` with `weight` `(out, in)` and an optional `bias` `(out)`.
-///
-/// A single row (all leading dims of `x` equal to 1) of f32 on the CPU goes through
-/// [`gemv`], which reads the weights at memory bandwidth on every thread; anything else uses
-/// candle's matmul (gemm), which is the faster choice for many rows.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    inner: candle_nn::Linear,
+    weight: Weight,
+    bias: Option<Tensor>,
+    out_dim: usize,
+    in_dim: usize,
 }
 
 impl Linear {
-    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            inner: candle_nn::Linear::new(weight, bias),
+    /// A dense layer computed in `weight`'s dtype.
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self, LlmError> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        Ok(Self {
+            weight: Weight::Dense(weight),
+            bias,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// A layer computed in f32 with `weight` `(out, in)` stored as `format` asks, or as
+    /// [`WeightFormat::for_row_len`] falls back to when `in` does not fit the block size.
+    /// A quantised weight is converted here, one tensor at a time.
+    pub(crate) fn with_format(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        format: WeightFormat,
+    ) -> Result<Self, LlmError> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let half = |dtype, kind| -> Result<Weight, LlmError> {
+            Ok(Weight::Half {
+                bits: weight.to_dtype(dtype)?.contiguous()?,
+                kind,
+            })
+        };
+        let stored = match format.for_row_len(in_dim) {
+            WeightFormat::F32 => Weight::Dense(weight.to_dtype(DType::F32)?.contiguous()?),
+            WeightFormat::Bf16 => half(DType::BF16, HalfKind::Bf16)?,
+            WeightFormat::F16 => half(DType::F16, HalfKind::F16)?,
+            quant => Weight::Quant {
+                qtensor: Arc::new(QTensor::quantize(&fresh_f32(weight)?, ggml_dtype(quant))?),
+                format: quant,
+            },
+        };
+        Ok(Self {
+            weight: stored,
+            bias: bias.map(|b| b.to_dtype(DType::F32)).transpose()?,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// The storage format of the weight.
+    pub(crate) fn format(&self) -> WeightFormat {
+        match &self.weight {
+            Weight::Dense(w) => match w.dtype() {
+                DType::BF16 => WeightFormat::Bf16,
+                DType::F16 => WeightFormat::F16,
+                _ => WeightFormat::F32,
+            },
+            Weight::Half { kind, .. } => match kind {
+                HalfKind::Bf16 => WeightFormat::Bf16,
+                HalfKind::F16 => WeightFormat::F16,
+            },
+            Weight::Quant { format, .. } => *format,
         }
     }
 
-    /// Stacks the outputs of `parts` (same input size) into one layer, so a single product
-    /// computes them all: `y = [y_0, y_1, ...]` along the last dim. Biases must be all present
-    /// or all absent.
+    /// Bytes of weight a product reads (the bias aside).
+    pub(crate) fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(w) | Weight::Half { bits: w, .. } => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+            Weight::Quant { qtensor, .. } => qtensor.storage_size_in_bytes(),
+        }
+    }
+
+    /// Stacks the outputs of `parts` (same input size and storage) into one layer, so a
+    /// single product computes them all: `y = [y_0, y_1, ...]` along the last dim. Biases must
+    /// be all present or all absent.
     pub(crate) fn concat(parts: &[Linear]) -> Result<Self, LlmError> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| p.inner.weight()).collect();
-        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.inner.bias()).collect();
-        let weight = Tensor::cat(&weights, 0)?;
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
         let bias = match biases {
             Some(b) => Some(Tensor::cat(&b, 0)?),
-            None if parts.iter().all(|p| p.inner.bias().is_none()) => None,
-            None => {
-                return Err(LlmError::Unsupported {
-                    field: "bias",
-                    value: "mixed".into(),
-                    reason: "concatenated projections must all have a bias or none".into(),
-                })
-            }
+            None if parts.iter().all(|p| p.bias.is_none()) => None,
+            None => return Err(mismatch("bias", "mixed", "all have a bias or none")),
         };
-        Ok(Self::new(weight, bias))
+        let in_dim = parts.first().map_or(0, |p| p.in_dim);
+        if parts.iter().any(|p| p.in_dim != in_dim) {
+            return Err(mismatch("in_features", "mixed", "share the input size"));
+        }
+        let out_dim = parts.iter().map(|p| p.out_dim).sum();
+        let weight = match parts.first().map(|p| &p.weight) {
+            Some(Weight::Dense(_)) => Weight::Dense(cat_tensors(parts, |w| match w {
+                Weight::Dense(t) => Some(t),
+                _ => None,
+            })?),
+            Some(Weight::Half { kind, .. }) => Weight::Half {
+                bits: cat_tensors(parts, |w| match w {
+                    Weight::Half { bits, kind: k } if k == kind => Some(bits),
+                    _ => None,
+                })?,
+                kind: *kind,
+            },
+            Some(Weight::Quant { format, .. }) => Weight::Quant {
+                qtensor: Arc::new(cat_quant(parts, *format, out_dim, in_dim)?),
+                format: *format,
+            },
+            None => return Err(mismatch("parts", "0", "at least one")),
+        };
+        Ok(Self {
+            weight,
+            bias,
+            out_dim,
+            in_dim,
+        })
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
-        if let Some(ys) = self.forward_one_row(xs)? {
-            return Ok(ys);
+        let k = self.in_dim;
+        if xs.dims().last() != Some(&k) {
+            return Err(LlmError::BadInput {
+                what: "linear input",
+                expected: format!("(..., {k})"),
+                actual: xs.dims().to_vec(),
+                dtype: xs.dtype(),
+            });
         }
-        Ok(self.inner.forward(xs)?)
+        match &self.weight {
+            Weight::Dense(w) => match self.forward_one_row(xs, w)? {
+                Some(ys) => Ok(ys),
+                None => Ok(candle_nn::Linear::new(w.clone(), self.bias.clone()).forward(xs)?),
+            },
+            Weight::Half { bits, kind } => self.forward_half(xs, bits, *kind),
+            Weight::Quant { qtensor, .. } => {
+                let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+                self.add_bias(QMatMul::QTensor(qtensor.clone()).forward(&xs)?)
+            }
+        }
+    }
+
+    fn add_bias(&self, ys: Tensor) -> Result<Tensor, LlmError> {
+        Ok(match &self.bias {
+            Some(b) => ys.broadcast_add(b)?,
+            None => ys,
+        })
     }
 
     /// The [`gemv`] path, or `None` when `xs` is not a single contiguous f32 row on the CPU.
-    fn forward_one_row(&self, xs: &Tensor) -> Result<Option<Tensor>, LlmError> {
-        let weight = self.inner.weight();
-        let bias = self.inner.bias();
-        let (Some(&k), Ok((n, wk))) = (xs.dims().last(), weight.dims2()) else {
-            return Ok(None);
-        };
+    fn forward_one_row(&self, xs: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, LlmError> {
+        let (k, n) = (self.in_dim, self.out_dim);
         let all_f32 = xs.dtype() == DType::F32
             && weight.dtype() == DType::F32
-            && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [n]);
-        if !all_f32 || !xs.device().is_cpu() || k != wk || xs.elem_count() != k {
+            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !all_f32 || xs.elem_count() != k {
             return Ok(None);
         }
-        let (x_storage, x_layout) = xs.storage_and_layout();
-        let (w_storage, w_layout) = weight.storage_and_layout();
-        let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
-            return Ok(None);
+        let bias = match &self.bias {
+            Some(b) => match cpu_vec::<f32>(b)? {
+                Some(b) => Some(b),
+                None => return Ok(None),
+            },
+            None => None,
         };
-        let (Some((x0, x1)), Some((w0, w1))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        let x = &x_cpu.as_slice::<f32>()?[x0..x1];
-        let w = &w_cpu.as_slice::<f32>()?[w0..w1];
-        let mut out = vec![0.0f32; n];
-        match bias {
-            None => gemv(x, w, None, &mut out),
-            Some(b) => {
-                let (b_storage, b_layout) = b.storage_and_layout();
-                let (Storage::Cpu(b_cpu), Some((b0, b1))) =
-                    (&*b_storage, b_layout.contiguous_offsets())
-                else {
-                    return Ok(None);
-                };
-                gemv(x, w, Some(&b_cpu.as_slice::<f32>()?[b0..b1]), &mut out);
+        let out = with_cpu_slices::<f32, f32, _>(xs, weight, |x, w| {
+            let mut out = vec![0.0f32; n];
+            gemv(x, w, bias.as_deref(), &mut out);
+            out
+        })?;
+        out.map(|out| one_row_output(xs, out)).transpose()
+    }
+
+    /// Half weights: one row through [`gemv_half`], several rows through candle's matmul on
+    /// chunks of rows widened to f32.
+    fn forward_half(&self, xs: &Tensor, bits: &Tensor, kind: HalfKind) -> Result<Tensor, LlmError> {
+        let k = self.in_dim;
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        if xs.elem_count() == k && xs.device().is_cpu() {
+            let row = match kind {
+                HalfKind::Bf16 => with_cpu_slices::<f32, bf16, _>(&xs, bits, |x, w| {
+                    self.half_row(kind, x, w.reinterpret_cast())
+                })?,
+                HalfKind::F16 => with_cpu_slices::<f32, f16, _>(&xs, bits, |x, w| {
+                    self.half_row(kind, x, w.reinterpret_cast())
+                })?,
+            };
+            if let Some(out) = row {
+                return one_row_output(&xs, out?);
             }
         }
+        self.half_rows(&xs, bits, WIDEN_CHUNK_WEIGHTS)
+    }
+
+    /// `xs · widen(bits)ᵀ (+ bias)` by candle's matmul on `chunk_weights / in` weight rows at
+    /// a time widened to f32.
+    fn half_rows(
+        &self,
+        xs: &Tensor,
+        bits: &Tensor,
+        chunk_weights: usize,
+    ) -> Result<Tensor, LlmError> {
+        let (k, n) = (self.in_dim, self.out_dim);
+        let m = xs.elem_count() / k.max(1);
+        let x2 = xs.reshape((m, k))?;
+        let rows_per_chunk = (chunk_weights / k.max(1)).max(1);
+        let mut parts = Vec::with_capacity(n.div_ceil(rows_per_chunk));
+        for start in (0..n).step_by(rows_per_chunk) {
+            let len = rows_per_chunk.min(n - start);
+            let w32 = bits.narrow(0, start, len)?.to_dtype(DType::F32)?;
+            parts.push(x2.matmul(&w32.t()?)?);
+        }
+        let ys = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 1)?
+        };
         let mut dims = xs.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
         }
-        Ok(Some(Tensor::from_vec(out, dims, xs.device())?))
+        self.add_bias(ys.reshape(dims)?)
     }
+
+    fn half_row(&self, kind: HalfKind, x: &[f32], w: &[u16]) -> Result<Vec<f32>, LlmError> {
+        let bias = self
+            .bias
+            .as_ref()
+            .map(cpu_vec::<f32>)
+            .transpose()?
+            .flatten();
+        let mut out = vec![0.0f32; self.out_dim];
+        gemv_half(kind, x, w, bias.as_deref(), &mut out);
+        Ok(out)
+    }
+}
+
+fn mismatch(field: &'static str, value: &str, need: &str) -> LlmError {
+    LlmError::Unsupported {
+        field,
+        value: value.into(),
+        reason: format!("concatenated projections must {need}"),
+    }
+}
+
+/// `t` in f32 with storage of exactly its elements: candle's `QTensor::quantize` reads the
+/// whole storage, ignoring a view's offset (a row slice of a larger tensor).
+fn fresh_f32(t: &Tensor) -> Result<Tensor, LlmError> {
+    if t.dtype() != DType::F32 {
+        // A conversion writes a new storage laid out like the view.
+        return Ok(t.to_dtype(DType::F32)?);
+    }
+    let data = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor::from_vec(data, t.dims(), t.device())?)
+}
+
+fn ggml_dtype(format: WeightFormat) -> GgmlDType {
+    match format {
+        WeightFormat::F32 => GgmlDType::F32,
+        WeightFormat::Bf16 => GgmlDType::BF16,
+        WeightFormat::F16 => GgmlDType::F16,
+        WeightFormat::Q8_0 => GgmlDType::Q8_0,
+        WeightFormat::Q4_0 => GgmlDType::Q4_0,
+        WeightFormat::Q4K => GgmlDType::Q4K,
+    }
+}
+
+fn cat_tensors(
+    parts: &[Linear],
+    pick: impl Fn(&Weight) -> Option<&Tensor>,
+) -> Result<Tensor, LlmError> {
+    let tensors = parts
+        .iter()
+        .map(|p| pick(&p.weight))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| mismatch("weight", "mixed storage", "share one storage format"))?;
+    Ok(Tensor::cat(&tensors, 0)?)
+}
+
+/// Stacks GGML tensors by rows: a row is a whole number of blocks, so the rows of the result
+/// are the parts' bytes one after the other.
+fn cat_quant(
+    parts: &[Linear],
+    format: WeightFormat,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<QTensor, LlmError> {
+    let mut bytes = Vec::new();
+    for p in parts {
+        match &p.weight {
+            Weight::Quant { qtensor, format: f } if *f == format => {
+                bytes.extend_from_slice(&qtensor.data()?)
+            }
+            _ => {
+                return Err(mismatch(
+                    "weight",
+                    "mixed storage",
+                    "share one storage format",
+                ))
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, ggml_dtype(format))?;
+    Ok(QTensor::new(storage, (out_dim, in_dim))?)
+}
+
+/// A contiguous CPU tensor's values, or `None` elsewhere.
+fn cpu_vec<T: WithDType>(t: &Tensor) -> Result<Option<Vec<T>>, LlmError> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    Ok(Some(cpu.as_slice::<T>()?[a..b].to_vec()))
+}
+
+/// Runs `f` on the contiguous CPU data of `x` and `w`, or returns `None` when either is not
+/// contiguous on the CPU.
+fn with_cpu_slices<X: WithDType, W: WithDType, R>(
+    x: &Tensor,
+    w: &Tensor,
+    f: impl FnOnce(&[X], &[W]) -> R,
+) -> Result<Option<R>, LlmError> {
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = w.storage_and_layout();
+    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
+        return Ok(None);
+    };
+    let (Some((x0, x1)), Some((w0, w1))) =
+        (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let x = &x_cpu.as_slice::<X>()?[x0..x1];
+    let w = &w_cpu.as_slice::<W>()?[w0..w1];
+    Ok(Some(f(x, w)))
+}
+
+/// `out` shaped like `xs` with the last dim replaced by the output size.
+fn one_row_output(xs: &Tensor, out: Vec<f32>) -> Result<Tensor, LlmError> {
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out.len();
+    }
+    Ok(Tensor::from_vec(out, dims, xs.device())?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn values(t: Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -112,17 +398,32 @@ mod tests {
             .collect()
     }
 
+    fn tensor(len: usize, scale: f32, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(ramp(len, scale), shape, &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(a: &[f32], e: &[f32], rel: f32) {
+        assert_eq!(a.len(), e.len());
+        let scale = e.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (a, e)) in a.iter().zip(e).enumerate() {
+            assert!(
+                (a - e).abs() <= rel * scale,
+                "[{i}] {a} vs {e} (scale {scale})"
+            );
+        }
+    }
+
     #[test]
     fn one_row_matches_candle_linear() {
         let (k, n) = (19, 13);
-        let w = Tensor::from_vec(ramp(n * k, 0.01), (n, k), &Device::Cpu).unwrap();
-        let b = Tensor::from_vec(ramp(n, 0.1), n, &Device::Cpu).unwrap();
-        let ours = Linear::new(w.clone(), Some(b.clone()));
-        let theirs = candle_nn::Linear::new(w, Some(b));
+        let w = tensor(n * k, 0.01, &[n, k]);
+        let b = tensor(n, 0.1, &[n]);
+        let ours = Linear::new(w.clone(), Some(b.clone())).unwrap();
+        let theirs = candle_nn::Linear::new(w.clone(), Some(b));
         // A single row, also as the last position narrowed out of a longer sequence.
-        let seq = Tensor::from_vec(ramp(3 * k, 0.02), (1, 3, k), &Device::Cpu).unwrap();
+        let seq = tensor(3 * k, 0.02, &[1, 3, k]);
         for xs in [seq.narrow(1, 2, 1).unwrap(), seq.narrow(1, 0, 1).unwrap()] {
-            assert!(ours.forward_one_row(&xs).unwrap().is_some());
+            assert!(ours.forward_one_row(&xs, &w).unwrap().is_some());
             let a = values(ours.forward(&xs).unwrap());
             let e = values(theirs.forward(&xs).unwrap());
             assert_eq!(ours.forward(&xs).unwrap().dims(), &[1, 1, n]);
@@ -131,9 +432,173 @@ mod tests {
             }
         }
         // Several rows take candle's path and give its exact result.
-        assert!(ours.forward_one_row(&seq).unwrap().is_none());
+        assert!(ours.forward_one_row(&seq, &w).unwrap().is_none());
         let a = values(ours.forward(&seq).unwrap());
         let e = values(theirs.forward(&seq).unwrap());
         assert_eq!(a, e);
+    }
+
+    /// bf16/f16 storage equals the f32 layer on the upcast weights, one row or several
+    /// (including a widening split into uneven chunks of rows), up to summation order.
+    #[test]
+    fn half_storage_equals_f32_on_upcast_weights() {
+        let (k, n) = (37, 29);
+        let w = tensor(n * k, 0.013, &[n, k]);
+        let b = tensor(n, 0.1, &[n]);
+        for (format, dtype) in [
+            (WeightFormat::Bf16, DType::BF16),
+            (WeightFormat::F16, DType::F16),
+        ] {
+            let ours = Linear::with_format(&w.to_dtype(dtype).unwrap(), Some(&b), format).unwrap();
+            assert_eq!(ours.format(), format);
+            assert_eq!(ours.weight_bytes(), 2 * n * k);
+            let upcast = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let theirs = candle_nn::Linear::new(upcast, Some(b.clone()));
+            let seq = tensor(4 * k, 0.02, &[2, 2, k]);
+            let one = seq.narrow(0, 1, 1).unwrap().narrow(1, 1, 1).unwrap();
+            for xs in [&one, &seq] {
+                let e = values(theirs.forward(xs).unwrap());
+                assert_close(&values(ours.forward(xs).unwrap()), &e, 1e-5);
+                // The embeddings' dtype does not matter: they are widened first.
+                let xs16 = xs.to_dtype(DType::BF16).unwrap();
+                let e16 = values(theirs.forward(&xs16.to_dtype(DType::F32).unwrap()).unwrap());
+                assert_close(&values(ours.forward(&xs16).unwrap()), &e16, 1e-5);
+            }
+            let Weight::Half { bits, .. } = &ours.weight else {
+                panic!("{format} is not stored as half");
+            };
+            let xs = seq.contiguous().unwrap();
+            let chunked = ours.half_rows(&xs, bits, 5 * k).unwrap();
+            assert_eq!(chunked.dims(), &[2, 2, n]);
+            assert_close(
+                &values(chunked),
+                &values(theirs.forward(&seq).unwrap()),
+                1e-5,
+            );
+        }
+    }
+
+    /// Deterministic values in [-1, 1) with a few outliers, like trained weights.
+    fn weights(n: usize, k: usize, seed: u64) -> Tensor {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<f32> = (0..n * k)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                if i % 97 == 0 {
+                    4.0 * v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        Tensor::from_vec(data, (n, k), &Device::Cpu).unwrap()
+    }
+
+    /// Quantise → dequantise error per block, against the bound each format guarantees:
+    /// `q8_0` rounds to steps of `amax / 127` (error <= half a step, plus the f16 scale's
+    /// rounding); `q4_0` has steps of `amax / 8` and clamps the top code, so an error of up
+    /// to one step; `q4_k` rounds each sub-block of 32 to 15 steps of its range with 6-bit
+    /// scales, bounded here by a fifth of the super-block's `amax`.
+    #[test]
+    fn quantise_round_trip_error_is_bounded() {
+        let (n, k) = (8, 512);
+        let w = weights(n, k, 7);
+        let orig = values(w.clone());
+        for (format, block, bound) in [
+            (WeightFormat::Q8_0, 32, 0.5 / 127.0 + 2e-3),
+            (WeightFormat::Q4_0, 32, 1.0 / 8.0 + 2e-3),
+            (WeightFormat::Q4K, 256, 1.0 / 5.0),
+        ] {
+            let lin = Linear::with_format(&w, None, format).unwrap();
+            assert_eq!(lin.format(), format);
+            let expect_bytes = n * k / format.block_len() * format.block_bytes();
+            assert_eq!(lin.weight_bytes(), expect_bytes, "{format}");
+            let Weight::Quant { qtensor, .. } = &lin.weight else {
+                panic!("{format} is not quantised");
+            };
+            let back = values(qtensor.dequantize(&Device::Cpu).unwrap());
+            let mut sq = 0.0f64;
+            for (o, b) in orig.chunks(block).zip(back.chunks(block)) {
+                let amax = o.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (x, y) in o.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= bound * amax,
+                        "{format}: {x} -> {y}, amax {amax}"
+                    );
+                    sq += f64::from(x - y).powi(2);
+                }
+            }
+            let rms = (sq / orig.len() as f64).sqrt();
+            assert!(rms > 0.0, "{format} round trip is exact: not quantised?");
+        }
+    }
+
+    /// The quantised product equals the f32 product on the dequantised weights up to the
+    /// activations' rounding to 8 bits (3% of the largest output: the activations have
+    /// outliers, which coarsen their blocks' steps), is close to the f32
+    /// product on the original weights (the weights' own rounding: 1% for `q8_0`, 15% for
+    /// the 4-bit formats on these outlier-laden weights), and single-row and multi-row
+    /// products agree.
+    #[test]
+    fn quantised_products_are_close_to_f32() {
+        let (n, k) = (45, 256);
+        let w = weights(n, k, 3);
+        let b = tensor(n, 0.1, &[n]);
+        let theirs = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let xs = weights(3, k, 5).reshape((1, 3, k)).unwrap();
+        let e = values(theirs.forward(&xs).unwrap());
+        for (format, rel) in [
+            (WeightFormat::Q8_0, 0.01),
+            (WeightFormat::Q4_0, 0.15),
+            (WeightFormat::Q4K, 0.15),
+        ] {
+            let lin = Linear::with_format(&w, Some(&b), format).unwrap();
+            let Weight::Quant { qtensor, .. } = &lin.weight else {
+                panic!("{format} is not quantised");
+            };
+            let deq = qtensor.dequantize(&Device::Cpu).unwrap();
+            let exact = candle_nn::Linear::new(deq, Some(b.clone()));
+            let all = values(lin.forward(&xs).unwrap());
+            assert_close(&all, &values(exact.forward(&xs).unwrap()), 0.03);
+            assert_close(&all, &e, rel);
+            let last = values(lin.forward(&xs.narrow(1, 2, 1).unwrap()).unwrap());
+            assert_close(&last, &all[2 * n..], 1e-5);
+        }
+    }
+
+    /// Rows that do not fit a block format fall back as documented, and concatenation keeps
+    /// the storage, never a panic.
+    #[test]
+    fn rows_that_do_not_fit_the_block_fall_back() {
+        let w = weights(6, 48, 1);
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4K] {
+            let lin = Linear::with_format(&w, None, format).unwrap();
+            assert_eq!(lin.format(), WeightFormat::Bf16, "{format} on k = 48");
+            let xs = weights(1, 48, 2);
+            assert_eq!(lin.forward(&xs).unwrap().dims(), &[1, 6]);
+        }
+        let w = weights(6, 96, 1);
+        let parts = [
+            Linear::with_format(&w, None, WeightFormat::Q4K).unwrap(),
+            Linear::with_format(&w.narrow(0, 0, 3).unwrap(), None, WeightFormat::Q4K).unwrap(),
+        ];
+        assert_eq!(parts[0].format(), WeightFormat::Q4_0);
+        let cat = Linear::concat(&parts).unwrap();
+        assert_eq!(cat.format(), WeightFormat::Q4_0);
+        let xs = weights(1, 96, 2);
+        let whole = values(cat.forward(&xs).unwrap());
+        assert_eq!(&whole[..6], &values(parts[0].forward(&xs).unwrap())[..]);
+        assert_eq!(&whole[6..], &values(parts[1].forward(&xs).unwrap())[..]);
+        // Mixed storage cannot share one product.
+        let mixed = [
+            Linear::with_format(&w, None, WeightFormat::Q8_0).unwrap(),
+            Linear::with_format(&w, None, WeightFormat::Bf16).unwrap(),
+        ];
+        assert!(Linear::concat(&mixed).is_err());
+        let wrong = Linear::with_format(&w, None, WeightFormat::Q8_0).unwrap();
+        assert!(wrong.forward(&weights(1, 95, 2)).is_err());
     }
 }

@@ -6,7 +6,12 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::linear::Linear;
-use crate::{HiddenAct, KvCache, LlmError, Qwen2Config};
+use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
+
+/// How the layers store their weights: `None` computes in the `VarBuilder`'s dtype
+/// ([`Qwen2Decoder::load`]); a format stores the linears that way and computes in f32
+/// ([`Qwen2Decoder::load_with`]).
+type Storage = Option<WeightFormat>;
 
 /// Reads `name` under `vb`, naming the full tensor path when it is missing or malformed.
 fn tensor(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor, LlmError> {
@@ -27,14 +32,23 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, LlmError> {
+fn linear(
+    vb: VarBuilder,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    storage: Storage,
+) -> Result<Linear, LlmError> {
     let weight = tensor(&vb, &[out_dim, in_dim], "weight")?;
     let bias = if bias {
         Some(tensor(&vb, &[out_dim], "bias")?)
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    match storage {
+        None => Linear::new(weight, bias),
+        Some(format) => Linear::with_format(&weight, bias.as_ref(), format),
+    }
 }
 
 /// RMSNorm as in `Qwen2RMSNorm`: statistics in f32, the weight applied after casting back.
@@ -45,9 +59,9 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self, LlmError> {
+    fn load(vb: VarBuilder, size: usize, eps: f64, dtype: DType) -> Result<Self, LlmError> {
         Ok(Self {
-            weight: tensor(&vb, &[size], "weight")?,
+            weight: tensor(&vb, &[size], "weight")?.to_dtype(dtype)?,
             eps,
         })
     }
@@ -156,18 +170,41 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Qwen2Config, layer: usize, vb: VarBuilder) -> Result<Self, LlmError> {
+    fn load(
+        cfg: &Qwen2Config,
+        layer: usize,
+        vb: VarBuilder,
+        storage: Storage,
+    ) -> Result<Self, LlmError> {
         let hidden = cfg.hidden_size;
         let num_heads = cfg.num_attention_heads;
         let num_kv_heads = cfg.num_kv_heads();
         let head_dim = cfg.head_dim();
         Ok(Self {
             qkv_proj: Linear::concat(&[
-                linear(vb.pp("q_proj"), hidden, num_heads * head_dim, true)?,
-                linear(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, true)?,
-                linear(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, true)?,
+                linear(vb.pp("q_proj"), hidden, num_heads * head_dim, true, storage)?,
+                linear(
+                    vb.pp("k_proj"),
+                    hidden,
+                    num_kv_heads * head_dim,
+                    true,
+                    storage,
+                )?,
+                linear(
+                    vb.pp("v_proj"),
+                    hidden,
+                    num_kv_heads * head_dim,
+                    true,
+                    storage,
+                )?,
             ])?,
-            o_proj: linear(vb.pp("o_proj"), num_heads * head_dim, hidden, false)?,
+            o_proj: linear(
+                vb.pp("o_proj"),
+                num_heads * head_dim,
+                hidden,
+                false,
+                storage,
+            )?,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -243,15 +280,15 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
+    fn load(cfg: &Qwen2Config, vb: VarBuilder, storage: Storage) -> Result<Self, LlmError> {
         let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate_up_proj: Linear::concat(&[
-                linear(vb.pp("gate_proj"), hidden, inter, false)?,
-                linear(vb.pp("up_proj"), hidden, inter, false)?,
+                linear(vb.pp("gate_proj"), hidden, inter, false, storage)?,
+                linear(vb.pp("up_proj"), hidden, inter, false, storage)?,
             ])?,
             intermediate: inter,
-            down_proj: linear(vb.pp("down_proj"), inter, hidden, false)?,
+            down_proj: linear(vb.pp("down_proj"), inter, hidden, false, storage)?,
             act: cfg.hidden_act,
         })
     }
@@ -279,16 +316,23 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Qwen2Config, layer: usize, vb: VarBuilder) -> Result<Self, LlmError> {
+    fn load(
+        cfg: &Qwen2Config,
+        layer: usize,
+        vb: VarBuilder,
+        storage: Storage,
+        dtype: DType,
+    ) -> Result<Self, LlmError> {
         let (hidden, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
-            self_attn: Attention::load(cfg, layer, vb.pp("self_attn"))?,
-            mlp: Mlp::load(cfg, vb.pp("mlp"))?,
-            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), hidden, eps)?,
+            self_attn: Attention::load(cfg, layer, vb.pp("self_attn"), storage)?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"), storage)?,
+            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), hidden, eps, dtype)?,
             post_attention_layernorm: RmsNorm::load(
                 vb.pp("post_attention_layernorm"),
                 hidden,
                 eps,
+                dtype,
             )?,
         })
     }
@@ -325,11 +369,13 @@ struct Step {
 #[derive(Debug, Clone)]
 pub struct Qwen2Decoder {
     cfg: Qwen2Config,
+    /// In the checkpoint's dtype (the `VarBuilder`'s); gathered rows are cast to `dtype`.
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    weights: WeightFormat,
     dtype: DType,
     device: Device,
 }
@@ -346,7 +392,37 @@ impl Qwen2Decoder {
     /// `contains_tensor` truthfully (safetensors or an explicit tensor map; a lazily
     /// initialising `VarMap` does not).
     pub fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
+        Self::load_impl(cfg, vb, None)
+    }
+
+    /// Like [`Qwen2Decoder::load`], but keeps the linear weights in `options.weights` and
+    /// computes in f32: activations, norms (weights widened to f32), RoPE, attention,
+    /// softmax and the KV cache.
+    ///
+    /// `vb`'s dtype is the one tensors are read in (the checkpoint's, e.g. bf16: no
+    /// whole-model f32 copy is ever made). `bf16`/`f16` keep each weight in that precision
+    /// and widen it inside the product, so the logits equal those of an f32 model on the
+    /// upcast weights up to summation order. `q8_0`/`q4_0`/`q4_k` quantise each linear weight
+    /// as it is read (peak memory: the quantised model plus one tensor in f32). A weight whose
+    /// row length does not fit the block size falls back as [`WeightFormat::for_row_len`]
+    /// says; the output head gets [`WeightFormat::head_format`] (`q8_0` for the 4-bit
+    /// formats). The embedding table stays in `vb`'s dtype; looked-up rows are widened.
+    /// The fast kernels run on the CPU; on another device the products use candle's ops.
+    pub fn load_with(
+        cfg: &Qwen2Config,
+        vb: VarBuilder,
+        options: &LoadOptions,
+    ) -> Result<Self, LlmError> {
+        Self::load_impl(cfg, vb, Some(options.weights))
+    }
+
+    fn load_impl(cfg: &Qwen2Config, vb: VarBuilder, storage: Storage) -> Result<Self, LlmError> {
         cfg.validate()?;
+        let dtype = if storage.is_some() {
+            DType::F32
+        } else {
+            vb.dtype()
+        };
         let model = vb.pp("model");
         let embed_tokens = tensor(
             &model.pp("embed_tokens"),
@@ -355,14 +431,26 @@ impl Qwen2Decoder {
         )?;
         let layers_vb = model.pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, i, layers_vb.pp(i)))
+            .map(|i| DecoderLayer::load(cfg, i, layers_vb.pp(i), storage, dtype))
             .collect::<Result<Vec<_>, _>>()?;
-        let norm = RmsNorm::load(model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
-        } else {
-            linear(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+        let norm = RmsNorm::load(model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, dtype)?;
+        let head_storage = storage.map(WeightFormat::head_format);
+        let lm_head = match (cfg.tie_word_embeddings, head_storage) {
+            (true, None) => Linear::new(embed_tokens.clone(), None)?,
+            (true, Some(format)) => Linear::with_format(&embed_tokens, None, format)?,
+            (false, _) => linear(
+                vb.pp("lm_head"),
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+                head_storage,
+            )?,
         };
+        let weights = storage.unwrap_or(match vb.dtype() {
+            DType::BF16 => WeightFormat::Bf16,
+            DType::F16 => WeightFormat::F16,
+            _ => WeightFormat::F32,
+        });
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -370,7 +458,8 @@ impl Qwen2Decoder {
             norm,
             lm_head,
             rope: Rope::new(cfg),
-            dtype: vb.dtype(),
+            weights,
+            dtype,
             device: vb.device().clone(),
         })
     }
@@ -406,9 +495,39 @@ impl Qwen2Decoder {
         &self.cfg
     }
 
-    /// The compute dtype (the `VarBuilder`'s).
+    /// The compute dtype: the `VarBuilder`'s after [`Qwen2Decoder::load`], f32 after
+    /// [`Qwen2Decoder::load_with`]. [`Qwen2Decoder::embed_tokens`] returns it, and
+    /// [`Qwen2Decoder::forward_embeds`] casts embeddings of any float dtype to it.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The storage asked for the linear weights ([`LoadOptions::weights`]); after
+    /// [`Qwen2Decoder::load`], the format of the `VarBuilder`'s dtype.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// The storage the output head actually got ([`WeightFormat::head_format`], or a fallback
+    /// of [`WeightFormat::for_row_len`]).
+    pub fn head_weight_format(&self) -> WeightFormat {
+        self.lm_head.format()
+    }
+
+    /// Bytes of linear weights (attention, MLP, output head) one decode step reads; the
+    /// memory they take, and the numerator of the bandwidth bound on tokens/s.
+    pub fn linear_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.self_attn.qkv_proj.weight_bytes()
+                    + l.self_attn.o_proj.weight_bytes()
+                    + l.mlp.gate_up_proj.weight_bytes()
+                    + l.mlp.down_proj.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
     }
 
     /// The device the weights live on.
@@ -422,7 +541,7 @@ impl Qwen2Decoder {
     }
 
     /// Looks up token embeddings: `ids` `(batch, seq)` of an integer dtype (u32, u8 or i64) to
-    /// `(batch, seq, hidden)` in the model dtype.
+    /// `(batch, seq, hidden)` in the compute dtype ([`Qwen2Decoder::dtype`]).
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor, LlmError> {
         let (b, s) = ids.dims2().map_err(|_| bad_ids(ids))?;
         if !matches!(ids.dtype(), DType::U32 | DType::U8 | DType::I64) {
@@ -451,6 +570,7 @@ impl Qwen2Decoder {
         Ok(self
             .embed_tokens
             .index_select(&flat, 0)?
+            .to_dtype(self.dtype)?
             .reshape((b, s, self.cfg.hidden_size))?)
     }
 
@@ -458,7 +578,7 @@ impl Qwen2Decoder {
     /// the last position, `(batch, vocab)` in f32.
     ///
     /// The new tokens take RoPE positions `cache.len()..cache.len() + seq` and are appended to
-    /// `cache`. `embeds` is cast to the model dtype. `lm_head` runs on the last position only.
+    /// `cache`. `embeds` (any float dtype) is cast to the compute dtype. `lm_head` runs on the last position only.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
         on_pool(|| {
             let hidden = self.forward_hidden(embeds, cache)?;

@@ -751,3 +751,166 @@ fn sampled_generate_is_reproducible() {
     assert_eq!(a, run());
     assert!(a.iter().all(|&t| (t as usize) < cfg.vocab_size));
 }
+
+/// A decoder whose row lengths (64 and 96) fit the 32-weight blocks of `q8_0`/`q4_0`.
+fn storage_cfg() -> Qwen2Config {
+    Qwen2Config {
+        vocab_size: 48,
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 128,
+        ..Default::default()
+    }
+}
+
+fn load_stored(
+    cfg: &Qwen2Config,
+    w: &HashMap<String, Tensor>,
+    read: DType,
+    weights: WeightFormat,
+) -> Qwen2Decoder {
+    let vb = VarBuilder::from_tensors(w.clone(), read, &Device::Cpu);
+    Qwen2Decoder::load_with(cfg, vb.pp(PREFIX), &LoadOptions { weights }).unwrap()
+}
+
+/// Every tensor rounded to `dtype` and widened back: what a model stored in `dtype` computes
+/// with.
+fn upcast(w: &HashMap<String, Tensor>, dtype: DType) -> HashMap<String, Tensor> {
+    w.iter()
+        .map(|(k, t)| {
+            let t = t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            (k.clone(), t)
+        })
+        .collect()
+}
+
+fn greedy_tokens(model: &Qwen2Decoder, prompt: &Tensor, steps: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: steps,
+        stop_ids: vec![],
+        sampling: SamplingParams::default(),
+    };
+    generate(
+        model,
+        &mut model.new_cache(),
+        prompt,
+        &[],
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap()
+    .tokens
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// bf16/f16 storage computes in f32 on the stored weights: its logits equal the f32 model's on
+/// the upcast weights up to summation order, for prefill (multi-row products) and decode steps
+/// (the single-row kernels), and greedy decoding picks the same tokens.
+#[test]
+fn half_storage_equals_f32_model_on_upcast_weights() {
+    let cfg = storage_cfg();
+    let w = weights(&cfg, 31);
+    let xs = embeds(&cfg, 1, 6, 41);
+    for (format, dtype) in [
+        (WeightFormat::Bf16, DType::BF16),
+        (WeightFormat::F16, DType::F16),
+    ] {
+        let reference = load(&cfg, &upcast(&w, dtype), DType::F32);
+        let model = load_stored(&cfg, &w, dtype, format);
+        assert_eq!((model.dtype(), model.weight_format()), (DType::F32, format));
+        assert_eq!(model.head_weight_format(), format);
+        assert_eq!(
+            2 * model.linear_weight_bytes(),
+            reference.linear_weight_bytes()
+        );
+
+        let expect = reference
+            .forward_embeds_all(&xs, &mut reference.new_cache())
+            .unwrap();
+        let tol = 1e-5 * max_abs(&expect).max(1.0);
+        let all = model
+            .forward_embeds_all(&xs, &mut model.new_cache())
+            .unwrap();
+        assert!(max_diff(&all, &expect) <= tol, "{format} prefill");
+        // Decode steps, with the embeddings in the checkpoint's dtype (cast by the model).
+        let mut cache = model.new_cache();
+        model
+            .forward_embeds(&xs.narrow(1, 0, 3).unwrap(), &mut cache)
+            .unwrap();
+        for pos in 3..6 {
+            let step = xs.narrow(1, pos, 1).unwrap();
+            let step = model.forward_embeds(&step, &mut cache).unwrap();
+            let want = expect.narrow(1, pos, 1).unwrap().squeeze(1).unwrap();
+            assert!(max_diff(&step, &want) <= tol, "{format} decode at {pos}");
+        }
+        let ids = Tensor::new(&[[3u32, 9, 27, 1]], &Device::Cpu).unwrap();
+        let prompt = model.embed_tokens(&ids).unwrap();
+        assert_eq!(prompt.dtype(), DType::F32);
+        let prompt16 = prompt.to_dtype(dtype).unwrap();
+        assert_eq!(
+            greedy_tokens(&model, &prompt16, 8),
+            greedy_tokens(&reference, &prompt16, 8),
+            "{format}"
+        );
+    }
+}
+
+/// `q8_0` storage stays within 3% of the largest logit of the f32 model on the same (bf16
+/// read) weights; the 4-bit formats give the head `q8_0`, and on rows of 64 and 96 (not
+/// multiples of 256) `q4_k` falls back to `q4_0`, so the two load the same model.
+#[test]
+fn quantised_storage_is_close_to_f32() {
+    let cfg = storage_cfg();
+    let w = weights(&cfg, 32);
+    let xs = embeds(&cfg, 1, 5, 42);
+    let reference = load(&cfg, &upcast(&w, DType::BF16), DType::F32);
+    let expect = reference
+        .forward_embeds_all(&xs, &mut reference.new_cache())
+        .unwrap();
+    let q8 = load_stored(&cfg, &w, DType::BF16, WeightFormat::Q8_0);
+    assert_eq!(q8.head_weight_format(), WeightFormat::Q8_0);
+    let got = q8.forward_embeds_all(&xs, &mut q8.new_cache()).unwrap();
+    let err = max_diff(&got, &expect) / max_abs(&expect);
+    assert!(err <= 0.03, "q8_0 relative logit error {err}");
+    assert!(err > 0.0, "q8_0 logits are exact: not quantised?");
+
+    let q4_0 = load_stored(&cfg, &w, DType::BF16, WeightFormat::Q4_0);
+    let q4_k = load_stored(&cfg, &w, DType::BF16, WeightFormat::Q4K);
+    assert_eq!(q4_k.head_weight_format(), WeightFormat::Q8_0);
+    assert_eq!(q4_k.linear_weight_bytes(), q4_0.linear_weight_bytes());
+    let a = q4_0.forward_embeds_all(&xs, &mut q4_0.new_cache()).unwrap();
+    let b = q4_k.forward_embeds_all(&xs, &mut q4_k.new_cache()).unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+    let err = max_diff(&a, &expect) / max_abs(&expect);
+    assert!(err <= 0.3, "q4_0 relative logit error {err}");
+}
+
+/// Rows of 16 fit no block format: asking for `q8_0` keeps bf16, documented, not a panic.
+#[test]
+fn block_formats_on_rows_that_do_not_divide_keep_bf16() {
+    let cfg = tiny_cfg();
+    let w = weights(&cfg, 33);
+    let xs = embeds(&cfg, 1, 3, 43);
+    let bf16 = load_stored(&cfg, &w, DType::BF16, WeightFormat::Bf16);
+    let q8 = load_stored(&cfg, &w, DType::BF16, WeightFormat::Q8_0);
+    assert_eq!(q8.weight_format(), WeightFormat::Q8_0);
+    assert_eq!(q8.head_weight_format(), WeightFormat::Bf16);
+    assert_eq!(q8.linear_weight_bytes(), bf16.linear_weight_bytes());
+    let a = q8.forward_embeds_all(&xs, &mut q8.new_cache()).unwrap();
+    let b = bf16.forward_embeds_all(&xs, &mut bf16.new_cache()).unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+}

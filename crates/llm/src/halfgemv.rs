@@ -1,0 +1,452 @@
+//! Matrix-vector products with bf16 or f16 weights and f32 activations (decode steps).
+//!
+//! `out[j] = dot(x, widen(w[j * k..(j + 1) * k])) (+ bias[j])`. Each weight is widened to f32
+//! exactly (bf16: shift left by 16 bits; f16: `vcvtph2ps`) and multiplied and summed in f32,
+//! so the result equals the f32 product on the upcast weights up to summation order. A decode
+//! step is bound by memory bandwidth, so the widening is free and halving the bytes read
+//! nearly doubles the speed. llama.cpp's bf16 dot (`ggml/src/ggml-cpu/vec.cpp`) uses
+//! `vdpbf16ps` instead, which also rounds the activations to bf16; we keep them in f32.
+//!
+//! The instruction set is picked at run time ([`Isa::detected`]): AVX-512F (16 lanes), AVX2 +
+//! FMA + F16C (8 lanes), or portable code.
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Below this many weights a product runs on the calling thread: waking the pool would cost
+/// more than it saves.
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+
+/// Rows handled together by the SIMD kernels, so each activation load serves four rows.
+const ROW_BLOCK: usize = 4;
+
+/// The half-precision encoding of a weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HalfKind {
+    Bf16,
+    F16,
+}
+
+/// The instruction-set level a kernel runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512F (+ the AVX2 set).
+    Avx512,
+}
+
+impl Isa {
+    /// The best level this CPU supports (detected once).
+    pub(crate) fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Portable))
+    }
+
+    /// Every level this CPU can run, from portable up.
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut levels = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 {
+                levels.push(Isa::Avx2);
+                if is_x86_feature_detected!("avx512f") {
+                    levels.push(Isa::Avx512);
+                }
+            }
+        }
+        levels
+    }
+}
+
+fn widen(kind: HalfKind, bits: u16) -> f32 {
+    match kind {
+        HalfKind::Bf16 => bf16::from_bits(bits).to_f32(),
+        HalfKind::F16 => f16::from_bits(bits).to_f32(),
+    }
+}
+
+/// Computes `out = x · widen(w)ᵀ (+ bias)` at the detected [`Isa`]; see [`gemv_half_at`].
+pub(crate) fn gemv_half(
+    kind: HalfKind,
+    x: &[f32],
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    gemv_half_at(Isa::detected(), kind, x, w, bias, out);
+}
+
+/// Computes `out = x · widen(w)ᵀ (+ bias)` for `x` of length `k` and `w` of `out.len()` rows
+/// of `k` half-precision bit patterns, splitting the rows over the current rayon pool.
+///
+/// `isa` must be one of [`Isa::available`]; a level the CPU lacks runs the portable code.
+///
+/// # Panics
+///
+/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long (callers check).
+pub(crate) fn gemv_half_at(
+    isa: Isa,
+    kind: HalfKind,
+    x: &[f32],
+    w: &[u16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let isa = if Isa::available().contains(&isa) {
+        isa
+    } else {
+        Isa::Portable
+    };
+    split_rows(x.len(), w, bias, out, |w, out| rows(isa, kind, x, w, out));
+}
+
+/// Splits the rows of `out = f(w)` (`w` holding `k` elements per row) over the rayon pool
+/// when the matrix is large enough, then adds `bias`.
+pub(crate) fn split_rows<T: Sync>(
+    k: usize,
+    w: &[T],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    f: impl Fn(&[T], &mut [f32]) + Sync,
+) {
+    let n = out.len();
+    assert_eq!(w.len(), n * k, "gemv: weight is not (out, in)");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "gemv: bias length");
+    }
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || w.len() < PARALLEL_MIN_WEIGHTS || k == 0 {
+        f(w, out);
+    } else {
+        // A few chunks per thread so a thread slowed by another process does not hold up the
+        // rest; multiples of the row block keep the fast kernels busy.
+        let per_chunk = n.div_ceil(threads * 4).next_multiple_of(ROW_BLOCK);
+        out.par_chunks_mut(per_chunk)
+            .zip(w.par_chunks(per_chunk * k))
+            .for_each(|(out, w)| f(w, out));
+    }
+    if let Some(bias) = bias {
+        for (o, b) in out.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+/// The single-threaded product over a block of rows.
+fn rows(isa: Isa, kind: HalfKind, x: &[f32], w: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was checked against the CPU's features by the caller, and
+        // `w.len() == out.len() * x.len()` by `split_rows`.
+        match (isa, kind) {
+            (Isa::Avx512, HalfKind::Bf16) => return unsafe { avx512::rows::<true>(x, w, out) },
+            (Isa::Avx512, HalfKind::F16) => return unsafe { avx512::rows::<false>(x, w, out) },
+            (Isa::Avx2, HalfKind::Bf16) => return unsafe { avx2::rows::<true>(x, w, out) },
+            (Isa::Avx2, HalfKind::F16) => return unsafe { avx2::rows::<false>(x, w, out) },
+            (Isa::Portable, _) => {}
+        }
+    }
+    let _ = isa;
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+        *o = dot_portable(kind, x, row);
+    }
+}
+
+/// Eight independent partial sums, which the compiler vectorises on any target.
+fn dot_portable(kind: HalfKind, x: &[f32], w: &[u16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(wc.remainder())
+        .map(|(a, &b)| a * widen(kind, b))
+        .sum();
+    for (xs, ws) in xc.zip(wc) {
+        for ((a, x), &w) in acc.iter_mut().zip(xs).zip(ws) {
+            *a += x * widen(kind, w);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The scalar tail of a row (the last `k % lanes` weights).
+fn tail(kind: HalfKind, x: &[f32], w: &[u16]) -> f32 {
+    x.iter().zip(w).map(|(a, &b)| a * widen(kind, b)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{tail, HalfKind, ROW_BLOCK};
+
+    /// Horizontal sum of the eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Eight weights at `p` widened to f32.
+    ///
+    /// # Safety
+    ///
+    /// `p` must be valid for reading 8 `u16`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<const BF16: bool>(p: *const u16) -> __m256 {
+        // SAFETY: the caller guarantees 16 readable bytes.
+        let h = unsafe { _mm_loadu_si128(p.cast()) };
+        if BF16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+
+    /// `out[j] = dot(x, widen(w[j * k..]))` for every row of `w`, four rows per pass.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2, FMA and F16C; `w.len() == out.len() * x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows<const BF16: bool>(x: &[f32], w: &[u16], out: &mut [f32]) {
+        let kind = if BF16 { HalfKind::Bf16 } else { HalfKind::F16 };
+        let k = x.len();
+        let k8 = k - k % 8;
+        let xp = x.as_ptr();
+        let mut r = 0;
+        let mut blocks = out.chunks_exact_mut(ROW_BLOCK);
+        for block in &mut blocks {
+            let mut acc = [_mm256_setzero_ps(); ROW_BLOCK];
+            let mut i = 0;
+            while i < k8 {
+                // SAFETY: i + 8 <= k8 <= k and rows r..r + 4 lie inside `w`.
+                unsafe {
+                    let xv = _mm256_loadu_ps(xp.add(i));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wv = load8::<BF16>(w.as_ptr().add((r + j) * k + i));
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+                i += 8;
+            }
+            for (j, o) in block.iter_mut().enumerate() {
+                let row = &w[(r + j) * k..(r + j + 1) * k];
+                *o = hsum(acc[j]) + tail(kind, &x[k8..], &row[k8..]);
+            }
+            r += ROW_BLOCK;
+        }
+        for o in blocks.into_remainder() {
+            let row = &w[r * k..(r + 1) * k];
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < k8 {
+                // SAFETY: i + 8 <= k8 <= k, the length of both slices.
+                unsafe {
+                    let wv = load8::<BF16>(row.as_ptr().add(i));
+                    acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i)), acc);
+                }
+                i += 8;
+            }
+            *o = hsum(acc) + tail(kind, &x[k8..], &row[k8..]);
+            r += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{tail, HalfKind, ROW_BLOCK};
+
+    /// Sixteen weights at `p` widened to f32.
+    ///
+    /// # Safety
+    ///
+    /// `p` must be valid for reading 16 `u16`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load16<const BF16: bool>(p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 32 readable bytes.
+        let h = unsafe { _mm256_loadu_si256(p.cast()) };
+        if BF16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    }
+
+    /// `out[j] = dot(x, widen(w[j * k..]))` for every row of `w`, four rows per pass.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C; `w.len() == out.len() * x.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn rows<const BF16: bool>(x: &[f32], w: &[u16], out: &mut [f32]) {
+        let kind = if BF16 { HalfKind::Bf16 } else { HalfKind::F16 };
+        let k = x.len();
+        let k16 = k - k % 16;
+        let xp = x.as_ptr();
+        let mut r = 0;
+        let mut blocks = out.chunks_exact_mut(ROW_BLOCK);
+        for block in &mut blocks {
+            let mut acc = [_mm512_setzero_ps(); ROW_BLOCK];
+            let mut i = 0;
+            while i < k16 {
+                // SAFETY: i + 16 <= k16 <= k and rows r..r + 4 lie inside `w`.
+                unsafe {
+                    let xv = _mm512_loadu_ps(xp.add(i));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wv = load16::<BF16>(w.as_ptr().add((r + j) * k + i));
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+                i += 16;
+            }
+            for (j, o) in block.iter_mut().enumerate() {
+                let row = &w[(r + j) * k..(r + j + 1) * k];
+                *o = _mm512_reduce_add_ps(acc[j]) + tail(kind, &x[k16..], &row[k16..]);
+            }
+            r += ROW_BLOCK;
+        }
+        for o in blocks.into_remainder() {
+            let row = &w[r * k..(r + 1) * k];
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < k16 {
+                // SAFETY: i + 16 <= k16 <= k, the length of both slices.
+                unsafe {
+                    let wv = load16::<BF16>(row.as_ptr().add(i));
+                    acc = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i)), acc);
+                }
+                i += 16;
+            }
+            *o = _mm512_reduce_add_ps(acc) + tail(kind, &x[k16..], &row[k16..]);
+            r += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn to_bits(kind: HalfKind, w: &[f32]) -> Vec<u16> {
+        w.iter()
+            .map(|&v| match kind {
+                HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
+                HalfKind::F16 => f16::from_f32(v).to_bits(),
+            })
+            .collect()
+    }
+
+    /// The product in f64 on the widened weights, and the magnitude summed per row.
+    fn reference(kind: HalfKind, x: &[f32], w: &[u16], bias: Option<&[f32]>) -> Vec<(f64, f64)> {
+        let k = x.len();
+        (0..w.len() / k.max(1))
+            .map(|j| {
+                let b = bias.map_or(0.0, |b| f64::from(b[j]));
+                let row = &w[j * k..(j + 1) * k];
+                x.iter().zip(row).fold((b, b.abs()), |(s, m), (&a, &wb)| {
+                    let p = f64::from(a) * f64::from(widen(kind, wb));
+                    (s + p, m + p.abs())
+                })
+            })
+            .collect()
+    }
+
+    fn check(isa: Isa, kind: HalfKind, k: usize, n: usize, threads: usize) {
+        let x = values(k, 1 + k as u64);
+        let w = to_bits(kind, &values(n * k, 2 + n as u64));
+        let bias = (n % 2 == 1).then(|| values(n, 3));
+        let expect = reference(kind, &x, &w, bias.as_deref());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut got = vec![f32::NAN; n];
+        pool.install(|| gemv_half_at(isa, kind, &x, &w, bias.as_deref(), &mut got));
+        for (j, (&g, &(e, mag))) in got.iter().zip(&expect).enumerate() {
+            // f32 accumulation in another order than the f64 reference.
+            let tol = 4.0 * f64::from(f32::EPSILON) * mag.max(1.0) * (k as f64).sqrt().max(1.0);
+            assert!(
+                (f64::from(g) - e).abs() <= tol,
+                "{isa:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_f64_reference_on_odd_sizes() {
+        let sizes = [
+            (1, 1),
+            (7, 3),
+            (8, 4),
+            (15, 5),
+            (16, 9),
+            (17, 4),
+            (33, 17),
+            (100, 7),
+        ];
+        for isa in Isa::available() {
+            for kind in [HalfKind::Bf16, HalfKind::F16] {
+                for &(k, n) in &sizes {
+                    check(isa, kind, k, n, 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_matches_when_split_over_threads() {
+        for isa in Isa::available() {
+            for kind in [HalfKind::Bf16, HalfKind::F16] {
+                for threads in [1, 2, 3] {
+                    check(isa, kind, 257, 1023, threads);
+                    check(isa, kind, 896, 301, threads);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn this_cpu_runs_its_best_level() {
+        // Guards the dispatch: on an AVX-512 machine the tests above must not all have run
+        // the portable code.
+        let levels = Isa::available();
+        assert_eq!(levels[0], Isa::Portable);
+        assert_eq!(Isa::detected(), *levels.last().unwrap());
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
+            assert_eq!(Isa::detected(), Isa::Avx512);
+        }
+    }
+}
