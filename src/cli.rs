@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use auris::checkpoint::{ModelSource, DEFAULT_MODEL};
 use auris::pipeline::Response;
 use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
-use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request};
+use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Weights};
+use auris_llm::WeightFormat;
 use auris_prune::{Policy, Remainder, Strategy};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -237,20 +238,51 @@ struct ModelArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Compute dtype: auto (f32 on CPU, bf16 on CUDA, f16 on Metal), f32, f16 or bf16.
+    /// Precision. On the CPU everything computes in f32 and this picks how the language
+    /// model's weights are stored: auto keeps the checkpoint's own bf16/f16 weights (2 bytes a
+    /// weight, no f32 copy), f32 widens them (4 bytes), bf16/f16 store them in that precision.
+    /// On CUDA/Metal it is the compute dtype of everything (auto: bf16 on CUDA, f16 on Metal).
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     dtype: DtypeArg,
+    /// Quantise the language model's linear weights while loading (GGUF block formats, CPU
+    /// only): q8_0 (8.5 bits a weight), q4_0 or q4_k (4.5 bits; the output head gets q8_0).
+    /// The embedding table keeps the checkpoint's precision; compute stays f32.
+    #[arg(long, value_enum)]
+    quant: Option<QuantArg>,
+    /// Load even when the estimated memory exceeds what the system has available.
+    #[arg(long)]
+    no_memory_check: bool,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DtypeArg {
     Auto,
     F32,
     F16,
     Bf16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QuantArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantArg {
+    fn format(self) -> WeightFormat {
+        match self {
+            QuantArg::Q8_0 => WeightFormat::Q8_0,
+            QuantArg::Q4_0 => WeightFormat::Q4_0,
+            QuantArg::Q4K => WeightFormat::Q4K,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -438,17 +470,36 @@ fn parse_device(spec: &str) -> Result<Device> {
     Ok(device)
 }
 
-fn pick_dtype(arg: DtypeArg, device: &Device) -> DType {
-    match arg {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => DType::BF16,
-        DtypeArg::Auto => match device {
-            Device::Cpu => DType::F32,
-            Device::Cuda(_) => DType::BF16,
-            Device::Metal(_) => DType::F16,
-        },
+/// The compute dtype and the language model's weight storage the options ask for.
+fn pick_precision(args: &ModelArgs, device: &Device) -> Result<(DType, Weights)> {
+    if let Some(quant) = args.quant {
+        if !device.is_cpu() {
+            return Err(usage(format!(
+                "--quant {} runs on the CPU only; use --device cpu, or --dtype on a GPU",
+                quant.format()
+            )));
+        }
+        if args.dtype != DtypeArg::Auto {
+            return Err(usage(
+                "--quant chooses how the weights are stored; leave --dtype at auto with it",
+            ));
+        }
+        return Ok((DType::F32, Weights::Format(quant.format())));
     }
+    if device.is_cpu() {
+        return Ok(match args.dtype {
+            DtypeArg::Auto => (DType::F32, Weights::Checkpoint),
+            DtypeArg::F32 => (DType::F32, Weights::Compute),
+            DtypeArg::Bf16 => (DType::F32, Weights::Format(WeightFormat::Bf16)),
+            DtypeArg::F16 => (DType::F32, Weights::Format(WeightFormat::F16)),
+        });
+    }
+    let dtype = match (args.dtype, device) {
+        (DtypeArg::F32, _) => DType::F32,
+        (DtypeArg::F16, _) | (DtypeArg::Auto, Device::Metal(_)) => DType::F16,
+        (DtypeArg::Bf16 | DtypeArg::Auto, _) => DType::BF16,
+    };
+    Ok((dtype, Weights::Compute))
 }
 
 fn device_name(device: &Device) -> &'static str {
@@ -480,11 +531,16 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
-    let dtype = pick_dtype(args.dtype, &device);
+    let (dtype, weights) = pick_precision(args, &device)?;
     let source = ModelSource::parse(&args.model, args.revision.as_deref())?;
     if !quiet {
+        let storage = match weights {
+            Weights::Compute => String::new(),
+            Weights::Checkpoint => ", weights as in the checkpoint".to_string(),
+            Weights::Format(f) => format!(", weights in {f}"),
+        };
         eprintln!(
-            "auris: loading {} on {} ({dtype:?})",
+            "auris: loading {} on {} ({dtype:?}{storage})",
             source.display(),
             device_name(&device)
         );
@@ -495,6 +551,9 @@ fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
         &LoadOptions {
             device,
             dtype,
+            weights,
+            memory_check: !args.no_memory_check,
+            context: auris::pipeline::DEFAULT_CONTEXT,
             progress: !quiet,
             prompt_format: match format {
                 FormatArg::Auto => PromptFormat::Auto,
@@ -1047,6 +1106,19 @@ fn hint_for_error(err: &Error) -> Option<String> {
         }
         Error::Audio(_) => {
             "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
+        }
+        Error::InsufficientMemory { fits, .. } if fits.is_empty() => {
+            "no weight mode fits; free memory, or pass --no-memory-check to try anyway".to_string()
+        }
+        Error::InsufficientMemory { fits, .. } => {
+            let options: Vec<String> = fits
+                .iter()
+                .map(|(flag, bytes)| format!("{flag} ({})", auris::memory::gb(*bytes)))
+                .collect();
+            format!(
+                "{} fits; --no-memory-check loads anyway",
+                options.join(" or ")
+            )
         }
         _ => return None,
     })

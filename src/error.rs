@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::memory;
+
 /// Everything that can go wrong between a model folder, an audio file and generated text.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -102,6 +104,22 @@ pub enum Error {
         tokens: usize,
         /// Audio rows produced by the encoder (after pruning).
         rows: usize,
+    },
+    /// The model would not fit the memory available (checked before any weight is read).
+    #[error("{model} needs about {} with {mode}; {} {limit}", memory::gb(*needed), memory::gb(*available))]
+    InsufficientMemory {
+        /// The model's name.
+        model: String,
+        /// The options that were asked for (`--dtype f32`, `--quant q8_0`).
+        mode: String,
+        /// Estimated resident bytes.
+        needed: u64,
+        /// Bytes the system can give.
+        available: u64,
+        /// Which limit `available` is.
+        limit: memory::AvailableSource,
+        /// Options that would fit, with their estimates.
+        fits: Vec<(String, u64)>,
     },
     /// A bad request parameter.
     #[error("{0}")]

@@ -26,7 +26,7 @@ pub mod whisper;
 use std::path::Path;
 
 pub use error::Error;
-pub use pipeline::{LoadOptions, Pipeline, PromptSpec, Request, Response};
+pub use pipeline::{LoadOptions, Pipeline, PromptSpec, Request, Response, Weights};
 
 /// Default cap on generated tokens.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;

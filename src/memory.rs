@@ -15,6 +15,12 @@
 
 use std::fmt;
 
+use auris_llm::WeightFormat;
+use candle_core::DType;
+
+use crate::checkpoint::TensorInfo;
+use crate::config::ModelConfig;
+
 /// Fixed allowance for the code, tokenizer, templates and allocator slack.
 const OVERHEAD_BYTES: u64 = 300 << 20;
 
@@ -85,6 +91,101 @@ impl Dims {
     }
 }
 
+/// Where each part of the model lives once loaded: what [`estimate`] needs to know of the
+/// load options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Dtype of the encoder and projector weights and of their computation.
+    pub compute: DType,
+    /// Dtype the language model's tensors are read in (its embedding table stays in it).
+    pub llm_read: DType,
+    /// Storage of the language model's linear weights when they are kept apart from the
+    /// compute dtype (which is then f32); `None`: everything in `llm_read`.
+    pub llm_format: Option<WeightFormat>,
+}
+
+impl Dims {
+    /// The dimensions of `cfg`.
+    pub fn of(cfg: &ModelConfig) -> Self {
+        let (a, t) = (&cfg.audio_config, &cfg.text_config);
+        Self {
+            layers: t.num_hidden_layers,
+            heads: t.num_attention_heads,
+            kv_heads: t.num_kv_heads(),
+            head_dim: t.head_dim(),
+            hidden: t.hidden_size,
+            intermediate: t.intermediate_size,
+            vocab: t.vocab_size,
+            encoder_heads: a.encoder_attention_heads,
+            encoder_positions: a.max_source_positions,
+            encoder_ffn: a.encoder_ffn_dim,
+        }
+    }
+}
+
+/// Whether `name` (under `language_model.`) is the weight of a projection inside a decoder
+/// layer, the tensors a weight format applies to.
+fn is_layer_linear(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2
+        && name.ends_with("_proj.weight")
+        && (name.contains(".self_attn.") || name.contains(".mlp."))
+}
+
+/// Bytes the tensor occupies after loading with `place`, and the f32 bytes it passes through
+/// while being quantised.
+fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, u64) {
+    let n = info.numel() as u64;
+    let bytes = |format: WeightFormat| (n as f64 * format.bytes_per_weight()).ceil() as u64;
+    let Some(rest) = info.name.strip_prefix("language_model.") else {
+        return (n * place.compute.size_in_bytes() as u64, 0);
+    };
+    let Some(format) = place.llm_format else {
+        return (n * place.llm_read.size_in_bytes() as u64, 0);
+    };
+    let cols = info.shape.last().copied().unwrap_or(0);
+    let transient = if format.is_quantized() { n * 4 } else { 0 };
+    if rest == "lm_head.weight" {
+        (bytes(format.head_format().for_row_len(cols)), transient)
+    } else if rest == "model.embed_tokens.weight" {
+        let table = n * place.llm_read.size_in_bytes() as u64;
+        // A tied head is a second copy of the table in the head's format.
+        let head = if tied_head {
+            bytes(format.head_format().for_row_len(cols))
+        } else {
+            0
+        };
+        (table + head, if tied_head { transient } else { 0 })
+    } else if is_layer_linear(rest, &info.shape) {
+        (bytes(format.for_row_len(cols)), transient)
+    } else {
+        (n * 4, 0)
+    }
+}
+
+/// The resident memory of `cfg`'s checkpoint (tensors `infos`) loaded with `place`, serving a
+/// request of `context` positions.
+pub fn estimate(cfg: &ModelConfig, infos: &[TensorInfo], place: &Placement, context: usize) -> Footprint {
+    let tied_head = cfg.text_config.tie_word_embeddings
+        && !infos.iter().any(|i| i.name == "language_model.lm_head.weight");
+    let (mut weights, mut transient) = (0u64, 0u64);
+    for info in infos {
+        let (bytes, passing) = tensor_bytes(info, place, tied_head);
+        weights += bytes;
+        transient = transient.max(passing);
+    }
+    let dims = Dims::of(cfg);
+    let context = context.min(cfg.text_config.max_position_embeddings);
+    let kv_bytes = match place.llm_format {
+        Some(_) => 4,
+        None => place.llm_read.size_in_bytes() as u64,
+    };
+    Footprint {
+        weights,
+        kv_cache: dims.kv_cache(context, kv_bytes),
+        activations: dims.activations(context, 0).max(transient),
+    }
+}
+
 /// Memory the process can still use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Available {
@@ -106,8 +207,8 @@ pub enum AvailableSource {
 impl fmt::Display for AvailableSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::System => "available",
-            Self::Cgroup => "available to this cgroup",
+            Self::System => "are available",
+            Self::Cgroup => "are available to this cgroup",
         })
     }
 }

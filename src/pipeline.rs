@@ -11,15 +11,16 @@ use std::time::Instant;
 use auris_audio::config::EncoderConfig;
 use auris_audio::encoder::{EncodeOptions, EncoderOutput, Qwen2AudioEncoder};
 use auris_audio::{LogMel, MelConfig, MelExtractor};
-use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams};
+use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams, WeightFormat};
 use auris_projector::MultiModalProjector;
 use auris_prune::{Policy, Strategy, WindowInput};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::checkpoint::{self, ModelFiles, ModelSource, WeightStore};
+use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
 use crate::config::{GenerationConfig, ModelConfig};
+use crate::memory::{self, Placement};
 use crate::prompt::{
     self, ChatTemplate, Message, Part, PromptFormat, SpecialTokens, AUDIO_TOKEN,
     BUILTIN_CHAT_TEMPLATE,
@@ -36,12 +37,20 @@ pub const DEFAULT_BASE_CAPTION: &str = "Generate the caption in English:";
 pub struct LoadOptions {
     /// Where the tensors live and the computation runs.
     pub device: Device,
-    /// Compute dtype of the weights (f32 on CPU by default).
+    /// Compute dtype of the encoder and projector (f32 on CPU by default), and of the language
+    /// model under [`Weights::Compute`].
     pub dtype: DType,
+    /// How the language model keeps its weights.
+    pub weights: Weights,
     /// Show download progress on stderr.
     pub progress: bool,
     /// Chat template or base prompt.
     pub prompt_format: PromptFormat,
+    /// Estimate the resident memory before reading any weight and fail with
+    /// [`Error::InsufficientMemory`] when it exceeds the memory available.
+    pub memory_check: bool,
+    /// Positions (prompt and generated tokens) the memory estimate reserves KV cache for.
+    pub context: usize,
 }
 
 impl Default for LoadOptions {
@@ -49,8 +58,71 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            weights: Weights::Checkpoint,
             progress: false,
             prompt_format: PromptFormat::Auto,
+            memory_check: true,
+            context: DEFAULT_CONTEXT,
+        }
+    }
+}
+
+/// The context [`LoadOptions::context`] assumes by default: one 30 s window of audio tokens,
+/// a prompt and [`crate::DEFAULT_MAX_NEW_TOKENS`] new tokens.
+pub const DEFAULT_CONTEXT: usize = 750 + 128 + crate::DEFAULT_MAX_NEW_TOKENS;
+
+/// How the language model keeps its weights; the encoder and projector always use
+/// [`LoadOptions::dtype`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// Converted to the compute dtype, which is also the dtype of every activation (the GPU
+    /// default, and `--dtype f32`).
+    Compute,
+    /// Kept in the checkpoint's precision (bf16 and f16 stay as they are on disk, anything
+    /// else becomes f32), computing in f32: the CPU default. No whole-model f32 copy.
+    Checkpoint,
+    /// Stored in the given format (bf16, f16, or quantised at load to q8_0, q4_0, q4_k),
+    /// computing in f32.
+    Format(WeightFormat),
+}
+
+impl Weights {
+    /// Where the language model's weights go for a checkpoint stored in `checkpoint` (the
+    /// dtype of its language-model tensors), with `compute` for the other stages.
+    pub fn placement(self, compute: DType, checkpoint: DType) -> Placement {
+        let (llm_read, llm_format) = match self {
+            Weights::Compute => (compute, None),
+            Weights::Checkpoint => match checkpoint {
+                DType::BF16 => (DType::BF16, Some(WeightFormat::Bf16)),
+                DType::F16 => (DType::F16, Some(WeightFormat::F16)),
+                _ => (DType::F32, Some(WeightFormat::F32)),
+            },
+            Weights::Format(f) => {
+                let read = match f {
+                    WeightFormat::F32 => DType::F32,
+                    WeightFormat::Bf16 => DType::BF16,
+                    WeightFormat::F16 => DType::F16,
+                    // Quantised straight from the checkpoint's own values.
+                    _ if matches!(checkpoint, DType::BF16 | DType::F16) => checkpoint,
+                    _ => DType::F32,
+                };
+                (read, Some(f))
+            }
+        };
+        Placement {
+            compute,
+            llm_read,
+            llm_format,
+        }
+    }
+
+    /// The options a user would type for this choice (`--dtype bf16`, `--quant q8_0`).
+    pub fn flag(self) -> String {
+        match self {
+            Weights::Compute => "--dtype f32".to_string(),
+            Weights::Checkpoint => "--dtype auto".to_string(),
+            Weights::Format(f) if f.is_quantized() => format!("--quant {f}"),
+            Weights::Format(f) => format!("--dtype {f}"),
         }
     }
 }
@@ -212,6 +284,64 @@ pub struct Pipeline {
     name: String,
 }
 
+/// The dtype of the language model's tensors in the checkpoint (that of its embedding table,
+/// else f32).
+fn llm_checkpoint_dtype(infos: &[TensorInfo]) -> DType {
+    infos
+        .iter()
+        .find(|i| i.name == "language_model.model.embed_tokens.weight")
+        .and_then(|i| i.dtype)
+        .unwrap_or(DType::F32)
+}
+
+/// The weight choices a user can switch to on this device, cheapest last.
+fn alternatives(device: &Device) -> Vec<Weights> {
+    let mut all = vec![Weights::Compute, Weights::Checkpoint];
+    if device.is_cpu() {
+        all.extend(
+            [WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4K].map(Weights::Format),
+        );
+    }
+    all
+}
+
+/// Fails with [`Error::InsufficientMemory`] when the load would not fit the memory available
+/// (see [`crate::memory`]); passes when the system does not report its memory.
+fn check_memory(
+    cfg: &ModelConfig,
+    infos: &[TensorInfo],
+    opts: &LoadOptions,
+    name: &str,
+) -> Result<(), Error> {
+    let Some(available) = memory::available() else {
+        return Ok(());
+    };
+    let checkpoint = llm_checkpoint_dtype(infos);
+    let need = |w: Weights| {
+        memory::estimate(cfg, infos, &w.placement(opts.dtype, checkpoint), opts.context).total()
+    };
+    let needed = need(opts.weights);
+    if needed <= available.bytes {
+        return Ok(());
+    }
+    let mut fits: Vec<(String, u64)> = Vec::new();
+    for w in alternatives(&opts.device) {
+        let bytes = need(w);
+        let flag = w.flag();
+        if bytes <= available.bytes && w != opts.weights && !fits.iter().any(|(f, _)| *f == flag) {
+            fits.push((flag, bytes));
+        }
+    }
+    Err(Error::InsufficientMemory {
+        model: name.to_string(),
+        mode: opts.weights.flag(),
+        needed,
+        available: available.bytes,
+        limit: available.source,
+        fits,
+    })
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -250,6 +380,13 @@ impl Pipeline {
         };
 
         let store = WeightStore::open(&files.weights)?;
+        let infos = store.infos();
+        let place = opts
+            .weights
+            .placement(opts.dtype, llm_checkpoint_dtype(&infos));
+        if opts.memory_check {
+            check_memory(&config, &infos, opts, name)?;
+        }
         let vb = store.var_builder(opts.dtype, &opts.device);
         let encoder = Qwen2AudioEncoder::load(&config.audio_config, vb.pp("audio_tower"))?;
         let projector = MultiModalProjector::load(
@@ -257,7 +394,17 @@ impl Pipeline {
             config.text_config.hidden_size,
             vb.pp("multi_modal_projector"),
         )?;
-        let decoder = Qwen2Decoder::load(&config.text_config, vb.pp("language_model"))?;
+        let llm_vb = store
+            .var_builder(place.llm_read, &opts.device)
+            .pp("language_model");
+        let decoder = match place.llm_format {
+            None => Qwen2Decoder::load(&config.text_config, llm_vb)?,
+            Some(weights) => Qwen2Decoder::load_with(
+                &config.text_config,
+                llm_vb,
+                &auris_llm::LoadOptions { weights },
+            )?,
+        };
         store.check_coverage(&["language_model.lm_head.weight"])?;
 
         let stop_ids = stop_ids(&generation, &config, &tokenizer);

@@ -1,0 +1,132 @@
+"""How far each weight mode moves the model's next-token distributions from the f32 reference.
+
+Run through `scripts/quant_quality.sh` (it builds auris and fetches the clips). For each clip:
+1. the reference: `auris caption --dtype f32 --greedy --max-new-tokens N` (default prompt);
+2. the evaluation text: the reference's rendered prompt followed by its greedy output, given to
+   every mode as `--raw-prompt`, so all modes are scored on the same tokens (the prompt, the
+   audio and N greedy steps, teacher-forced);
+3. `auris inspect` in each mode saves the logits of every position; against the f32 logits:
+   mean KL divergence KL(p_f32 || p_mode) over all positions, and top-1 agreement;
+4. `auris caption --greedy` in each mode: is the N-token greedy output identical to f32's?
+
+Writes a JSON report (per clip and overall) and prints a markdown table.
+
+    $VENV/bin/python scripts/quant_quality.py --auris target/release/auris --model models/real-mini \
+        --modes auto,bf16,q8_0,q4_0,q4_k --out bench/quant_quality.json CLIP...
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Mode name -> the auris flags that select it. "auto" keeps the checkpoint's own precision
+# (float16 for real-mini) and computes in f32.
+MODE_FLAGS = {
+    "f32": ["--dtype", "f32"],
+    "auto": ["--dtype", "auto"],
+    "bf16": ["--dtype", "bf16"],
+    "f16": ["--dtype", "f16"],
+    "q8_0": ["--quant", "q8_0"],
+    "q4_0": ["--quant", "q4_0"],
+    "q4_k": ["--quant", "q4_k"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"quant_quality: {msg}", file=sys.stderr, flush=True)
+
+
+def auris(binary: Path, args: list[str]) -> list[dict]:
+    cmd = [str(binary), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        raise SystemExit(f"auris failed ({p.returncode}): {' '.join(cmd)}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(ref: np.ndarray, ours: np.ndarray) -> dict:
+    """Per-position KL(p_ref || p_ours) and top-1 agreement over (positions, vocab) logits."""
+    assert ref.shape == ours.shape, (ref.shape, ours.shape)
+    lp, lq = log_softmax(ref), log_softmax(ours)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    top1 = ref.argmax(axis=-1) == ours.argmax(axis=-1)
+    return {"positions": int(ref.shape[0]), "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
+            "top1_agree": int(top1.sum())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--auris", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--modes", default="auto,bf16,q8_0,q4_0,q4_k")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "quant-quality")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "quant_quality.json")
+    ap.add_argument("clips", type=Path, nargs="+")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODE_FLAGS]
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {unknown}; known: {sorted(MODE_FLAGS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    common = ["--json", "--quiet", "--greedy", "--model", str(args.model),
+              "--max-new-tokens", str(args.max_new_tokens)]
+    t0 = time.time()
+    refs = auris(args.auris, ["caption", *common, *MODE_FLAGS["f32"], *map(str, args.clips)])
+    report = {"model": str(args.model), "max_new_tokens": args.max_new_tokens, "modes": modes,
+              "clips": {}}
+    for clip, ref in zip(args.clips, refs):
+        raw = ref["prompt"] + ref["text"]
+        logits = {}
+        for mode in ["f32", *modes]:
+            out = args.work / f"{clip.stem}.{mode}.safetensors"
+            auris(args.auris, ["inspect", "--json", "--quiet", "--model", str(args.model),
+                               *MODE_FLAGS[mode], "--raw-prompt", raw, "--out", str(out), str(clip)])
+            logits[mode] = load_file(str(out))["prompt_logits"]
+        report["clips"][clip.stem] = {m: compare_logits(logits["f32"], logits[m]) for m in modes}
+        log(f"{clip.stem}: {len(ref['output_token_ids'])} reference tokens ({time.time() - t0:.0f} s)")
+    for mode in modes:
+        greedy = auris(args.auris, ["caption", *common, *MODE_FLAGS[mode], *map(str, args.clips)])
+        for clip, ref, g in zip(args.clips, refs, greedy):
+            report["clips"][clip.stem][mode]["greedy_identical"] = \
+                g["output_token_ids"] == ref["output_token_ids"]
+        log(f"greedy {mode} done ({time.time() - t0:.0f} s)")
+    summary = {}
+    for mode in modes:
+        rows = [c[mode] for c in report["clips"].values()]
+        positions = sum(r["positions"] for r in rows)
+        summary[mode] = {
+            "kl_mean": sum(r["kl_mean"] * r["positions"] for r in rows) / positions,
+            "kl_max": max(r["kl_max"] for r in rows),
+            "top1_agree": sum(r["top1_agree"] for r in rows) / positions,
+            "greedy_identical": f"{sum(r['greedy_identical'] for r in rows)}/{len(rows)}",
+        }
+    report["summary"] = summary
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print("| mode | mean KL | max KL | top-1 agreement | identical 32-token greedy outputs |")
+    print("|---|---|---|---|---|")
+    for mode, s in summary.items():
+        print(f"| {mode} | {s['kl_mean']:.2e} | {s['kl_max']:.2e} | {100 * s['top1_agree']:.2f} % "
+              f"| {s['greedy_identical']} |")
+    log(f"wrote {args.out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
