@@ -1107,11 +1107,12 @@ fn hint_for_error(err: &Error) -> Option<String> {
         Error::Audio(_) => {
             "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
         }
-        Error::InsufficientMemory { fits, .. } if fits.is_empty() => {
+        Error::InsufficientMemory(short) if short.fits.is_empty() => {
             "no weight mode fits; free memory, or pass --no-memory-check to try anyway".to_string()
         }
-        Error::InsufficientMemory { fits, .. } => {
-            let options: Vec<String> = fits
+        Error::InsufficientMemory(short) => {
+            let options: Vec<String> = short
+                .fits
                 .iter()
                 .map(|(flag, bytes)| format!("{flag} ({})", auris::memory::gb(*bytes)))
                 .collect();

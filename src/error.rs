@@ -106,21 +106,8 @@ pub enum Error {
         rows: usize,
     },
     /// The model would not fit the memory available (checked before any weight is read).
-    #[error("{model} needs about {} with {mode}; {} {limit}", memory::gb(*needed), memory::gb(*available))]
-    InsufficientMemory {
-        /// The model's name.
-        model: String,
-        /// The options that were asked for (`--dtype f32`, `--quant q8_0`).
-        mode: String,
-        /// Estimated resident bytes.
-        needed: u64,
-        /// Bytes the system can give.
-        available: u64,
-        /// Which limit `available` is.
-        limit: memory::AvailableSource,
-        /// Options that would fit, with their estimates.
-        fits: Vec<(String, u64)>,
-    },
+    #[error("{0}")]
+    InsufficientMemory(Box<memory::Shortfall>),
     /// A bad request parameter.
     #[error("{0}")]
     Usage(String),

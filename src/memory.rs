@@ -82,7 +82,8 @@ impl Dims {
     pub fn activations(&self, context: usize, widened: u64) -> u64 {
         let (n, t) = (self.encoder_positions as u64, context as u64);
         // Scores and probabilities of one layer, plus the MLP's widest activation.
-        let encoder = 2 * self.encoder_heads as u64 * n * n * ACT + 2 * n * self.encoder_ffn as u64 * ACT;
+        let encoder =
+            2 * self.encoder_heads as u64 * n * n * ACT + 2 * n * self.encoder_ffn as u64 * ACT;
         let prefill = 2 * self.heads as u64 * t * t * ACT
             + 3 * t * self.intermediate as u64 * ACT
             + 4 * t * self.hidden as u64 * ACT
@@ -164,9 +165,16 @@ fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, 
 
 /// The resident memory of `cfg`'s checkpoint (tensors `infos`) loaded with `place`, serving a
 /// request of `context` positions.
-pub fn estimate(cfg: &ModelConfig, infos: &[TensorInfo], place: &Placement, context: usize) -> Footprint {
+pub fn estimate(
+    cfg: &ModelConfig,
+    infos: &[TensorInfo],
+    place: &Placement,
+    context: usize,
+) -> Footprint {
     let tied_head = cfg.text_config.tie_word_embeddings
-        && !infos.iter().any(|i| i.name == "language_model.lm_head.weight");
+        && !infos
+            .iter()
+            .any(|i| i.name == "language_model.lm_head.weight");
     let (mut weights, mut transient) = (0u64, 0u64);
     for info in infos {
         let (bytes, passing) = tensor_bytes(info, place, tied_head);
@@ -183,6 +191,35 @@ pub fn estimate(cfg: &ModelConfig, infos: &[TensorInfo], place: &Placement, cont
         weights,
         kv_cache: dims.kv_cache(context, kv_bytes),
         activations: dims.activations(context, 0).max(transient),
+    }
+}
+
+/// A load refused by the memory check: what it needs, what there is, and what would fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The model's name.
+    pub model: String,
+    /// The options that were asked for (`--dtype f32`, `--quant q8_0`).
+    pub mode: String,
+    /// Estimated resident bytes.
+    pub needed: u64,
+    /// The memory the system can give.
+    pub available: Available,
+    /// Options that would fit, with their estimates.
+    pub fits: Vec<(String, u64)>,
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} needs about {} with {}; {} {}",
+            self.model,
+            gb(self.needed),
+            self.mode,
+            gb(self.available.bytes),
+            self.available.source
+        )
     }
 }
 

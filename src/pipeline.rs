@@ -305,20 +305,27 @@ fn alternatives(device: &Device) -> Vec<Weights> {
     all
 }
 
-/// Fails with [`Error::InsufficientMemory`] when the load would not fit the memory available
-/// (see [`crate::memory`]); passes when the system does not report its memory.
+/// Fails with [`Error::InsufficientMemory`] when the load would not fit `available` (see
+/// [`crate::memory`]); passes when the system does not report its memory.
 fn check_memory(
     cfg: &ModelConfig,
     infos: &[TensorInfo],
     opts: &LoadOptions,
     name: &str,
+    available: Option<memory::Available>,
 ) -> Result<(), Error> {
-    let Some(available) = memory::available() else {
+    let Some(available) = available else {
         return Ok(());
     };
     let checkpoint = llm_checkpoint_dtype(infos);
     let need = |w: Weights| {
-        memory::estimate(cfg, infos, &w.placement(opts.dtype, checkpoint), opts.context).total()
+        memory::estimate(
+            cfg,
+            infos,
+            &w.placement(opts.dtype, checkpoint),
+            opts.context,
+        )
+        .total()
     };
     let needed = need(opts.weights);
     if needed <= available.bytes {
@@ -332,14 +339,13 @@ fn check_memory(
             fits.push((flag, bytes));
         }
     }
-    Err(Error::InsufficientMemory {
+    Err(Error::InsufficientMemory(Box::new(memory::Shortfall {
         model: name.to_string(),
         mode: opts.weights.flag(),
         needed,
-        available: available.bytes,
-        limit: available.source,
+        available,
         fits,
-    })
+    })))
 }
 
 fn ms(since: Instant) -> f64 {
@@ -385,7 +391,7 @@ impl Pipeline {
             .weights
             .placement(opts.dtype, llm_checkpoint_dtype(&infos));
         if opts.memory_check {
-            check_memory(&config, &infos, opts, name)?;
+            check_memory(&config, &infos, opts, name, memory::available())?;
         }
         let vb = store.var_builder(opts.dtype, &opts.device);
         let encoder = Qwen2AudioEncoder::load(&config.audio_config, vb.pp("audio_tower"))?;
@@ -958,4 +964,73 @@ pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<Audio
         kept_indices,
         scores: all_scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Available, AvailableSource};
+
+    /// tiny-chat's configuration and tensor headers (bf16 on disk).
+    fn tiny_chat() -> (ModelConfig, Vec<TensorInfo>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-chat");
+        let files = checkpoint::resolve(&ModelSource::Local(dir), false).unwrap();
+        let cfg = ModelConfig::from_file(&files.config).unwrap();
+        (cfg, WeightStore::open(&files.weights).unwrap().infos())
+    }
+
+    fn needed(cfg: &ModelConfig, infos: &[TensorInfo], weights: Weights) -> u64 {
+        let place = weights.placement(DType::F32, DType::BF16);
+        memory::estimate(cfg, infos, &place, DEFAULT_CONTEXT).total()
+    }
+
+    #[test]
+    fn a_load_that_does_not_fit_names_the_options_that_do() {
+        let (cfg, infos) = tiny_chat();
+        let opts = LoadOptions {
+            weights: Weights::Compute,
+            ..LoadOptions::default()
+        };
+        let q8 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q8_0));
+        let q4 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q4K));
+        let f32 = needed(&cfg, &infos, Weights::Compute);
+        let bf16 = needed(&cfg, &infos, Weights::Checkpoint);
+        assert!(q4 < q8 && q8 < bf16 && bf16 < f32, "{q4} {q8} {bf16} {f32}");
+        let available = Available {
+            bytes: q8,
+            source: AvailableSource::System,
+        };
+        let err = check_memory(&cfg, &infos, &opts, "tiny", Some(available)).unwrap_err();
+        let Error::InsufficientMemory(short) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!((short.needed, short.mode.as_str()), (f32, "--dtype f32"));
+        let flags: Vec<&str> = short.fits.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(flags, ["--quant q8_0", "--quant q4_k"]);
+        assert!(err.to_string().starts_with("tiny needs about"), "{err}");
+        // Enough memory, or none reported: the load goes ahead.
+        let plenty = Available {
+            bytes: f32,
+            ..available
+        };
+        assert!(check_memory(&cfg, &infos, &opts, "tiny", Some(plenty)).is_ok());
+        assert!(check_memory(&cfg, &infos, &opts, "tiny", None).is_ok());
+    }
+
+    #[test]
+    fn checkpoint_precision_is_kept_and_formats_read_what_they_need() {
+        let bf16 = Weights::Checkpoint.placement(DType::F32, DType::BF16);
+        assert_eq!(bf16.llm_read, DType::BF16);
+        assert_eq!(bf16.llm_format, Some(WeightFormat::Bf16));
+        let f32 = Weights::Checkpoint.placement(DType::F32, DType::F32);
+        assert_eq!(f32.llm_format, Some(WeightFormat::F32));
+        // Quantised from the checkpoint's own half-precision values.
+        let q = Weights::Format(WeightFormat::Q8_0).placement(DType::F32, DType::F16);
+        assert_eq!(
+            (q.llm_read, q.llm_format),
+            (DType::F16, Some(WeightFormat::Q8_0))
+        );
+        let gpu = Weights::Compute.placement(DType::BF16, DType::BF16);
+        assert_eq!((gpu.llm_read, gpu.llm_format), (DType::BF16, None));
+    }
 }

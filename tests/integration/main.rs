@@ -9,3 +9,4 @@ mod common;
 mod errors;
 mod parity;
 mod real_mini;
+mod weights;
