@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use auris_llm::{GenerateOptions, SamplingParams};
 use auris_prune::{Policy, Strategy};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::pipeline::{Pipeline, PromptSpec};
@@ -114,6 +115,19 @@ pub struct BenchReport {
     pub keeps: Vec<KeepReport>,
     /// Peak resident memory of the process in MiB (Linux only; 0 elsewhere).
     pub peak_rss_mb: f64,
+    /// Loading the model (filled in by the caller, who timed it; 0 otherwise).
+    pub load_ms: f64,
+    /// Storage of the language model's linear weights (`f32`, `bf16`, `q8_0`, ...).
+    pub weights: String,
+    /// Storage of its output head (the 4-bit modes give it `q8_0`).
+    pub head_weights: String,
+    /// Bytes of weights one decode step reads (every linear layer and the head).
+    pub weight_bytes_per_token: u64,
+    /// The machine's read bandwidth with this run's threads, bytes per second (a parallel sum
+    /// over a 1 GiB array, best of 3).
+    pub read_bandwidth: f64,
+    /// The decode ceiling that bandwidth sets: `read_bandwidth / weight_bytes_per_token`.
+    pub decode_limit_tok_s: f64,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -288,6 +302,10 @@ pub fn run(
             decode_tok_s: Stat::of(s.tok_s).median_ms,
         })
         .collect();
+    let decoder = pipeline.decoder();
+    let weight_bytes = decoder.linear_weight_bytes();
+    log("measuring the read bandwidth (1 GiB)");
+    let bandwidth = read_bandwidth(1 << 30, 3);
     Ok(BenchReport {
         model: pipeline.name().to_string(),
         audio: opts.audio.display().to_string(),
@@ -302,7 +320,45 @@ pub fn run(
         encoder_with_scores,
         keeps,
         peak_rss_mb: peak_rss_mb(),
+        load_ms: 0.0,
+        weights: decoder.weight_format().to_string(),
+        head_weights: decoder.head_weight_format().to_string(),
+        weight_bytes_per_token: weight_bytes as u64,
+        read_bandwidth: bandwidth,
+        decode_limit_tok_s: bandwidth / weight_bytes.max(1) as f64,
     })
+}
+
+/// Measures the read bandwidth of the current rayon pool, in bytes per second: the best of
+/// `repeats` parallel sums over an array of `bytes`, large enough to leave every cache. A
+/// decode step reads every weight once, so this bounds its tokens per second.
+pub fn read_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    let data: Vec<f32> = (0..bytes / 4).map(|i| (i % 251) as f32).collect();
+    let chunk = (data.len() / (4 * rayon::current_num_threads())).max(1 << 14);
+    let mut best = f64::INFINITY;
+    let mut sink = 0.0f32;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let total: f32 = data.par_chunks(chunk).map(sum_lanes).sum();
+        best = best.min(start.elapsed().as_secs_f64());
+        sink += total;
+    }
+    std::hint::black_box(sink);
+    (data.len() * 4) as f64 / best
+}
+
+/// Sixteen independent partial sums, so the compiler vectorises the loop and the memory
+/// system, not the adder chain, sets the pace.
+fn sum_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// A markdown table of the report.
@@ -339,6 +395,16 @@ pub fn markdown(r: &BenchReport) -> String {
             k.decode_tok_s
         ));
     }
+    out.push_str(&format!(
+        "\nload {:.1} s; weights {} (head {}), {:.2} GB read per decoded token; read bandwidth \
+         {:.1} GB/s, so decode can reach {:.2} tok/s at most\n",
+        r.load_ms / 1e3,
+        r.weights,
+        r.head_weights,
+        r.weight_bytes_per_token as f64 / 1e9,
+        r.read_bandwidth / 1e9,
+        r.decode_limit_tok_s
+    ));
     out.push_str(&format!("\npeak RSS {:.0} MiB\n", r.peak_rss_mb));
     out
 }

@@ -732,7 +732,7 @@ pub(crate) fn main() -> Result<ExitCode> {
                 keeps,
                 prompt: prompt_spec(&prompt, p.default_caption_instruction()),
             };
-            let report = auris::bench::run(p, &opts, &mut |line| {
+            let mut report = auris::bench::run(p, &opts, &mut |line| {
                 if !quiet {
                     eprintln!("{line}");
                 }
@@ -741,6 +741,7 @@ pub(crate) fn main() -> Result<ExitCode> {
                 Error::Prune(e) => usage(e.to_string()),
                 other => other.into(),
             })?;
+            report.load_ms = session.load_ms;
             if json {
                 print_line(&serde_json::to_string(&report)?)?;
             } else {
