@@ -3,11 +3,17 @@
 # (issue 7). Writes bench/results.json (one object per engine: auris, torch, llamacpp) and
 # bench/results.md (times and auris/peer ratios), and prints the table.
 #
-#   scripts/bench.sh [--quick] [--threads N] [--out bench/results.json]
+#   scripts/bench.sh [--quick] [--threads N] [--out bench/results.json] [--weights LIST] [--weights-only]
 #
-#   --quick      1 warm-up + 1 timed run of everything (default: 1 warm-up + 3 runs)
-#   --threads N  threads for every engine (default: all cores)
-#   --out PATH   the JSON file; the table goes next to it with .md
+#   --quick         1 warm-up + 1 timed run of everything (default: 1 warm-up + 3 runs)
+#   --threads N     threads for every engine (default: all cores)
+#   --out PATH      the JSON file; the table goes next to it with .md
+#   --weights LIST  also compare decode by weight type (default f32,bf16,q8_0,q4_0): auris with
+#                   --dtype/--quant against llama.cpp with a GGUF of the same type (bf16 and q8_0
+#                   from the converter, q4_0 and q4_k (llama.cpp's Q4_K_M) from llama.cpp's own
+#                   quantiser), both on the 10 s clip's prompt; writes <out>_weights.json/.md.
+#                   An empty LIST skips it.
+#   --weights-only  only that comparison (no PyTorch, no audio stages)
 #
 # On a fresh machine it makes, once, under bench/work/ (git-ignored):
 #   realistic/      the realistic-shape random-weight checkpoint (scripts/make_bench_model.py)
@@ -48,9 +54,13 @@ RUN="$WORK/run"
 QUICK=0
 THREADS="$(nproc)"
 OUT="$ROOT/bench/results.json"
+WEIGHTS="f32,bf16,q8_0,q4_0"
+WEIGHTS_ONLY=0
 while (($#)); do
   case "$1" in
     --quick) QUICK=1 ;;
+    --weights) WEIGHTS="${2?--weights needs a list}"; shift ;;
+    --weights-only) WEIGHTS_ONLY=1 ;;
     --threads) THREADS="${2:?--threads needs a number}"; shift ;;
     --out) OUT="${2:?--out needs a path}"; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -146,6 +156,52 @@ ensure_auris() {
   [[ -x "$AURIS" ]] || { echo "no auris binary at $AURIS" >&2; exit 1; }
 }
 
+# The text GGUF of weight type $1, made on first use.
+weights_gguf() {
+  local out="$WORK/gguf/realistic-$1.gguf"
+  if [[ "$1" == f32 ]]; then
+    echo "$GGUF"
+    return
+  fi
+  if [[ ! -f "$out" || "$out" -ot "$GGUF" ]]; then
+    log "making $out"
+    case "$1" in
+      bf16|f16|q8_0)
+        "$PY" scripts/lib/convert_gguf.py "$LLAMA_DIR" -- "$MODEL" --outtype "$1" \
+          --outfile "$out.tmp" >"$out.log" 2>&1 || { tail -n 20 "$out.log" >&2; exit 1; } ;;
+      q4_0) "$PY" scripts/lib/quantize_gguf.py "$GGUF" "$out.tmp" q4_0 >"$out.log" 2>&1 ;;
+      q4_k) "$PY" scripts/lib/quantize_gguf.py "$GGUF" "$out.tmp" q4_k_m >"$out.log" 2>&1 ;;
+      *) echo "unknown weight type $1 (f32, bf16, f16, q8_0, q4_0, q4_k)" >&2; exit 2 ;;
+    esac
+    mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
+# auris and llama.cpp decoding with the same weight type, for every type in $WEIGHTS.
+compare_weights() {
+  local common=("$@") w flags gguf prompt
+  for w in ${WEIGHTS//,/ }; do
+    case "$w" in
+      f32|bf16|f16) flags=(--dtype "$w") ;;
+      *) flags=(--quant "$w") ;;
+    esac
+    gguf="$(weights_gguf "$w")"
+    log "weights $w: auris ${flags[*]}"
+    "$AURIS" bench --model "$MODEL" "$CLIP10" --keeps 1 --new-tokens "$NEW_TOKENS" "${flags[@]}" \
+      "${common[@]}" --json >"$RUN/weights_auris_$w.json"
+    prompt="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["keeps"][0]["prompt_tokens"])' \
+      "$RUN/weights_auris_$w.json")"
+    log "weights $w: llama.cpp $(basename "$gguf")"
+    "$PY" scripts/bench_peers.py llamacpp --model "$MODEL" --clip30 "$CLIP30" --clip10 "$CLIP10" \
+      --gguf "$gguf" "${common[@]}" --new-tokens "$NEW_TOKENS" --prefill-tokens "$prompt,$prompt" \
+      --out "$RUN/weights_llamacpp_$w.json" || log "warning: llama.cpp failed on $w"
+  done
+  "$PY" scripts/bench_weights_report.py --run "$RUN" --weights "$WEIGHTS" --threads "$THREADS" \
+    --out "${OUT%.json}_weights.json"
+  log "wrote ${OUT%.json}_weights.json and .md"
+}
+
 main() {
   ensure_bench_venv
   ensure_inputs
@@ -158,6 +214,10 @@ main() {
     log "warning: load average $load_start: other work is running, the times will not be reliable"
   fi
   local common=(--threads "$THREADS" --warmup "$WARMUP" --repeat "$REPEAT")
+  if ((WEIGHTS_ONLY)); then
+    compare_weights "${common[@]}"
+    return
+  fi
 
   log "auris on the 29.9 s clip (keep 1 and segmentwise 0.25)"
   "$AURIS" bench --model "$MODEL" "$CLIP30" --keeps 1,0.25 --prune segmentwise \
@@ -190,6 +250,7 @@ print(",".join(str(k["prompt_tokens"]) for k in sorted(r["keeps"], key=lambda k:
     --load-start "$load_start" \
     --out "$OUT" --md "$MD"
   log "wrote $OUT and $MD"
+  [[ -z "$WEIGHTS" ]] || compare_weights "${common[@]}"
 }
 
 main

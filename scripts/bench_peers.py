@@ -251,7 +251,7 @@ def bench_llamacpp(args: argparse.Namespace) -> dict:
              "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED}[args.flash_attn]
     notes = [
         f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')} (llama.cpp built from the "
-        f"sdist), f32 GGUF from the vendored convert_hf_to_gguf.py, n_threads=n_threads_batch="
+        f"sdist), {args.gguf.name} from the vendored convert_hf_to_gguf.py, n_threads=n_threads_batch="
         f"{args.threads}, flash_attn={args.flash_attn}, n_batch={args.n_batch}, n_ubatch={args.n_ubatch}",
         "no token pruning in llama.cpp: ttft_30s_seg25_s and e2e_30s_seg25_s not measured",
         "the converter stores the encoder's two conv weights as f16 (its rule for conv kernels)",
@@ -323,11 +323,14 @@ def bench_llamacpp(args: argparse.Namespace) -> dict:
         result[key], _ = timed(lambda: prefill(ids), args.warmup, args.repeat, f"prefill {n}")
         detail[key[:-2] + "_tokens"] = n
 
-    try:
-        from llama_cpp import mtmd_cpp as mtmd
-    except (ImportError, OSError) as err:
-        notes.append(f"no mtmd bindings ({err}): mel, encoder, ttft and e2e not measured")
-        mtmd = None
+    mtmd = None
+    if args.mmproj is None:
+        notes.append("text GGUF only (no --mmproj): prefill and decode measured")
+    else:
+        try:
+            from llama_cpp import mtmd_cpp as mtmd
+        except (ImportError, OSError) as err:
+            notes.append(f"no mtmd bindings ({err}): mel, encoder, ttft and e2e not measured")
     if mtmd is not None:
         if not args.verbose:
             mtmd.mtmd_log_set(args._quiet, ctypes.c_void_p())
@@ -420,12 +423,18 @@ def bench_llamacpp(args: argparse.Namespace) -> dict:
         mtmd.mtmd_bitmap_free(bm10)
         mtmd.mtmd_free(mctx)
     else:
-        # Without mtmd, decode speed still comes from the LLM alone after the 800-token prefill.
-        first = prefill(random_ids(args.prefill_tokens[0], n_vocab, set()))
-        start = time.perf_counter()
-        n = len(generate(first, args.prefill_tokens[0], args.new_tokens))
-        result["decode_tok_s"] = n / (time.perf_counter() - start)
+        # Without mtmd, decode speed comes from the LLM alone after the first prefill (median
+        # of --repeat runs after --warmup).
+        prompt = random_ids(args.prefill_tokens[0], n_vocab, set())
+        speeds = []
+        for _ in range(args.warmup + args.repeat):
+            first = prefill(prompt)
+            start = time.perf_counter()
+            n = len(generate(first, args.prefill_tokens[0], args.new_tokens))
+            speeds.append(n / (time.perf_counter() - start))
+        result["decode_tok_s"] = statistics.median(speeds[args.warmup:])
         detail["decode_after_tokens"] = args.prefill_tokens[0]
+        log(f"decode {result['decode_tok_s']:.2f} tok/s")
 
     ll.llama_batch_free(batch)
     ll.llama_free(ctx)
@@ -441,7 +450,8 @@ def main() -> None:
     parser.add_argument("engine", choices=["torch", "llamacpp"])
     parser.add_argument("--model", type=Path, required=True, help="the hub-format checkpoint")
     parser.add_argument("--gguf", type=Path, help="llamacpp: the text GGUF")
-    parser.add_argument("--mmproj", type=Path, help="llamacpp: the audio encoder + projector GGUF")
+    parser.add_argument("--mmproj", type=Path,
+                        help="llamacpp: the audio encoder + projector GGUF (without it: prefill and decode only)")
     parser.add_argument("--clip30", type=Path, required=True, help="the 29.9 s clip (16 kHz mono)")
     parser.add_argument("--clip10", type=Path, required=True, help="the 10 s clip (16 kHz mono)")
     parser.add_argument("--threads", type=int, required=True)
@@ -464,8 +474,8 @@ def main() -> None:
     args.prefill_tokens = [int(n) for n in args.prefill_tokens.split(",")]
     if len(args.prefill_tokens) != 2:
         parser.error("--prefill-tokens takes two counts, e.g. 800,238")
-    if args.engine == "llamacpp" and (args.gguf is None or args.mmproj is None):
-        parser.error("llamacpp needs --gguf and --mmproj")
+    if args.engine == "llamacpp" and args.gguf is None:
+        parser.error("llamacpp needs --gguf (and --mmproj for the audio stages)")
     result = bench_torch(args) if args.engine == "torch" else bench_llamacpp(args)
     result["threads"] = args.threads
     result["warmup"], result["repeat"], result["new_tokens"] = args.warmup, args.repeat, args.new_tokens
