@@ -97,7 +97,7 @@ def main() -> int:
             out = args.work / f"{clip.stem}.{mode}.safetensors"
             auris(args.auris, ["inspect", "--json", "--quiet", "--model", str(args.model),
                                *MODE_FLAGS[mode], "--raw-prompt", raw, "--out", str(out), str(clip)])
-            logits[mode] = load_file(str(out))["prompt_logits"]
+            logits[mode] = load_file(str(out))["all_logits"]
         report["clips"][clip.stem] = {m: compare_logits(logits["f32"], logits[m]) for m in modes}
         log(f"{clip.stem}: {len(ref['output_token_ids'])} reference tokens ({time.time() - t0:.0f} s)")
     for mode in modes:

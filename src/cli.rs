@@ -110,7 +110,8 @@ enum Command {
     },
     /// Run up to the prompt logits and save the intermediate tensors to a safetensors file.
     ///
-    /// Tensors: input_features, audio_embeds, audio_scores, projected, prompt_logits (f32).
+    /// Tensors: input_features, audio_embeds, audio_scores, projected, prompt_logits (the
+    /// last position), all_logits (every prompt position); f32.
     Inspect {
         /// The audio file.
         #[arg(value_name = "AUDIO")]
@@ -1075,6 +1076,7 @@ fn inspect(audio: PathBuf, out: &std::path::Path, common: &Common) -> Result<Exi
             "prompt_logits".to_string(),
             inspection.prompt_logits.clone(),
         ),
+        ("all_logits".to_string(), inspection.all_logits.clone()),
     ]);
     candle_core::safetensors::save(&tensors, out)
         .with_context(|| format!("cannot write {}", out.display()))?;

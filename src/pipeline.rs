@@ -233,6 +233,9 @@ pub struct Inspection {
     pub projected: Tensor,
     /// `(vocab,)` logits at the last prompt position.
     pub prompt_logits: Tensor,
+    /// `(prompt tokens, vocab)` logits at every prompt position (the next-token distribution
+    /// after each prefix), f32.
+    pub all_logits: Tensor,
 }
 
 /// The result of one request.
@@ -670,13 +673,22 @@ impl Pipeline {
 
         let start = Instant::now();
         let mut cache = self.decoder.new_cache();
-        let logits = self.decoder.forward_embeds(&embeds, &mut cache)?;
-        timings.prefill = ms(start);
-
-        let inspection = if request.inspect {
-            Some(self.inspection(&audio, &encoded, &tokens, &projected, &logits)?)
+        // `inspect` keeps the logits of every prompt position; a plain request computes the
+        // output head on the last one only.
+        let all_logits = if request.inspect {
+            Some(self.decoder.forward_embeds_all(&embeds, &mut cache)?)
         } else {
             None
+        };
+        let logits = match &all_logits {
+            Some(all) => all.i((.., all.dim(1)? - 1))?,
+            None => self.decoder.forward_embeds(&embeds, &mut cache)?,
+        };
+        timings.prefill = ms(start);
+
+        let inspection = match &all_logits {
+            Some(all) => Some(self.inspection(&audio, &encoded, &tokens, &projected, all)?),
+            None => None,
         };
 
         let mut response = Response {
@@ -800,7 +812,8 @@ impl Pipeline {
             audio_embeds,
             audio_scores: Tensor::from_vec(scores, n, &Device::Cpu)?,
             projected: projected.to_dtype(DType::F32)?,
-            prompt_logits: logits.squeeze(0)?.to_dtype(DType::F32)?,
+            prompt_logits: logits.i((0, logits.dim(1)? - 1))?.to_dtype(DType::F32)?,
+            all_logits: logits.squeeze(0)?.to_dtype(DType::F32)?,
         })
     }
 }
