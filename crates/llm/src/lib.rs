@@ -22,8 +22,10 @@
 //!   [`Qwen2Decoder::linear_weight_bytes`] describe the result. On the CPU, single-row
 //!   products (decode) of bf16/f16 weights run a multi-threaded GEMV picked at run time
 //!   (AVX-512F, AVX2 + FMA + F16C, portable), and several rows (prefill) widen one chunk of
-//!   weight rows at a time to f32 for candle's matmul; quantised weights run candle's
-//!   `QMatMul` (activations quantised to q8 blocks, integer block dots).
+//!   weight rows at a time to f32 for candle's matmul. Quantised weights quantise the
+//!   activation row to 8-bit blocks and take integer block dots: single rows of `q8_0`/`q4_0`
+//!   in our GEMV (AVX512-VNNI, AVX-VNNI, AVX2, portable, picked at run time), the rest in
+//!   candle's `QMatMul`.
 //! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute
 //!   dtype.
 //! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
@@ -56,6 +58,7 @@ mod generate;
 mod halfgemv;
 mod linear;
 mod model;
+mod qgemv;
 #[cfg(test)]
 mod tests;
 
