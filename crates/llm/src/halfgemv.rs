@@ -140,6 +140,23 @@ pub(crate) fn split_rows<T: Sync>(
     }
 }
 
+/// Half-precision bits widened to f32, split over the rayon pool (a multi-row product's
+/// weight chunk).
+pub(crate) fn widen_par(kind: HalfKind, w: &[u16]) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    out.par_chunks_mut(WIDEN_PAR_CHUNK)
+        .zip(w.par_chunks(WIDEN_PAR_CHUNK))
+        .for_each(|(out, w)| {
+            for (o, &b) in out.iter_mut().zip(w) {
+                *o = widen(kind, b);
+            }
+        });
+    out
+}
+
+/// Elements per task of [`widen_par`].
+const WIDEN_PAR_CHUNK: usize = 1 << 16;
+
 /// The single-threaded product over a block of rows.
 fn rows(isa: Isa, kind: HalfKind, x: &[f32], w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -14,6 +14,8 @@
 
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
+
 use crate::halfgemv::split_rows;
 
 /// Weights per block.
@@ -189,6 +191,25 @@ fn unpack(kind: BlockKind, block: &[u8]) -> [i8; BLOCK] {
         }
     }
     w
+}
+
+/// GGML blocks of `kind` dequantised to f32, split over the rayon pool (a multi-row
+/// product's weight chunk).
+pub(crate) fn dequantize_par(kind: BlockKind, blocks: &[u8]) -> Vec<f32> {
+    const BLOCKS_PER_TASK: usize = 2048;
+    let bytes = kind.block_bytes();
+    let mut out = vec![0.0f32; blocks.len() / bytes * BLOCK];
+    out.par_chunks_mut(BLOCKS_PER_TASK * BLOCK)
+        .zip(blocks.par_chunks(BLOCKS_PER_TASK * bytes))
+        .for_each(|(out, blocks)| {
+            for (o, block) in out.chunks_exact_mut(BLOCK).zip(blocks.chunks_exact(bytes)) {
+                let d = scale(block);
+                for (o, &q) in o.iter_mut().zip(&unpack(kind, block)) {
+                    *o = d * f32::from(q);
+                }
+            }
+        });
+    out
 }
 
 fn scale(block: &[u8]) -> f32 {
@@ -400,6 +421,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dequantised_blocks_match_the_block_formula() {
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0] {
+            let w = blocks(kind, 4099, 17);
+            let got = dequantize_par(kind, &w);
+            assert_eq!(got.len(), 4099 * BLOCK);
+            for (b, block) in w.chunks_exact(kind.block_bytes()).enumerate() {
+                let d = scale(block);
+                for (i, &q) in unpack(kind, block).iter().enumerate() {
+                    assert_eq!(got[b * BLOCK + i], d * f32::from(q), "{kind:?} block {b}");
+                }
+            }
+        }
+        // q4_0 nibbles: byte i holds weight i (low) and i + 16 (high), offset by 8.
+        let mut block = vec![0u8; BlockKind::Q4_0.block_bytes()];
+        block[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+        block[2] = 0xF0;
+        let w = dequantize_par(BlockKind::Q4_0, &block);
+        assert_eq!((w[0], w[16], w[1]), (-8.0, 7.0, -8.0));
     }
 
     #[test]
