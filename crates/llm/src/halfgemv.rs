@@ -226,7 +226,7 @@ mod bf16_pairs {
     macro_rules! pairs_kernel {
         ($name:ident, $row:ident, $features:literal, $lanes:literal, $zero:ident,
          $load_x:ident, $load_w:expr, $shift:ident, $and:ident, $mask:expr, $cast:ident,
-         $fma:ident, $hsum:expr) => {
+         $fma:ident, $add:ident, $hsum:expr) => {
             /// # Safety
             ///
             /// The CPU must support the enabled features; `w.len() == out.len() * x.len()`.
@@ -254,19 +254,26 @@ mod bf16_pairs {
             unsafe fn $row(xe: &[f32], xo: &[f32], row: &[u16]) -> f32 {
                 let kv = 2 * xe.len();
                 let mask = $mask;
-                let (mut even, mut odd) = ($zero(), $zero());
+                // Two independent pairs of sums, so the FMA latency does not bound the speed.
+                let mut acc = [$zero(); 4];
                 let mut i = 0;
                 while i < kv {
-                    // SAFETY: i + 2 * lanes <= kv <= row.len(), and i / 2 + lanes <= xe.len().
-                    unsafe {
-                        let v = $load_w(row.as_ptr().add(i));
-                        let xev = $load_x(xe.as_ptr().add(i / 2));
-                        let xov = $load_x(xo.as_ptr().add(i / 2));
-                        even = $fma($cast($shift::<16>(v)), xev, even);
-                        odd = $fma($cast($and(v, mask)), xov, odd);
+                    let step = if i + 4 * $lanes <= kv { 2 } else { 1 };
+                    for u in 0..step {
+                        let at = i + 2 * $lanes * u;
+                        // SAFETY: at + 2 * lanes <= kv <= row.len(), and
+                        // at / 2 + lanes <= xe.len().
+                        unsafe {
+                            let v = $load_w(row.as_ptr().add(at));
+                            let xev = $load_x(xe.as_ptr().add(at / 2));
+                            let xov = $load_x(xo.as_ptr().add(at / 2));
+                            acc[2 * u] = $fma($cast($shift::<16>(v)), xev, acc[2 * u]);
+                            acc[2 * u + 1] = $fma($cast($and(v, mask)), xov, acc[2 * u + 1]);
+                        }
                     }
-                    i += 2 * $lanes;
+                    i += 2 * $lanes * step;
                 }
+                let (even, odd) = ($add(acc[0], acc[2]), $add(acc[1], acc[3]));
                 $hsum(even) + $hsum(odd)
             }
         };
@@ -285,6 +292,7 @@ mod bf16_pairs {
         _mm512_set1_epi32(0xFFFF_0000_u32 as i32),
         _mm512_castsi512_ps,
         _mm512_fmadd_ps,
+        _mm512_add_ps,
         _mm512_reduce_add_ps
     );
 
@@ -301,6 +309,7 @@ mod bf16_pairs {
         _mm256_set1_epi32(0xFFFF_0000_u32 as i32),
         _mm256_castsi256_ps,
         _mm256_fmadd_ps,
+        _mm256_add_ps,
         hsum
     );
 }
