@@ -215,6 +215,9 @@ mod bf16_pairs {
 
     use super::{avx2::hsum, tail, HalfKind};
 
+    /// Vectors of weights per row in flight (each with an even and an odd sum).
+    const UNROLL: usize = 4;
+
     /// `x[..len]` split into its even and odd positions.
     fn split(x: &[f32], len: usize) -> (Vec<f32>, Vec<f32>) {
         let pairs = x[..len].chunks_exact(2);
@@ -254,11 +257,15 @@ mod bf16_pairs {
             unsafe fn $row(xe: &[f32], xo: &[f32], row: &[u16]) -> f32 {
                 let kv = 2 * xe.len();
                 let mask = $mask;
-                // Two independent pairs of sums, so the FMA latency does not bound the speed.
-                let mut acc = [$zero(); 4];
+                // UNROLL independent pairs of sums, so the FMA latency does not bound the speed.
+                let mut acc = [$zero(); 2 * UNROLL];
                 let mut i = 0;
                 while i < kv {
-                    let step = if i + 4 * $lanes <= kv { 2 } else { 1 };
+                    let step = if i + 2 * UNROLL * $lanes <= kv {
+                        UNROLL
+                    } else {
+                        1
+                    };
                     for u in 0..step {
                         let at = i + 2 * $lanes * u;
                         // SAFETY: at + 2 * lanes <= kv <= row.len(), and
@@ -273,7 +280,8 @@ mod bf16_pairs {
                     }
                     i += 2 * $lanes * step;
                 }
-                let (even, odd) = ($add(acc[0], acc[2]), $add(acc[1], acc[3]));
+                let even = $add($add(acc[0], acc[2]), $add(acc[4], acc[6]));
+                let odd = $add($add(acc[1], acc[3]), $add(acc[5], acc[7]));
                 $hsum(even) + $hsum(odd)
             }
         };
