@@ -5,9 +5,9 @@
 //!   storage); single f32 rows go through [`gemv`], the rest through candle's matmul;
 //! - half: bf16/f16 bits computed in f32; single rows through [`gemv_half`], several rows by
 //!   widening a chunk of weight rows at a time to f32 and calling candle's matmul (gemm);
-//! - quantised: a GGML block tensor (`q8_0`, `q4_0`, `q4_K`); single rows of `q8_0`/`q4_0`
-//!   through [`qgemv`], the rest through candle's `QMatMul`, which quantises the activations
-//!   to q8 blocks and runs integer block dots picked at run time.
+//! - quantised: a GGML block tensor (`q8_0`, `q4_0`, `q4_K`); single rows through [`qgemv`] or
+//!   [`q4k_gemv`] (activations quantised once to 8-bit blocks, integer block dots), many rows
+//!   by dequantising chunks of weight rows for gemm, a few rows through candle's `QMatMul`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use half::{bf16, f16};
 
 use crate::gemv::gemv;
 use crate::halfgemv::{gemv_half, widen_par, HalfKind};
-use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow, BLOCK};
+use crate::q4k::q4k_gemv;
+use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
 
 /// Weights widened to f32 at once by a multi-row product with half weights: 64 MiB of f32, a
@@ -193,8 +194,8 @@ impl Linear {
         }
     }
 
-    /// One row of `q8_0`/`q4_0` weights through [`qgemv`], or `None` for other formats, several
-    /// rows or another device (candle's `QMatMul` then).
+    /// One row of `q8_0`/`q4_0` weights through [`qgemv`], of `q4_K` through [`q4k_gemv`], or
+    /// `None` for several rows or another device (candle's `QMatMul` then).
     fn forward_quant_row(
         &self,
         xs: &Tensor,
@@ -202,12 +203,14 @@ impl Linear {
         format: WeightFormat,
     ) -> Result<Option<Tensor>, LlmError> {
         let kind = match format {
-            WeightFormat::Q8_0 => BlockKind::Q8_0,
-            WeightFormat::Q4_0 => BlockKind::Q4_0,
+            WeightFormat::Q8_0 => Some(BlockKind::Q8_0),
+            WeightFormat::Q4_0 => Some(BlockKind::Q4_0),
+            WeightFormat::Q4K => None,
             _ => return Ok(None),
         };
         let (k, n) = (self.in_dim, self.out_dim);
-        if xs.elem_count() != k || !xs.device().is_cpu() || !k.is_multiple_of(BLOCK) {
+        let row_bytes = k / format.block_len() * format.block_bytes();
+        if xs.elem_count() != k || !xs.device().is_cpu() || !k.is_multiple_of(format.block_len()) {
             return Ok(None);
         }
         let data = qtensor.data()?;
@@ -217,14 +220,15 @@ impl Linear {
             .map(cpu_vec::<f32>)
             .transpose()?
             .flatten();
-        let (Some(x), true) = (
-            cpu_vec::<f32>(xs)?,
-            data.len() == n * k / BLOCK * kind.block_bytes(),
-        ) else {
+        let (Some(x), true) = (cpu_vec::<f32>(xs)?, data.len() == n * row_bytes) else {
             return Ok(None);
         };
+        let x = QuantRow::new(&x);
         let mut out = vec![0.0f32; n];
-        qgemv(kind, &QuantRow::new(&x), &data, bias.as_deref(), &mut out);
+        match kind {
+            Some(kind) => qgemv(kind, &x, &data, bias.as_deref(), &mut out),
+            None => q4k_gemv(&x, &data, bias.as_deref(), &mut out),
+        }
         one_row_output(xs, out).map(Some)
     }
 

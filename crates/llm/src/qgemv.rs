@@ -92,8 +92,10 @@ impl IntIsa {
 /// (llama.cpp rounds the scale to f16; f32 costs nothing here and loses less).
 #[derive(Debug)]
 pub(crate) struct QuantRow {
-    qs: Vec<i8>,
-    scales: Vec<f32>,
+    pub(crate) qs: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
+    /// Each block's sum of `qs`, for formats with a per-block minimum (`q4_K`).
+    pub(crate) sums: Vec<i32>,
 }
 
 impl QuantRow {
@@ -108,7 +110,11 @@ impl QuantRow {
             qs.extend(block.iter().map(|v| (v * inv).round() as i8));
             scales.push(d);
         }
-        QuantRow { qs, scales }
+        let sums = qs
+            .chunks_exact(BLOCK)
+            .map(|b| b.iter().map(|&q| i32::from(q)).sum())
+            .collect();
+        QuantRow { qs, scales, sums }
     }
 }
 
