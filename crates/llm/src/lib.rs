@@ -22,8 +22,11 @@
 //!   [`Qwen2Decoder::linear_weight_bytes`] describe the result. On the CPU, single-row
 //!   products (decode) of bf16/f16 weights run a multi-threaded GEMV picked at run time
 //!   (AVX-512F, AVX2 + FMA + F16C, portable), and several rows (prefill) widen one chunk of
-//!   weight rows at a time to f32 for candle's matmul; quantised weights run candle's
-//!   `QMatMul` (activations quantised to q8 blocks, integer block dots).
+//!   weight rows at a time to f32 for candle's matmul. Quantised weights quantise the
+//!   activation row to 8-bit blocks and take integer block dots in a single-row GEMV
+//!   (`q8_0`/`q4_0`: AVX512-VNNI, AVX-VNNI, AVX2 or portable, picked at run time; `q4_k`: AVX2
+//!   or portable); 16 rows or more dequantise one chunk of weight rows at a time for gemm; 2 to
+//!   15 rows go through candle's `QMatMul`.
 //! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute
 //!   dtype.
 //! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
@@ -56,6 +59,8 @@ mod generate;
 mod halfgemv;
 mod linear;
 mod model;
+mod q4k;
+mod qgemv;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,223 @@
+//! Matrix-vector products with GGML `q4_K` weights (decode steps), against an activation row
+//! quantised to 8-bit blocks of 32 ([`QuantRow`]).
+//!
+//! A `q4_K` super-block holds 256 weights in 144 bytes: an f16 scale `d`, an f16 `dmin`, twelve
+//! bytes packing eight 6-bit sub-block scales and minimums, and 128 bytes of 4-bit values. Chunk
+//! `j` (0..4) of 32 bytes holds sub-block `2j` in its low nibbles and `2j + 1` in its high ones.
+//! A weight is `d · sc · q − dmin · m` (GGML's `dequantize_row_q4_K`), so a sub-block's dot with
+//! the activations is `dx · (d · sc · Σ q·xq − dmin · m · Σ xq)`: the nibbles are unsigned, so
+//! `vpmaddubsw` takes them as they are, and `Σ xq` comes with the activation row.
+
+use crate::halfgemv::split_rows;
+use crate::qgemv::{IntIsa, QuantRow, BLOCK};
+
+/// Weights per super-block.
+pub(crate) const SUPER: usize = 256;
+/// Bytes per super-block.
+pub(crate) const SUPER_BYTES: usize = 144;
+
+/// Sub-block `j`'s 6-bit scale and minimum (GGML's `get_scale_min_k4`).
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The super-block's factors: `d · sc` and `dmin · m` for each of the eight sub-blocks.
+fn factors(block: &[u8]) -> ([f32; 8], [f32; 8]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &block[4..16]);
+        scales[j] = d * f32::from(sc);
+        mins[j] = dmin * f32::from(m);
+    }
+    (scales, mins)
+}
+
+/// Computes `out = x · wᵀ (+ bias)` for `w` of `out.len()` rows of `q4_K` super-blocks,
+/// splitting the rows over the current rayon pool. Every SIMD level runs the AVX2 code (the
+/// dot has no VNNI form here); `Portable` the plain one.
+///
+/// # Panics
+///
+/// If `w` is not `out.len()` rows of `x.len() / 256` super-blocks, or `bias` is not
+/// `out.len()` long (callers check).
+pub(crate) fn q4k_gemv_at(
+    isa: IntIsa,
+    x: &QuantRow,
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let simd = isa != IntIsa::Portable && IntIsa::available().contains(&isa);
+    let row_bytes = x.scales.len() / (SUPER / BLOCK) * SUPER_BYTES;
+    split_rows(row_bytes, w, bias, out, |w, out| {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
+            *o = dot_row(simd, x, row);
+        }
+        if row_bytes == 0 {
+            out.fill(0.0);
+        }
+    });
+}
+
+/// [`q4k_gemv_at`] at the detected level.
+pub(crate) fn q4k_gemv(x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
+    q4k_gemv_at(IntIsa::detected(), x, w, bias, out);
+}
+
+fn dot_row(simd: bool, x: &QuantRow, row: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set when the CPU has AVX2, FMA and F16C (`IntIsa::available`
+        // lists no SIMD level otherwise); `row` holds one super-block per 8 activation blocks.
+        return unsafe { avx2::dot(x, row) };
+    }
+    let _ = simd;
+    dot_portable(x, row)
+}
+
+fn dot_portable(x: &QuantRow, row: &[u8]) -> f32 {
+    let mut total = 0.0f32;
+    for (s, block) in row.chunks_exact(SUPER_BYTES).enumerate() {
+        let (scales, mins) = factors(block);
+        for j in 0..4 {
+            let qs = &block[16 + 32 * j..16 + 32 * (j + 1)];
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let sub = 2 * j + half;
+                let b = s * 8 + sub;
+                let xq = &x.qs[b * BLOCK..(b + 1) * BLOCK];
+                let isum: i32 = qs
+                    .iter()
+                    .zip(xq)
+                    .map(|(&q, &v)| i32::from((q >> shift) & 0xF) * i32::from(v))
+                    .sum();
+                total += x.scales[b] * (scales[sub] * isum as f32 - mins[sub] * x.sums[b] as f32);
+            }
+        }
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{factors, QuantRow, BLOCK, SUPER_BYTES};
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX2, FMA and F16C; `row` holds one super-block per eight
+    /// activation blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot(x: &QuantRow, row: &[u8]) -> f32 {
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let (mut acc_lo, mut acc_hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut mins_total = 0.0f32;
+        for (s, block) in row.chunks_exact(SUPER_BYTES).enumerate() {
+            let (scales, mins) = factors(block);
+            for j in 0..4 {
+                let (b0, b1) = (s * 8 + 2 * j, s * 8 + 2 * j + 1);
+                // SAFETY: the chunk's 32 bytes lie inside the super-block, and activation
+                // blocks b0, b1 inside `x.qs` (8 per super-block).
+                unsafe {
+                    let bytes = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * j).cast());
+                    let q_lo = _mm256_and_si256(bytes, low);
+                    let q_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+                    let x0 = _mm256_loadu_si256(x.qs.as_ptr().add(b0 * BLOCK).cast());
+                    let x1 = _mm256_loadu_si256(x.qs.as_ptr().add(b1 * BLOCK).cast());
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, x0), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, x1), ones);
+                    let (d0, d1) = (x.scales[b0], x.scales[b1]);
+                    let f0 = _mm256_set1_ps(scales[2 * j] * d0);
+                    let f1 = _mm256_set1_ps(scales[2 * j + 1] * d1);
+                    acc_lo = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc_lo);
+                    acc_hi = _mm256_fmadd_ps(f1, _mm256_cvtepi32_ps(p1), acc_hi);
+                    mins_total += mins[2 * j] * d0 * x.sums[b0] as f32
+                        + mins[2 * j + 1] * d1 * x.sums[b1] as f32;
+                }
+            }
+        }
+        let acc = _mm256_add_ps(acc_lo, acc_hi);
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s) - mins_total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Our reading of the layout equals candle's `dequantize`, and the products at every
+    /// level equal the f64 product of the quantised activations and candle's dequantised
+    /// weights, on 1 to 3 threads.
+    #[test]
+    fn every_level_matches_candles_dequantised_weights() {
+        for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
+            let w = Tensor::from_vec(values(n * k, 3 + n as u64), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+            let deq: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let bytes = q.data().unwrap();
+            let x = QuantRow::new(&values(k, 7 + k as u64));
+            for levels in [IntIsa::Portable, IntIsa::detected()] {
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = vec![f32::NAN; n];
+                    pool.install(|| q4k_gemv_at(levels, &x, &bytes, None, &mut got));
+                    for (j, &g) in got.iter().enumerate() {
+                        let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
+                            (0.0f64, 0.0f64),
+                            |(s, m), (i, &wv)| {
+                                let b = i / BLOCK;
+                                let xv = f64::from(x.qs[i]) * f64::from(x.scales[b]);
+                                let p = f64::from(wv) * xv;
+                                (s + p, m + p.abs())
+                            },
+                        );
+                        let tol = 1e-5 * mag.max(1.0);
+                        assert!(
+                            (f64::from(g) - e).abs() <= tol,
+                            "{levels:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Matrix-vector products with GGML `q8_0` / `q4_0` weights (decode steps), done the way
+//! llama.cpp does them (`ggml/src/ggml-cpu/arch/x86/quants.c`, `ggml_vec_dot_q8_0_q8_0` and
+//! `ggml_vec_dot_q4_0_q8_0`): the activation row is quantised once to blocks of 32 signed
+//! bytes with an f32 scale, then each weight block takes one integer dot of 32 byte pairs and
+//! one FMA with the product of the two scales.
+//!
+//! The weights are GGML blocks as candle's `QTensor` stores them: `q8_0` is an f16 scale and
+//! 32 `i8`; `q4_0` an f16 scale and 16 bytes, byte `i` holding weight `i` in its low nibble and
+//! weight `i + 16` in its high one, each offset by 8.
+//!
+//! The integer dot multiplies unsigned by signed bytes (`vpmaddubsw`, or `vpdpbusd` with
+//! AVX-VNNI / AVX512-VNNI), so a signed weight `w` times an activation `x` is computed as
+//! `|w| · (x · sign(w))`.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::halfgemv::split_rows;
+
+/// Weights per block.
+pub(crate) const BLOCK: usize = 32;
+
+/// A GGML block format with 32 weights per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    Q8_0,
+    Q4_0,
+}
+
+impl BlockKind {
+    /// Bytes per block: the f16 scale and the packed weights.
+    pub(crate) fn block_bytes(self) -> usize {
+        match self {
+            BlockKind::Q8_0 => 2 + BLOCK,
+            BlockKind::Q4_0 => 2 + BLOCK / 2,
+        }
+    }
+}
+
+/// The instruction-set level of the integer dots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IntIsa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA + F16C: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-VNNI (256-bit `vpdpbusd`, VEX encoded).
+    AvxVnni,
+    /// AVX512-VNNI with AVX512VL (256-bit `vpdpbusd`, EVEX encoded).
+    Avx512Vnni,
+}
+
+impl IntIsa {
+    /// The best level this CPU supports (detected once).
+    pub(crate) fn detected() -> IntIsa {
+        static DETECTED: OnceLock<IntIsa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let levels = IntIsa::available();
+            // Prefer the VEX form where both exist: same instruction, shorter encoding.
+            if levels.contains(&IntIsa::AvxVnni) {
+                IntIsa::AvxVnni
+            } else {
+                levels.last().copied().unwrap_or(IntIsa::Portable)
+            }
+        })
+    }
+
+    /// Every level this CPU can run, from portable up.
+    pub(crate) fn available() -> Vec<IntIsa> {
+        let mut levels = vec![IntIsa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 {
+                levels.push(IntIsa::Avx2);
+                if is_x86_feature_detected!("avxvnni") {
+                    levels.push(IntIsa::AvxVnni);
+                }
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                    levels.push(IntIsa::Avx512Vnni);
+                }
+            }
+        }
+        levels
+    }
+}
+
+/// An activation row quantised to `q8_0`-like blocks: 32 `i8` per block and an f32 scale
+/// (llama.cpp rounds the scale to f16; f32 costs nothing here and loses less).
+#[derive(Debug)]
+pub(crate) struct QuantRow {
+    pub(crate) qs: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
+    /// Each block's sum of `qs`, for formats with a per-block minimum (`q4_K`).
+    pub(crate) sums: Vec<i32>,
+}
+
+impl QuantRow {
+    /// Quantises `x` (length a multiple of [`BLOCK`]): `d = max|x| / 127`, `q = round(x / d)`.
+    pub(crate) fn new(x: &[f32]) -> QuantRow {
+        let mut qs = Vec::with_capacity(x.len());
+        let mut scales = Vec::with_capacity(x.len() / BLOCK);
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            qs.extend(block.iter().map(|v| (v * inv).round() as i8));
+            scales.push(d);
+        }
+        let sums = qs
+            .chunks_exact(BLOCK)
+            .map(|b| b.iter().map(|&q| i32::from(q)).sum())
+            .collect();
+        QuantRow { qs, scales, sums }
+    }
+}
+
+/// Computes `out = x · wᵀ (+ bias)` for `w` of `out.len()` rows of `GGML` blocks of `kind`,
+/// at the detected [`IntIsa`]; see [`qgemv_at`].
+pub(crate) fn qgemv(
+    kind: BlockKind,
+    x: &QuantRow,
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    qgemv_at(IntIsa::detected(), kind, x, w, bias, out);
+}
+
+/// Computes `out = x · wᵀ (+ bias)`, splitting the rows over the current rayon pool.
+///
+/// `isa` must be one of [`IntIsa::available`]; a level the CPU lacks runs the portable code.
+///
+/// # Panics
+///
+/// If `w` is not `out.len()` rows of `x`'s block count, or `bias` not `out.len()` long
+/// (callers check).
+pub(crate) fn qgemv_at(
+    isa: IntIsa,
+    kind: BlockKind,
+    x: &QuantRow,
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let isa = if IntIsa::available().contains(&isa) {
+        isa
+    } else {
+        IntIsa::Portable
+    };
+    let row_bytes = x.scales.len() * kind.block_bytes();
+    split_rows(row_bytes, w, bias, out, |w, out| {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
+            *o = dot_row(isa, kind, x, row);
+        }
+        if row_bytes == 0 {
+            out.fill(0.0);
+        }
+    });
+}
+
+fn dot_row(isa: IntIsa, kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` was checked against the CPU's features by the caller, and `row` holds
+        // one block per activation block.
+        unsafe {
+            match isa {
+                IntIsa::Avx2 => return x86::dot_avx2(kind, x, row),
+                IntIsa::AvxVnni => return x86::dot_avxvnni(kind, x, row),
+                IntIsa::Avx512Vnni => return x86::dot_avx512vnni(kind, x, row),
+                IntIsa::Portable => {}
+            }
+        }
+    }
+    let _ = isa;
+    dot_portable(kind, x, row)
+}
+
+/// The block's 32 weights as signed bytes.
+fn unpack(kind: BlockKind, block: &[u8]) -> [i8; BLOCK] {
+    let mut w = [0i8; BLOCK];
+    match kind {
+        BlockKind::Q8_0 => {
+            for (w, &b) in w.iter_mut().zip(&block[2..2 + BLOCK]) {
+                *w = b as i8;
+            }
+        }
+        BlockKind::Q4_0 => {
+            for (i, &b) in block[2..2 + BLOCK / 2].iter().enumerate() {
+                w[i] = (b & 0x0F) as i8 - 8;
+                w[i + BLOCK / 2] = (b >> 4) as i8 - 8;
+            }
+        }
+    }
+    w
+}
+
+/// GGML blocks of `kind` dequantised to f32, split over the rayon pool (a multi-row
+/// product's weight chunk).
+pub(crate) fn dequantize_par(kind: BlockKind, blocks: &[u8]) -> Vec<f32> {
+    const BLOCKS_PER_TASK: usize = 2048;
+    let bytes = kind.block_bytes();
+    let mut out = vec![0.0f32; blocks.len() / bytes * BLOCK];
+    out.par_chunks_mut(BLOCKS_PER_TASK * BLOCK)
+        .zip(blocks.par_chunks(BLOCKS_PER_TASK * bytes))
+        .for_each(|(out, blocks)| {
+            for (o, block) in out.chunks_exact_mut(BLOCK).zip(blocks.chunks_exact(bytes)) {
+                let d = scale(block);
+                for (o, &q) in o.iter_mut().zip(&unpack(kind, block)) {
+                    *o = d * f32::from(q);
+                }
+            }
+        });
+    out
+}
+
+fn scale(block: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32()
+}
+
+fn dot_portable(kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
+    row.chunks_exact(kind.block_bytes())
+        .zip(x.qs.chunks_exact(BLOCK).zip(&x.scales))
+        .map(|(block, (xq, &dx))| {
+            let w = unpack(kind, block);
+            let isum: i32 = w.iter().zip(xq).map(|(&a, &b)| a as i32 * b as i32).sum();
+            scale(block) * dx * isum as f32
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockKind, QuantRow, BLOCK};
+
+    /// The block's 32 weights as signed bytes in one vector.
+    ///
+    /// # Safety
+    ///
+    /// `p` must point at a whole block of `KIND`.
+    #[inline(always)]
+    unsafe fn weights<const Q4: bool>(p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees the block's bytes are readable.
+        unsafe {
+            if Q4 {
+                let packed = _mm_loadu_si128(p.add(2).cast());
+                let lo = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), _mm_set1_epi8(0x0F));
+                let both = _mm256_set_m128i(hi, lo);
+                _mm256_sub_epi8(both, _mm256_set1_epi8(8))
+            } else {
+                _mm256_loadu_si256(p.add(2).cast())
+            }
+        }
+    }
+
+    /// The f16 scale at `p`, widened.
+    ///
+    /// # Safety
+    ///
+    /// `p` must be valid for reading 2 bytes.
+    #[inline(always)]
+    unsafe fn scale(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees 2 readable bytes.
+        let bits = unsafe { p.cast::<u16>().read_unaligned() };
+        half::f16::from_bits(bits).to_f32()
+    }
+
+    /// One row's dot, the integer product of a block given by `idot(|w|, x · sign(w))`.
+    macro_rules! dot_fn {
+        ($name:ident, $features:literal, |$a:ident, $b:ident| $idot:expr) => {
+            /// # Safety
+            ///
+            /// The CPU must support the enabled features; `row` must hold one block per
+            /// activation block.
+            #[target_feature(enable = $features)]
+            pub(in crate::qgemv) unsafe fn $name(kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
+                match kind {
+                    // SAFETY: forwarded from the caller.
+                    BlockKind::Q8_0 => unsafe { body::<false>(x, row, kind.block_bytes()) },
+                    BlockKind::Q4_0 => unsafe { body::<true>(x, row, kind.block_bytes()) },
+                }
+            }
+
+            /// # Safety
+            ///
+            /// As for the public function; `bytes` is the block size of `Q4`'s format.
+            #[target_feature(enable = $features)]
+            unsafe fn body<const Q4: bool>(x: &QuantRow, row: &[u8], bytes: usize) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                for (b, &dx) in x.scales.iter().enumerate() {
+                    // SAFETY: block b lies inside `row` (one per activation block), and the
+                    // activation block b inside `x.qs`.
+                    unsafe {
+                        let p = row.as_ptr().add(b * bytes);
+                        let w = weights::<Q4>(p);
+                        let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK).cast());
+                        let $a = _mm256_sign_epi8(w, w);
+                        let $b = _mm256_sign_epi8(xq, w);
+                        let prod = $idot;
+                        let d = _mm256_set1_ps(scale(p) * dx);
+                        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(prod), acc);
+                    }
+                }
+                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        };
+    }
+
+    mod avx2 {
+        use super::*;
+        dot_fn!(dot, "avx2,fma,f16c", |a, b| _mm256_madd_epi16(
+            _mm256_maddubs_epi16(a, b),
+            _mm256_set1_epi16(1)
+        ));
+    }
+    mod avxvnni {
+        use super::*;
+        dot_fn!(
+            dot,
+            "avx2,fma,f16c,avxvnni",
+            |a, b| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
+        );
+    }
+    mod avx512vnni {
+        use super::*;
+        dot_fn!(dot, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", |a, b| {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+        });
+    }
+
+    pub(in crate::qgemv) use avx2::dot as dot_avx2;
+    pub(in crate::qgemv) use avx512vnni::dot as dot_avx512vnni;
+    pub(in crate::qgemv) use avxvnni::dot as dot_avxvnni;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Random GGML blocks: every byte pattern is a valid weight; scales kept finite.
+    fn blocks(kind: BlockKind, n_blocks: usize, seed: u64) -> Vec<u8> {
+        let raw = values(n_blocks * kind.block_bytes(), seed);
+        let mut out: Vec<u8> = raw.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+        for (b, block) in out.chunks_exact_mut(kind.block_bytes()).enumerate() {
+            let d = half::f16::from_f32(0.01 + 0.001 * (b % 7) as f32).to_bits();
+            block[..2].copy_from_slice(&d.to_le_bytes());
+        }
+        // Extremes: -128 (whose |w| is 128 as an unsigned byte) and 127.
+        if kind == BlockKind::Q8_0 && out.len() > 4 {
+            out[2] = 0x80;
+            out[3] = 0x7F;
+        }
+        out
+    }
+
+    /// The exact product (f64) of the quantised row and the blocks.
+    fn reference(kind: BlockKind, x: &QuantRow, w: &[u8], n: usize) -> Vec<f64> {
+        let row_bytes = w.len() / n.max(1);
+        (0..n)
+            .map(|j| {
+                let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                row.chunks_exact(kind.block_bytes())
+                    .zip(x.qs.chunks_exact(BLOCK).zip(&x.scales))
+                    .map(|(block, (xq, &dx))| {
+                        let w = unpack(kind, block);
+                        let isum: i64 = w.iter().zip(xq).map(|(&a, &b)| a as i64 * b as i64).sum();
+                        f64::from(scale(block)) * f64::from(dx) * isum as f64
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    fn check(isa: IntIsa, kind: BlockKind, k: usize, n: usize, threads: usize) {
+        let x = QuantRow::new(&values(k, 5 + k as u64));
+        let w = blocks(kind, n * k / BLOCK, 9 + n as u64);
+        let bias = (n % 2 == 1).then(|| values(n, 3));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut got = vec![f32::NAN; n];
+        pool.install(|| qgemv_at(isa, kind, &x, &w, bias.as_deref(), &mut got));
+        for (j, (&g, e)) in got.iter().zip(reference(kind, &x, &w, n)).enumerate() {
+            let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
+            // Integer dots are exact; only the f32 sum of k / 32 scaled blocks rounds.
+            let tol = 1e-5 * e.abs().max(1.0);
+            assert!(
+                (f64::from(g) - e).abs() <= tol,
+                "{isa:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_exact_product() {
+        for isa in IntIsa::available() {
+            for kind in [BlockKind::Q8_0, BlockKind::Q4_0] {
+                for &(k, n) in &[(32, 1), (32, 3), (64, 5), (96, 7), (320, 9)] {
+                    check(isa, kind, k, n, 1);
+                }
+                for threads in [1, 2, 3] {
+                    check(isa, kind, 896, 301, threads);
+                    check(isa, kind, 256, 1023, threads);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantised_blocks_match_the_block_formula() {
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0] {
+            let w = blocks(kind, 4099, 17);
+            let got = dequantize_par(kind, &w);
+            assert_eq!(got.len(), 4099 * BLOCK);
+            for (b, block) in w.chunks_exact(kind.block_bytes()).enumerate() {
+                let d = scale(block);
+                for (i, &q) in unpack(kind, block).iter().enumerate() {
+                    assert_eq!(got[b * BLOCK + i], d * f32::from(q), "{kind:?} block {b}");
+                }
+            }
+        }
+        // q4_0 nibbles: byte i holds weight i (low) and i + 16 (high), offset by 8.
+        let mut block = vec![0u8; BlockKind::Q4_0.block_bytes()];
+        block[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+        block[2] = 0xF0;
+        let w = dequantize_par(BlockKind::Q4_0, &block);
+        assert_eq!((w[0], w[16], w[1]), (-8.0, 7.0, -8.0));
+    }
+
+    #[test]
+    fn activation_quantisation_is_within_half_a_step() {
+        let x = values(96, 4);
+        let q = QuantRow::new(&x);
+        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+            let d = q.scales[b];
+            for (i, &v) in block.iter().enumerate() {
+                let back = q.qs[b * BLOCK + i] as f32 * d;
+                assert!((back - v).abs() <= 0.5 * d + 1e-7, "{v} -> {back}");
+            }
+        }
+        let zeros = QuantRow::new(&[0.0; 32]);
+        assert_eq!(zeros.scales, vec![0.0]);
+        assert!(zeros.qs.iter().all(|&q| q == 0));
+    }
+}
