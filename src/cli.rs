@@ -745,7 +745,7 @@ pub(crate) fn main() -> Result<ExitCode> {
                     limit.unwrap_or(clips.len()).min(clips.len())
                 );
             }
-            let transcriber = auris::whisper::Transcriber::load(&source, &device, !quiet)?;
+            let transcriber = auris::whisper::load(&source, &device, !quiet)?;
             let opts = auris::eval::AsrEvalOptions {
                 scope: match scope {
                     ScopeArg::Window => auris::eval::PruneScope::Window,

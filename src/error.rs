@@ -115,10 +115,19 @@ pub enum Error {
     /// The language model failed.
     #[error(transparent)]
     Llm(#[from] auris_llm::LlmError),
+    /// The Whisper model failed (boxed: it holds an audio error, and `Error` stays small).
+    #[error(transparent)]
+    Whisper(Box<auris_whisper::WhisperError>),
     /// Token selection failed.
     #[error(transparent)]
     Prune(#[from] auris_prune::PruneError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<auris_whisper::WhisperError> for Error {
+    fn from(e: auris_whisper::WhisperError) -> Self {
+        Error::Whisper(Box::new(e))
+    }
 }

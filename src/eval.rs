@@ -18,8 +18,8 @@ use serde_json::{json, Map, Value};
 
 use crate::pipeline::select_tokens;
 use crate::wer::ErrorCount;
-use crate::whisper::Transcriber;
 use crate::Error;
+use auris_whisper::Transcriber;
 
 /// One clip of the speech set: a line of the JSON Lines manifest.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,8 +182,11 @@ pub fn asr_pruning(
     let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
     for (i, clip) in clips.iter().enumerate() {
         let clip_start = Instant::now();
-        let (encoded, duration_s) = match model.encode_file(&clip.audio) {
-            Ok(e) => e,
+        let (encoded, samples, duration_s) = match model.encode_file(&clip.audio) {
+            Ok(e) => {
+                let seconds = e.seconds();
+                (e.output, e.samples, seconds)
+            }
             Err(e) => {
                 if opts.progress {
                     eprintln!("[{}/{}] skipped: {e}", i + 1, clips.len());
@@ -195,7 +198,7 @@ pub fn asr_pruning(
         // All transcriptions of the clip in one batch: one pass over the weights per step.
         let audio_frames = match opts.scope {
             PruneScope::Window => None,
-            PruneScope::Audio => Some(audio_positions(duration_s)),
+            PruneScope::Audio => Some(audio_positions(samples)),
         };
         let mut frames = vec![encoded.hidden.clone()];
         for (_, _, policy) in &policies {
@@ -288,9 +291,8 @@ fn prune_frames(
     }
 }
 
-/// Encoder positions covering `duration_s` of 16 kHz audio (the conv stem's output length).
-fn audio_positions(duration_s: f64) -> usize {
-    let samples = (duration_s * 16_000.0).round() as usize;
+/// Encoder positions covering `samples` of 16 kHz audio (the conv stem's output length).
+fn audio_positions(samples: usize) -> usize {
     auris_audio::conv_output_len(auris_audio::valid_frames(samples)).max(1)
 }
 
@@ -618,7 +620,7 @@ mod tests {
             [1.0, 3.0, 4.0, 5.0]
         );
         // 1 s of audio: 100 mel frames, 50 encoder positions.
-        assert_eq!(audio_positions(1.0), 50);
+        assert_eq!(audio_positions(16_000), 50);
     }
 
     #[test]

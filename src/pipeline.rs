@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use auris_audio::config::EncoderConfig;
-use auris_audio::encoder::{EncodeOptions, EncoderOutput, Qwen2AudioEncoder};
+use auris_audio::encoder::{EncodeOptions, EncoderMode, EncoderOutput, Qwen2AudioEncoder};
 use auris_audio::{LogMel, MelConfig, MelExtractor};
 use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams};
 use auris_projector::MultiModalProjector;
@@ -380,8 +380,7 @@ impl Pipeline {
                         w,
                         EncodeOptions {
                             scores,
-                            full_length: false,
-                            ..Default::default()
+                            mode: EncoderMode::ValidFrames,
                         },
                     )
                     .map_err(Error::from)

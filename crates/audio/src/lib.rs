@@ -15,6 +15,7 @@
 //! `T1 =` [`conv_output_len`]`(F)` after the conv stem → `N =` [`pooled_len`]`(T1)` audio
 //! tokens ([`audio_token_count`]). 3000 frames → 1500 → 750 tokens (25 per second).
 
+pub mod attention;
 pub mod config;
 mod decode;
 pub mod encoder;
