@@ -732,7 +732,7 @@ pub(crate) fn main() -> Result<ExitCode> {
             if every == 0 {
                 return Err(usage("--every must be at least 1"));
             }
-            let clips: Vec<_> = auris::eval::read_manifest(&manifest)?
+            let clips: Vec<_> = crate::eval::asr::read_manifest(&manifest)?
                 .into_iter()
                 .step_by(every)
                 .collect();
@@ -746,10 +746,10 @@ pub(crate) fn main() -> Result<ExitCode> {
                 );
             }
             let transcriber = auris::whisper::load(&source, &device, !quiet)?;
-            let opts = auris::eval::AsrEvalOptions {
+            let opts = crate::eval::asr::AsrEvalOptions {
                 scope: match scope {
-                    ScopeArg::Window => auris::eval::PruneScope::Window,
-                    ScopeArg::Audio => auris::eval::PruneScope::Audio,
+                    ScopeArg::Window => crate::eval::asr::PruneScope::Window,
+                    ScopeArg::Audio => crate::eval::asr::PruneScope::Audio,
                 },
                 strategies: resolved,
                 keeps,
@@ -758,7 +758,7 @@ pub(crate) fn main() -> Result<ExitCode> {
                 details,
                 progress: !quiet,
             };
-            let report = auris::eval::asr_pruning(&transcriber, &clips, &opts)?;
+            let report = crate::eval::asr::asr_pruning(&transcriber, &clips, &opts)?;
             let table = report.markdown();
             let write = |path: &PathBuf, text: &str| {
                 std::fs::write(path, text)

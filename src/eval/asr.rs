@@ -16,25 +16,25 @@ use auris_prune::{Policy, Strategy};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::pipeline::select_tokens;
-use crate::wer::ErrorCount;
-use crate::Error;
+use super::wer::ErrorCount;
+use auris::pipeline::select_tokens;
+use auris::Error;
 use auris_whisper::Transcriber;
 
 /// One clip of the speech set: a line of the JSON Lines manifest.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ManifestEntry {
+pub(crate) struct ManifestEntry {
     /// The audio file (relative paths are relative to the manifest's folder).
-    pub audio: PathBuf,
+    pub(crate) audio: PathBuf,
     /// The reference transcript.
-    pub text: String,
+    pub(crate) text: String,
     /// Where the clip comes from (reported per source).
     #[serde(default)]
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 }
 
 /// Reads a JSON Lines manifest: one `{"audio": ..., "text": ...}` object per line.
-pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
+pub(crate) fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -69,7 +69,7 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
 
 /// Which frames a strategy prunes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PruneScope {
+pub(crate) enum PruneScope {
     /// All frames of the 30 s window, padding included (`N` = 1500 for Whisper).
     #[default]
     Window,
@@ -80,7 +80,7 @@ pub enum PruneScope {
 
 impl PruneScope {
     /// The name used on the command line and in the JSON.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             PruneScope::Window => "window",
             PruneScope::Audio => "audio",
@@ -90,46 +90,46 @@ impl PruneScope {
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
-pub struct AsrEvalOptions {
+pub(crate) struct AsrEvalOptions {
     /// Which frames are pruned.
-    pub scope: PruneScope,
+    pub(crate) scope: PruneScope,
     /// Strategies compared against no pruning.
-    pub strategies: Vec<Strategy>,
+    pub(crate) strategies: Vec<Strategy>,
     /// Keep ratios, each in (0, 1).
-    pub keeps: Vec<f32>,
+    pub(crate) keeps: Vec<f32>,
     /// Evaluate only the first clips.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Cap on generated tokens per transcription (`None`: the model's `max_length`).
-    pub max_new_tokens: Option<usize>,
+    pub(crate) max_new_tokens: Option<usize>,
     /// Write one JSON line per clip (hypotheses and errors per configuration) here.
-    pub details: Option<PathBuf>,
+    pub(crate) details: Option<PathBuf>,
     /// Print a line per clip on stderr.
-    pub progress: bool,
+    pub(crate) progress: bool,
 }
 
 /// The evaluation's result; [`AsrReport::to_json`] gives the `bench/asr_pruning.json` layout.
 #[derive(Debug, Clone)]
-pub struct AsrReport {
+pub(crate) struct AsrReport {
     /// Clips transcribed.
-    pub clips: usize,
+    pub(crate) clips: usize,
     /// Reference words over those clips.
-    pub words: usize,
+    pub(crate) words: usize,
     /// Total audio, seconds.
-    pub audio_s: f64,
+    pub(crate) audio_s: f64,
     /// Without pruning.
-    pub none: ErrorCount,
+    pub(crate) none: ErrorCount,
     /// Per strategy name, per keep ratio (as written, e.g. `"0.25"`).
-    pub pruned: BTreeMap<String, BTreeMap<String, ErrorCount>>,
+    pub(crate) pruned: BTreeMap<String, BTreeMap<String, ErrorCount>>,
     /// Strategy names in the order given.
-    pub order: Vec<String>,
+    pub(crate) order: Vec<String>,
     /// Keep ratios in the order given.
-    pub keeps: Vec<String>,
+    pub(crate) keeps: Vec<String>,
     /// Clips left out, with the reason.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub(crate) skipped: Vec<(PathBuf, String)>,
     /// Wall-clock seconds for the whole evaluation.
-    pub runtime_s: f64,
+    pub(crate) runtime_s: f64,
     /// Strategy parameters, for the record.
-    pub parameters: Value,
+    pub(crate) parameters: Value,
 }
 
 fn keep_label(keep: f32) -> String {
@@ -137,7 +137,7 @@ fn keep_label(keep: f32) -> String {
 }
 
 /// Runs the evaluation over `clips`.
-pub fn asr_pruning(
+pub(crate) fn asr_pruning(
     model: &Transcriber,
     clips: &[ManifestEntry],
     opts: &AsrEvalOptions,
@@ -329,7 +329,7 @@ fn relative(wer: f64, base: f64) -> Option<f64> {
 impl AsrReport {
     /// `{"clips": n, "none": wer, "<strategy>": {"<keep>": wer, ...}, ...}` plus the relative
     /// changes, counts and run facts under their own keys.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let base = self.none.rate();
         let mut root = Map::new();
         root.insert("clips".into(), json!(self.clips));
@@ -372,7 +372,7 @@ impl AsrReport {
     }
 
     /// A markdown table: strategies by keep ratio, WER with the relative change.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let base = self.none.rate();
         let mut s = String::new();
         let _ = writeln!(
@@ -415,7 +415,7 @@ impl AsrReport {
     }
 
     /// An SVG line plot of WER against keep ratio, one line per strategy (no pruning at 1.0).
-    pub fn svg(&self) -> String {
+    pub(crate) fn svg(&self) -> String {
         const W: f64 = 640.0;
         const H: f64 = 400.0;
         const LEFT: f64 = 60.0;
