@@ -98,7 +98,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = StrategyArg::Segmentwise, help_heading = "Pruning")]
         prune: StrategyArg,
         /// Number of time segments for --prune segmentwise.
-        #[arg(long, default_value_t = 10, help_heading = "Pruning")]
+        #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS, help_heading = "Pruning")]
         segments: usize,
         /// Print the report as one JSON object instead of a markdown table.
         #[arg(long, help_heading = "Output")]
@@ -160,7 +160,7 @@ enum EvalCommand {
         #[arg(long, value_delimiter = ',', default_value = "0.5,0.25,0.1")]
         keeps: Vec<f32>,
         /// Number of time segments for segmentwise.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
         segments: usize,
         /// Which frames are pruned: window (all 1500 frames of the 30 s window, padding
         /// included) or audio (only the frames covering the clip; the padding frames are kept,
@@ -307,6 +307,27 @@ enum StrategyArg {
     Visionzip,
 }
 
+impl StrategyArg {
+    /// The prune crate's strategy of this name (its defaults, e.g. VisionZip's contextual share)
+    /// with the parameters the command line sets; checked.
+    fn strategy(self, segments: usize, remainder: Remainder, seed: u64) -> Result<Strategy> {
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let strategy = match name.parse::<Strategy>().map_err(|e| usage(e.to_string()))? {
+            Strategy::Segmentwise { .. } => Strategy::Segmentwise {
+                segments,
+                remainder,
+            },
+            Strategy::Random { .. } => Strategy::Random { seed },
+            other => other,
+        };
+        strategy.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(strategy)
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum RemainderArg {
     /// Give the K - S*floor(K/S) leftover slots to the best remaining tokens.
@@ -325,7 +346,7 @@ struct PruneArgs {
     #[arg(long, default_value_t = 0.25)]
     keep: f32,
     /// Number of time segments for --prune segmentwise.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
     segments: usize,
     /// What segmentwise does with the budget left after the per-segment quotas.
     #[arg(long, value_enum, default_value_t = RemainderArg::Spread)]
@@ -360,23 +381,11 @@ struct GenerationArgs {
 
 impl PruneArgs {
     fn policy(&self, seed: u64) -> Result<Policy> {
-        let strategy = match self.prune {
-            StrategyArg::None => Strategy::None,
-            StrategyArg::Segmentwise => Strategy::Segmentwise {
-                segments: self.segments,
-                remainder: match self.segment_remainder {
-                    RemainderArg::Spread => Remainder::Spread,
-                    RemainderArg::Drop => Remainder::Drop,
-                },
-            },
-            StrategyArg::Topk => Strategy::TopK,
-            StrategyArg::Bottomk => Strategy::BottomK,
-            StrategyArg::Random => Strategy::Random { seed },
-            StrategyArg::Uniform => Strategy::Uniform,
-            StrategyArg::Visionzip => Strategy::VisionZip {
-                contextual_share: 0.18,
-            },
+        let remainder = match self.segment_remainder {
+            RemainderArg::Spread => Remainder::Spread,
+            RemainderArg::Drop => Remainder::Drop,
         };
+        let strategy = self.prune.strategy(self.segments, remainder, seed)?;
         let keep = if matches!(strategy, Strategy::None) {
             1.0
         } else {
@@ -716,16 +725,10 @@ pub(crate) fn main() -> Result<ExitCode> {
                         "--strategies: none is always measured; list pruning strategies only",
                     ));
                 }
-                let args = PruneArgs {
-                    prune: s,
-                    keep: 0.5,
-                    segments,
-                    segment_remainder: RemainderArg::Spread,
-                };
-                resolved.push(args.policy(seed)?.strategy);
+                resolved.push(s.strategy(segments, Remainder::Spread, seed)?);
             }
             for &keep in &keeps {
-                Policy::new(Strategy::TopK, keep).map_err(|e| usage(e.to_string()))?;
+                auris_prune::validate_keep(keep).map_err(|e| usage(e.to_string()))?;
             }
             set_threads(threads)?;
             let device = parse_device(&device)?;
@@ -1061,4 +1064,24 @@ pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
         return Some("run auris <COMMAND> --help for the options".to_string());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--prune` values are the prune crate's strategy names, in its order.
+    #[test]
+    fn strategy_values_are_the_prune_crates_names() {
+        let names: Vec<String> = StrategyArg::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(names, auris_prune::STRATEGY_NAMES);
+        for v in StrategyArg::value_variants() {
+            let s = v.strategy(auris_prune::DEFAULT_SEGMENTS, Remainder::Spread, 0);
+            assert!(s.is_ok(), "{v:?}");
+        }
+    }
 }
