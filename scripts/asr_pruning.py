@@ -61,7 +61,8 @@ def load_module(name: str):
 
 
 def ct2_to_hf(v: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Maps CT2 variables to HF names (shared/reference/real-data.md §1.6); fused q/k/v are split."""
+    """Maps CT2 variables to HF names (the inverse of CTranslate2's `WhisperLoader` in
+    `python/ctranslate2/converters/transformers.py`); fused q/k/v are split."""
 
     def t(name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(v[name], dtype=np.float16, copy=True))

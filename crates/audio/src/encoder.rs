@@ -18,7 +18,7 @@
 //!
 //! On request the encoder also returns each output token's **attention score**: the attention it
 //! receives in the last layer, averaged over heads and valid queries, then averaged in pairs like
-//! the pooler (see `shared/reference/pruning.md` §1).
+//! the pooler, so that each score belongs to one output token.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{
