@@ -4,7 +4,7 @@
 //! and by a Whisper text decoder's self- and cross-attention.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::{linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder};
 
 /// How the projections multiply: both give `x W^T + b`, they differ in speed on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,4 +118,14 @@ pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         None => y.contiguous()?,
     };
     y.reshape((b, t, ()))
+}
+
+/// Whisper's `nn.LayerNorm(d)` (eps 1e-5, weight and bias) under `vb`, as every norm of the
+/// encoder and the text decoder is built.
+pub fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    let config = LayerNormConfig {
+        eps: 1e-5,
+        ..Default::default()
+    };
+    candle_nn::layer_norm(d, config, vb)
 }

@@ -21,17 +21,13 @@
 //! the pooler, so that each score belongs to one output token.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{
-    conv1d, layer_norm, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, LayerNormConfig,
-    Linear, VarBuilder,
-};
+use candle_nn::{conv1d, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
-use crate::attention::{Attention, Product};
+use crate::attention::{layer_norm, Attention, Product};
 
 use crate::config::EncoderConfig;
 use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
 
-const LAYER_NORM_EPS: f64 = 1e-5;
 /// `torch.finfo(torch.float16).max - 1000`: the reference clamps f16 activations to this.
 const F16_CLAMP: f64 = 64504.0;
 
@@ -94,10 +90,6 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.d_model;
-        let ln = LayerNormConfig {
-            eps: LAYER_NORM_EPS,
-            ..Default::default()
-        };
         Ok(Self {
             self_attn: Attention::load(
                 d,
@@ -105,10 +97,10 @@ impl EncoderLayer {
                 Product::RowsTimesWeight,
                 vb.pp("self_attn"),
             )?,
-            self_attn_layer_norm: layer_norm(d, ln, vb.pp("self_attn_layer_norm"))?,
+            self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
             fc1: linear(d, cfg.encoder_ffn_dim, vb.pp("fc1"))?,
             fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: layer_norm(d, ln, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
             activation: cfg.activation_function,
         })
     }
@@ -178,14 +170,7 @@ impl Qwen2AudioEncoder {
         let layers = (0..cfg.encoder_layers)
             .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let layer_norm = layer_norm(
-            d,
-            LayerNormConfig {
-                eps: LAYER_NORM_EPS,
-                ..Default::default()
-            },
-            vb.pp("layer_norm"),
-        )?;
+        let layer_norm = layer_norm(d, vb.pp("layer_norm"))?;
         Ok(Self {
             conv1,
             conv2,

@@ -1,13 +1,11 @@
 //! Whisper's text decoder (`WhisperDecoder` in transformers'
 //! `src/transformers/models/whisper/modeling_whisper.py`).
 
-use auris_audio::attention::{project_rows, Attention, Product};
+use auris_audio::attention::{layer_norm, project_rows, Attention, Product};
 use candle_core::{Module, Tensor};
-use candle_nn::{layer_norm, linear, Activation, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{linear, Activation, LayerNorm, Linear, VarBuilder};
 
 use crate::WhisperConfig;
-
-const LAYER_NORM_EPS: f64 = 1e-5;
 
 struct DecoderLayer {
     self_attn: Attention,
@@ -23,23 +21,19 @@ impl DecoderLayer {
     fn load(cfg: &WhisperConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.d_model;
         let heads = cfg.decoder_attention_heads;
-        let ln = LayerNormConfig {
-            eps: LAYER_NORM_EPS,
-            ..Default::default()
-        };
         Ok(Self {
             self_attn: Attention::load(d, heads, Product::WeightTimesRows, vb.pp("self_attn"))?,
-            self_attn_layer_norm: layer_norm(d, ln, vb.pp("self_attn_layer_norm"))?,
+            self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
             encoder_attn: Attention::load(
                 d,
                 heads,
                 Product::WeightTimesRows,
                 vb.pp("encoder_attn"),
             )?,
-            encoder_attn_layer_norm: layer_norm(d, ln, vb.pp("encoder_attn_layer_norm"))?,
+            encoder_attn_layer_norm: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
             fc1: linear(d, cfg.decoder_ffn_dim, vb.pp("fc1"))?,
             fc2: linear(cfg.decoder_ffn_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: layer_norm(d, ln, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
         })
     }
 }
@@ -144,14 +138,7 @@ impl WhisperDecoder {
         let layers = (0..cfg.decoder_layers)
             .map(|i| DecoderLayer::load(cfg, vb.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let layer_norm = layer_norm(
-            d,
-            LayerNormConfig {
-                eps: LAYER_NORM_EPS,
-                ..Default::default()
-            },
-            vb.pp("layer_norm"),
-        )?;
+        let layer_norm = layer_norm(d, vb.pp("layer_norm"))?;
         Ok(Self {
             proj_out: head.unwrap_or_else(|| embed_tokens.clone()),
             embed_tokens,
