@@ -201,15 +201,22 @@ impl ChatTemplate {
             },
         );
         env.add_template("chat", &self.source)
-            .map_err(|e| Error::Template(e.to_string()))?;
-        let template = env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
+            .map_err(|source| Error::Template {
+                context: "parsing",
+                source,
+            })?;
+        let template = env.get_template("chat").map_err(|source| Error::Template {
+            context: "parsing",
+            source,
+        })?;
         template
             .render(
                 context! { messages => messages, add_generation_prompt => add_generation_prompt },
             )
-            .map_err(|e| Error::Template(e.to_string()))
+            .map_err(|source| Error::Template {
+                context: "rendering",
+                source,
+            })
     }
 }
 
@@ -244,7 +251,10 @@ pub fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, Error> {
     tokenizer
         .encode(text, true)
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| Error::Tokenizer(e.to_string()))
+        .map_err(|source| Error::Tokenizer {
+            context: "encoding the prompt".to_string(),
+            source,
+        })
 }
 
 /// Replaces the `i`-th `<|AUDIO|>` id of `ids` by `counts[i]` copies, wrapping it in

@@ -17,8 +17,10 @@ pub fn load(source: &ModelSource, device: &Device, progress: bool) -> Result<Tra
         None => WhisperGeneration::default(),
     };
     let mel_config = files.mel_config(config.num_mel_bins)?;
-    let tokenizer = Tokenizer::from_file(&files.tokenizer)
-        .map_err(|e| Error::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
+    let tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
+        context: format!("loading {}", files.tokenizer.display()),
+        source,
+    })?;
     let store = WeightStore::open(&files.weights)?;
     let untied_head = store.names().iter().any(|n| n == "proj_out.weight");
     let transcriber = Transcriber::new(

@@ -182,9 +182,9 @@ pub(crate) fn asr_pruning(
         let mut transcripts = model
             .transcribe_batch(&frames, opts.max_new_tokens)?
             .into_iter();
-        let full = transcripts
-            .next()
-            .ok_or_else(|| Error::Usage("no transcription".to_string()))?;
+        let full = transcripts.next().ok_or(Error::Invariant(
+            "a batch of transcriptions came back empty",
+        ))?;
         let none = ErrorCount::of(&clip.text, &full.text);
         report.none.add(none);
         let mut record = json!({
