@@ -16,8 +16,11 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 mod args;
+mod ask;
 mod bench;
+mod caption;
 mod eval;
+mod inspect;
 
 use args::*;
 
@@ -250,15 +253,15 @@ pub(crate) fn main() -> Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Caption { audio, common } => caption(&audio, &common),
+        Command::Caption { audio, common } => caption::run(&audio, &common),
         Command::Ask {
             audio,
             question,
             choices,
             score_choices,
             common,
-        } => ask(audio, &question, &choices, score_choices, &common),
-        Command::Inspect { audio, out, common } => inspect(audio, &out, &common),
+        } => ask::run(audio, &question, &choices, score_choices, &common),
+        Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
         Command::Bench(args) => bench::run(args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
     }
@@ -274,52 +277,6 @@ fn check_prompt_args(common: &Common) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn caption(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
-    check_prompt_args(common)?;
-    let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
-    let p = &session.pipeline;
-    let generate = generate_options(p, &common.generation)?;
-    let spec = prompt_spec(&common.prompt, p.default_caption_instruction());
-    let mut failed = 0;
-    for path in audio {
-        let request = Request {
-            audio: path.clone(),
-            prompt: spec.clone(),
-            policy,
-            generate: generate.clone(),
-            score_choices: None,
-            inspect: false,
-            prompt_only: false,
-        };
-        let result = if common.json {
-            p.run(&request, &mut |_| true)
-        } else {
-            stream_run(p, &request)
-        };
-        match result {
-            Ok(r) => {
-                log_done(&session, &r);
-                if common.json {
-                    print_line(&response_json(&r, &common.prune, session.load_ms).to_string())?;
-                }
-            }
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(e) => {
-                failed += 1;
-                report_failure(path, &e, common.json)?;
-            }
-        }
-    }
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// Runs a request, printing the text to stdout as it is generated (leading white space
@@ -377,132 +334,6 @@ fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()>
         )?;
     }
     Ok(())
-}
-
-fn ask(
-    audio: PathBuf,
-    question: &str,
-    choices: &[String],
-    score_choices: bool,
-    common: &Common,
-) -> Result<ExitCode> {
-    check_prompt_args(common)?;
-    if common.prompt.prompt.is_some() {
-        return Err(usage(
-            "ask takes its instruction from --question, not --prompt",
-        ));
-    }
-    let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
-    let p = &session.pipeline;
-    let text = if choices.is_empty() {
-        question.to_string()
-    } else {
-        multiple_choice(question, choices)
-    };
-    let spec = match &common.prompt.raw_prompt {
-        Some(raw) => PromptSpec::Raw(raw.clone()),
-        None => PromptSpec::Instruction {
-            text,
-            system: common.prompt.system.clone(),
-        },
-    };
-    let request = Request {
-        audio: audio.clone(),
-        prompt: spec,
-        policy,
-        generate: generate_options(p, &common.generation)?,
-        score_choices: score_choices.then(|| choices.to_vec()),
-        inspect: false,
-        prompt_only: false,
-    };
-    let r = match p.run(&request, &mut |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            report_failure(&audio, &e, common.json)?;
-            return Ok(ExitCode::from(1));
-        }
-    };
-    log_done(&session, &r);
-    let answer = match &r.choice_logprobs {
-        Some(lp) => lp
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i),
-        None if !choices.is_empty() => parse_choice(&r.text, choices),
-        None => None,
-    };
-    let letter = answer.map(|i| choice_letter(i).to_string());
-    if common.json {
-        let mut v = response_json(&r, &common.prune, session.load_ms);
-        if !choices.is_empty() {
-            v["choices"] = json!(choices);
-            v["answer"] = json!(letter);
-            v["answer_text"] = json!(answer.map(|i| choices[i].clone()));
-        }
-        if let Some(lp) = &r.choice_logprobs {
-            v["choice_logprobs"] = json!(lp);
-        }
-        print_line(&v.to_string())?;
-    } else {
-        match (answer, &r.choice_logprobs) {
-            (Some(i), _) => print_line(&format!("({}) {}", choice_letter(i), choices[i]))?,
-            (None, Some(_)) => print_line("")?,
-            (None, None) => print_line(r.text.trim())?,
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn inspect(audio: PathBuf, out: &std::path::Path, common: &Common) -> Result<ExitCode> {
-    check_prompt_args(common)?;
-    let policy = common.prune.policy(common.generation.seed)?;
-    let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
-    let p = &session.pipeline;
-    let request = Request {
-        audio: audio.clone(),
-        prompt: prompt_spec(&common.prompt, p.default_caption_instruction()),
-        policy,
-        generate: generate_options(p, &common.generation)?,
-        score_choices: None,
-        inspect: true,
-        prompt_only: true,
-    };
-    let r = match p.run(&request, &mut |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            report_failure(&audio, &e, common.json)?;
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let inspection = r
-        .inspection
-        .as_ref()
-        .context("the pipeline returned no intermediate tensors")?;
-    let tensors = HashMap::from([
-        (
-            "input_features".to_string(),
-            inspection.input_features.clone(),
-        ),
-        ("audio_embeds".to_string(), inspection.audio_embeds.clone()),
-        ("audio_scores".to_string(), inspection.audio_scores.clone()),
-        ("projected".to_string(), inspection.projected.clone()),
-        (
-            "prompt_logits".to_string(),
-            inspection.prompt_logits.clone(),
-        ),
-    ]);
-    candle_core::safetensors::save(&tensors, out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    if common.json {
-        let mut v = response_json(&r, &common.prune, session.load_ms);
-        v["out"] = json!(out.display().to_string());
-        print_line(&v.to_string())?;
-    } else {
-        print_line(&out.display().to_string())?;
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn hint_for_error(err: &Error) -> Option<String> {
