@@ -9,6 +9,7 @@ use auris_prune::Remainder;
 
 use super::args::{AsrPruningArgs, ScopeArg, StrategyArg};
 use super::{device_name, parse_device, print_line, set_threads, usage};
+use crate::eval::report::AsrReport;
 
 /// Checks the options, loads the Whisper model, runs the evaluation and writes the reports.
 pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
@@ -76,19 +77,7 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
         progress: !quiet,
     };
     let report = crate::eval::asr::asr_pruning(&transcriber, &clips, &opts)?;
-    let table = report.markdown();
-    let write = |path: &PathBuf, text: &str| {
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
-    if let Some(path) = &out {
-        write(path, &format!("{:#}\n", report.to_json()))?;
-    }
-    if let Some(path) = &markdown {
-        write(path, &table)?;
-    }
-    if let Some(path) = &plot {
-        write(path, &report.svg())?;
-    }
+    let table = write_reports(&report, out.as_ref(), markdown.as_ref(), plot.as_ref())?;
     if !quiet {
         eprintln!(
             "auris: {} clips in {:.0} s ({} skipped)",
@@ -99,4 +88,27 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
     }
     print_line(table.trim_end())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the JSON, markdown and SVG reports where asked; returns the markdown table.
+fn write_reports(
+    report: &AsrReport,
+    out: Option<&PathBuf>,
+    markdown: Option<&PathBuf>,
+    plot: Option<&PathBuf>,
+) -> Result<String> {
+    let table = report.markdown();
+    let write = |path: &PathBuf, text: &str| {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    if let Some(path) = out {
+        write(path, &format!("{:#}\n", report.to_json()))?;
+    }
+    if let Some(path) = markdown {
+        write(path, &table)?;
+    }
+    if let Some(path) = plot {
+        write(path, &report.svg())?;
+    }
+    Ok(table)
 }
