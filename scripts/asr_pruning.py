@@ -25,6 +25,7 @@ import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ from safetensors.torch import save_file as save_torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+from reference_select import budget, sel_segmentwise, sel_topk, sel_uniform  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16_000
@@ -61,7 +65,8 @@ def load_module(name: str):
 
 
 def ct2_to_hf(v: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Maps CT2 variables to HF names (shared/reference/real-data.md §1.6); fused q/k/v are split."""
+    """Maps CT2 variables to HF names (the inverse of CTranslate2's `WhisperLoader` in
+    `python/ctranslate2/converters/transformers.py`); fused q/k/v are split."""
 
     def t(name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(v[name], dtype=np.float16, copy=True))
@@ -269,7 +274,6 @@ def greedy_loop(model, encoder_rows: torch.Tensor, prompt: list[int]) -> tuple[l
 
 
 def cmd_fixture(args) -> None:
-    fx = load_module("make_fixtures")
     transformers.logging.set_verbosity_error()
     torch.use_deterministic_algorithms(True)
     model = WhisperForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager").eval()
@@ -303,9 +307,9 @@ def cmd_fixture(args) -> None:
                 "text": tok.decode(ids, skip_special_tokens=True), "min_margin": min(margins), "pruned": {}}
         N = rows.shape[1]
         for name, keep in (("segmentwise", 0.25), ("topk", 0.25), ("uniform", 0.1)):
-            K = fx.budget(keep, N)
-            kept = {"segmentwise": lambda: fx.sel_segmentwise(scores, K, 10), "topk": lambda: fx.sel_topk(scores, K),
-                    "uniform": lambda: fx.sel_uniform(N, K)}[name]()
+            K = budget(keep, N)
+            kept = {"segmentwise": lambda: sel_segmentwise(scores, K, 10), "topk": lambda: sel_topk(scores, K),
+                    "uniform": lambda: sel_uniform(N, K)}[name]()
             p_ids, p_margins = greedy_loop(model, rows[:, kept], prompt)
             case["pruned"][f"{name}@{keep}"] = {"kept": kept, "greedy_ids": p_ids, "min_margin": min(p_margins),
                                                  "text": tok.decode(p_ids, skip_special_tokens=True)}

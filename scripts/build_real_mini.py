@@ -16,7 +16,7 @@ float16 safetensors + index), with the real Qwen2 BPE tokenizer plus three NEW s
 and a greedy `generation_config.json`. The result is reloaded with
 `Qwen2AudioForConditionalGeneration.from_pretrained` and checked (no missing or unexpected keys,
 bit-identical tensors, the LLM still answers a plain question) before the script succeeds.
-See shared reference notes real-data.md sections 1, 2 and 6 for the sources.
+The sources (checkpoints and wheels, pinned) are named in scripts/build_real_mini.sh.
 """
 
 from __future__ import annotations

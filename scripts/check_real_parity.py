@@ -48,6 +48,9 @@ from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+from reference_select import sel_segmentwise, sel_topk  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path from here on)
@@ -270,21 +273,6 @@ def prune_stats(scores: np.ndarray, kept: dict[str, list[int]], mel: np.ndarray)
         for label, b in BINS.items():
             out[name][f"coverage_{label}"] = len({i // b for i in idx}) / math.ceil(N / b)
     return out
-
-
-def sel_topk(s, K):
-    return sorted(sorted(range(len(s)), key=lambda i: (-float(s[i]), i))[:K])
-
-
-def sel_segmentwise(s, K, S):
-    N = len(s)
-    kept = []
-    for seg in range(S):
-        lo, hi = math.floor(seg * N / S), math.floor((seg + 1) * N / S)
-        kept += sorted(range(lo, hi), key=lambda i: (-float(s[i]), i))[: K // S]
-    taken = set(kept)
-    rest = sorted((i for i in range(N) if i not in taken), key=lambda i: (-float(s[i]), i))
-    return sorted(kept + rest[: K - len(kept)])
 
 
 # ----------------------------------------------------------------------------------------------

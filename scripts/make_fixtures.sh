@@ -32,7 +32,7 @@ if bad:
     sys.exit("reference venv does not match the pins: " + ", ".join(bad))
 EOF
 
-# Real audio, from package registries (see shared reference notes, real-data.md §4).
+# Real audio, from Debian packages pinned below (their copyright files give the licences).
 mkdir -p "$CACHE/x"
 cd "$CACHE"
 DEBS=(

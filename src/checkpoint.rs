@@ -219,19 +219,17 @@ impl FileSource for HubFiles {
     fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
         match self.repo.get(name) {
             Ok(path) => Ok(Some(path)),
-            Err(e) => {
-                let message = e.to_string();
-                // A 404 means the repository has no such file; anything else is a real failure.
-                if message.contains("404") {
-                    Ok(None)
-                } else {
-                    Err(Error::Hub {
-                        id: self.id.clone(),
-                        file: name.to_string(),
-                        message,
-                    })
-                }
+            // An HTTP 404 means the repository has no such file; anything else is a real failure.
+            Err(hf_hub::api::sync::ApiError::RequestError(e))
+                if matches!(*e, ureq::Error::Status(404, _)) =>
+            {
+                Ok(None)
             }
+            Err(e) => Err(Error::Hub {
+                id: self.id.clone(),
+                file: name.to_string(),
+                message: e.to_string(),
+            }),
         }
     }
 

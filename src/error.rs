@@ -76,8 +76,14 @@ pub enum Error {
         examples: String,
     },
     /// The tokenizer could not load or encode.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    #[error("tokenizer: {context}")]
+    Tokenizer {
+        /// What was being done: the file loaded, or the text encoded or decoded.
+        context: String,
+        /// The tokenizer's error.
+        #[source]
+        source: tokenizers::Error,
+    },
     /// A token the prompt format needs is not in the tokenizer.
     #[error("the tokenizer has no {token} token")]
     MissingToken {
@@ -85,8 +91,14 @@ pub enum Error {
         token: String,
     },
     /// The chat template failed to render.
-    #[error("chat template: {0}")]
-    Template(String),
+    #[error("chat template: {context}")]
+    Template {
+        /// The step that failed: parsing or rendering.
+        context: &'static str,
+        /// The template engine's error.
+        #[source]
+        source: minijinja::Error,
+    },
     /// The prompt's audio placeholders do not match the audio given.
     #[error("the prompt has {placeholders} {token} placeholder(s) but {audios} audio input(s) were given")]
     PlaceholderCount {
@@ -111,6 +123,9 @@ pub enum Error {
     /// A bad request parameter.
     #[error("{0}")]
     Usage(String),
+    /// A stage broke an invariant the next stage relies on (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Invariant(&'static str),
     /// The audio front-end or encoder failed.
     #[error(transparent)]
     Audio(#[from] auris_audio::AudioError),
@@ -120,10 +135,19 @@ pub enum Error {
     /// The language model failed.
     #[error(transparent)]
     Llm(#[from] auris_llm::LlmError),
+    /// The Whisper model failed (boxed: it holds an audio error, and `Error` stays small).
+    #[error(transparent)]
+    Whisper(Box<auris_whisper::WhisperError>),
     /// Token selection failed.
     #[error(transparent)]
     Prune(#[from] auris_prune::PruneError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<auris_whisper::WhisperError> for Error {
+    fn from(e: auris_whisper::WhisperError) -> Self {
+        Error::Whisper(Box::new(e))
+    }
 }

@@ -16,11 +16,9 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 mod error;
-pub mod eval;
 pub mod memory;
 pub mod pipeline;
 pub mod prompt;
-pub mod wer;
 pub mod whisper;
 
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! The `auris` command line: parse arguments, call the pipeline, print results.
 
 mod cli;
+mod eval;
 
 use std::io::Write;
 use std::process::ExitCode;

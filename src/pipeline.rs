@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use auris_audio::config::EncoderConfig;
-use auris_audio::encoder::{EncodeOptions, EncoderOutput, Qwen2AudioEncoder};
+use auris_audio::encoder::{EncodeOptions, EncoderMode, EncoderOutput, Qwen2AudioEncoder};
 use auris_audio::{LogMel, MelConfig, MelExtractor};
 use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams, WeightFormat};
 use auris_projector::MultiModalProjector;
@@ -368,8 +368,11 @@ impl Pipeline {
         let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
         let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
         check_front_end(&mel_config, &config.audio_config)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
+        let tokenizer =
+            Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
+                context: format!("loading {}", files.tokenizer.display()),
+                source,
+            })?;
         let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)?;
         let own_template = ChatTemplate::from_model_files(
             files.chat_template.as_deref(),
@@ -536,8 +539,7 @@ impl Pipeline {
                         w,
                         EncodeOptions {
                             scores,
-                            full_length: false,
-                            ..Default::default()
+                            mode: EncoderMode::ValidFrames,
                         },
                     )
                     .map_err(Error::from)
@@ -743,7 +745,10 @@ impl Pipeline {
     pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+            .map_err(|source| Error::Tokenizer {
+                context: "decoding token ids".to_string(),
+                source,
+            })
     }
 
     /// Log-likelihood of each choice's continuation `"(L) text"` after the prompt, reusing the
@@ -762,7 +767,10 @@ impl Pipeline {
             let ids = self
                 .tokenizer
                 .encode(text.as_str(), false)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?
+                .map_err(|source| Error::Tokenizer {
+                    context: format!("encoding {text:?}"),
+                    source,
+                })?
                 .get_ids()
                 .to_vec();
             let Some(&first_id) = ids.first() else {
@@ -800,7 +808,7 @@ impl Pipeline {
         let first = audio
             .windows
             .first()
-            .ok_or_else(|| Error::Usage("the audio produced no window".to_string()))?;
+            .ok_or(Error::Invariant("the audio produced no window"))?;
         let input_features =
             Tensor::from_slice(&first.data, (first.n_mels, first.n_frames), &Device::Cpu)?;
         let hidden: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
@@ -842,7 +850,10 @@ impl<'a> TextStream<'a> {
         let text = self
             .tokenizer
             .decode(&self.ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            .map_err(|source| Error::Tokenizer {
+                context: "decoding token ids".to_string(),
+                source,
+            })?;
         if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
             return Ok(None);
         }
@@ -930,9 +941,9 @@ pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<Audio
     let mut scores = Vec::with_capacity(encoded.len());
     let mut vectors = Vec::with_capacity(encoded.len());
     for w in encoded {
-        scores.push(w.scores.as_deref().ok_or_else(|| {
-            Error::Usage("pruning needs the encoder's attention scores".to_string())
-        })?);
+        scores.push(w.scores.as_deref().ok_or(Error::Invariant(
+            "pruning needs the encoder's attention scores",
+        ))?);
         vectors.push(if needs_vectors {
             Some(
                 w.hidden

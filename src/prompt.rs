@@ -24,8 +24,9 @@ pub const AUDIO_BOS_TOKEN: &str = "<|audio_bos|>";
 /// Closes an audio span.
 pub const AUDIO_EOS_TOKEN: &str = "<|audio_eos|>";
 
-/// The ChatML template of Qwen2-Audio-7B-Instruct (`shared/reference/qwen2-audio.md` §6.2,
-/// transformers' `Qwen2AudioProcessor.default_chat_template`), used only when a chat model
+/// The ChatML template of Qwen2-Audio-7B-Instruct (transformers'
+/// `Qwen2AudioProcessor.default_chat_template`, in
+/// `src/transformers/models/qwen2_audio/processing_qwen2_audio.py`), used only when a chat model
 /// ships no template of its own (the hub's Qwen2-Audio-7B-Instruct keeps its template in an
 /// unmerged pull request, and transformers falls back to this one).
 pub const BUILTIN_CHAT_TEMPLATE: &str = "{% set audio_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
@@ -200,15 +201,22 @@ impl ChatTemplate {
             },
         );
         env.add_template("chat", &self.source)
-            .map_err(|e| Error::Template(e.to_string()))?;
-        let template = env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
+            .map_err(|source| Error::Template {
+                context: "parsing",
+                source,
+            })?;
+        let template = env.get_template("chat").map_err(|source| Error::Template {
+            context: "parsing",
+            source,
+        })?;
         template
             .render(
                 context! { messages => messages, add_generation_prompt => add_generation_prompt },
             )
-            .map_err(|e| Error::Template(e.to_string()))
+            .map_err(|source| Error::Template {
+                context: "rendering",
+                source,
+            })
     }
 }
 
@@ -243,7 +251,10 @@ pub fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, Error> {
     tokenizer
         .encode(text, true)
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| Error::Tokenizer(e.to_string()))
+        .map_err(|source| Error::Tokenizer {
+            context: "encoding the prompt".to_string(),
+            source,
+        })
 }
 
 /// Replaces the `i`-th `<|AUDIO|>` id of `ids` by `counts[i]` copies, wrapping it in

@@ -5,7 +5,7 @@
 //! probabilities of about 1/T1); greedy ids identical.
 
 use auris::pipeline::{PromptSpec, Request};
-use auris_audio::encoder::EncodeOptions;
+use auris_audio::encoder::{EncodeOptions, EncoderMode};
 use auris_prune::{Policy, Remainder, Strategy};
 use candle_core::{Device, Tensor};
 
@@ -177,8 +177,7 @@ fn short_encoder_path_equals_full_length_path() {
             w,
             EncodeOptions {
                 scores: true,
-                full_length: false,
-                ..Default::default()
+                mode: EncoderMode::ValidFrames,
             },
         )
         .unwrap();
@@ -187,8 +186,7 @@ fn short_encoder_path_equals_full_length_path() {
             w,
             EncodeOptions {
                 scores: true,
-                full_length: true,
-                ..Default::default()
+                mode: EncoderMode::Window,
             },
         )
         .unwrap();

@@ -13,46 +13,54 @@
 //!
 //! The reference always runs all `P` positions and masks the padded keys. Since masked keys
 //! receive no attention and the valid rows only see the convolution's receptive field, running
-//! the stack on the first `T1` positions gives the same valid rows: [`EncodeOptions::full_length`]
+//! the stack on the first `T1` positions gives the same valid rows: [`EncoderMode::Window`]
 //! keeps the reference's full path for checking that claim.
 //!
 //! On request the encoder also returns each output token's **attention score**: the attention it
 //! receives in the last layer, averaged over heads and valid queries, then averaged in pairs like
-//! the pooler (see `shared/reference/pruning.md` §1).
+//! the pooler, so that each score belongs to one output token.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{
-    conv1d, layer_norm, linear, linear_no_bias, Activation, Conv1d, Conv1dConfig, LayerNorm,
-    LayerNormConfig, Linear, VarBuilder,
-};
+use candle_nn::{conv1d, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+
+use crate::attention::{layer_norm, Attention, Product};
 
 use crate::config::EncoderConfig;
 use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
 
-const LAYER_NORM_EPS: f64 = 1e-5;
 /// `torch.finfo(torch.float16).max - 1000`: the reference clamps f16 activations to this.
 const F16_CLAMP: f64 = 64504.0;
+
+/// Which positions the encoder runs and what it returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncoderMode {
+    /// Only the valid prefix (`T1` positions), pooled to the `N` valid tokens. The default.
+    #[default]
+    ValidFrames,
+    /// All `max_source_positions` positions with a key-padding mask, as the reference does,
+    /// pooled to the `N` valid tokens. Slower; the valid rows are the same.
+    Window,
+    /// Whisper's own encoder: all `max_source_positions` frames with no mask and no average
+    /// pool (the LayerNorm applies to every frame). The output has one row per frame, padding
+    /// included, and the scores are per frame, averaged over heads and all queries. This is
+    /// what a Whisper text decoder cross-attends to.
+    WhisperFrames,
+}
 
 /// What [`Qwen2AudioEncoder::forward`] should compute besides the hidden states.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EncodeOptions {
     /// Also return the per-token attention scores of the last layer.
     pub scores: bool,
-    /// Run all `max_source_positions` positions with a key-padding mask, as the reference does,
-    /// instead of only the valid prefix. Slower; the valid rows are the same.
-    pub full_length: bool,
-    /// Run as Whisper's own encoder instead: all `max_source_positions` frames with no mask and
-    /// no average pool (the LayerNorm applies to every frame). The output then has one row per
-    /// frame, padding included, and the scores are per frame, averaged over heads and all
-    /// queries. This is what a Whisper text decoder cross-attends to.
-    pub frames: bool,
+    /// Which positions run and what comes out.
+    pub mode: EncoderMode,
 }
 
 /// The encoder's output for one window.
 #[derive(Debug, Clone)]
 pub struct EncoderOutput {
     /// `(N, d_model)`: the valid tokens after the pool and the final LayerNorm (with
-    /// [`EncodeOptions::frames`], `(max_source_positions, d_model)`: every frame).
+    /// [`EncoderMode::WhisperFrames`], `(max_source_positions, d_model)`: every frame).
     pub hidden: Tensor,
     /// One attention score per row of `hidden`, when [`EncodeOptions::scores`] asked for them.
     pub scores: Option<Vec<f32>>,
@@ -70,62 +78,6 @@ impl EncoderOutput {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let d = cfg.d_model;
-        Ok(Self {
-            q_proj: linear(d, d, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v_proj: linear(d, d, vb.pp("v_proj"))?,
-            out_proj: linear(d, d, vb.pp("out_proj"))?,
-            heads: cfg.encoder_attention_heads,
-            head_dim: cfg.head_dim(),
-        })
-    }
-
-    /// `(b, s, d) -> (b, heads, s, head_dim)`.
-    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
-    /// Returns the attention output and, when `want_probs`, the attention probabilities
-    /// `(b, heads, s, s)` in f32.
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        want_probs: bool,
-    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let (b, s, d) = x.dims3()?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?)?;
-        let k = self.split_heads(&self.k_proj.forward(x)?)?;
-        let v = self.split_heads(&self.v_proj.forward(x)?)?;
-        let logits = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let logits = match mask {
-            Some(mask) => logits.broadcast_add(mask)?,
-            None => logits,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-        let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, s, d))?;
-        let out = self.out_proj.forward(&out)?;
-        Ok((out, want_probs.then_some(probs)))
-    }
-}
-
 struct EncoderLayer {
     self_attn: Attention,
     self_attn_layer_norm: LayerNorm,
@@ -138,16 +90,17 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.d_model;
-        let ln = LayerNormConfig {
-            eps: LAYER_NORM_EPS,
-            ..Default::default()
-        };
         Ok(Self {
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            self_attn_layer_norm: layer_norm(d, ln, vb.pp("self_attn_layer_norm"))?,
+            self_attn: Attention::load(
+                d,
+                cfg.encoder_attention_heads,
+                Product::RowsTimesWeight,
+                vb.pp("self_attn"),
+            )?,
+            self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
             fc1: linear(d, cfg.encoder_ffn_dim, vb.pp("fc1"))?,
             fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: layer_norm(d, ln, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
             activation: cfg.activation_function,
         })
     }
@@ -217,14 +170,7 @@ impl Qwen2AudioEncoder {
         let layers = (0..cfg.encoder_layers)
             .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let layer_norm = layer_norm(
-            d,
-            LayerNormConfig {
-                eps: LAYER_NORM_EPS,
-                ..Default::default()
-            },
-            vb.pp("layer_norm"),
-        )?;
+        let layer_norm = layer_norm(d, vb.pp("layer_norm"))?;
         Ok(Self {
             conv1,
             conv2,
@@ -267,7 +213,7 @@ impl Qwen2AudioEncoder {
         let input = Tensor::from_slice(&mel.data, (1, mel.n_mels, mel.n_frames), &self.device)?;
         // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding 1), so
         // the short path keeps exactly the receptive field of the first T1 positions.
-        let (input, positions) = if opts.full_length || opts.frames {
+        let (input, positions) = if opts.mode != EncoderMode::ValidFrames {
             (input, self.cfg.max_source_positions)
         } else {
             let keep = (2 * t1 + 1).min(frames);
@@ -279,7 +225,7 @@ impl Qwen2AudioEncoder {
         let x = x.narrow(2, 0, positions)?.transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
 
-        let mask = if positions > t1 && !opts.frames {
+        let mask = if positions > t1 && opts.mode == EncoderMode::Window {
             let row: Vec<f32> = (0..positions)
                 .map(|j| if j < t1 { 0.0 } else { f32::NEG_INFINITY })
                 .collect();
@@ -297,7 +243,7 @@ impl Qwen2AudioEncoder {
             }
         }
 
-        if opts.frames {
+        if opts.mode == EncoderMode::WhisperFrames {
             let hidden = self.layer_norm.forward(&x.squeeze(0)?)?;
             let scores = match probs {
                 Some(p) => Some(received_attention(&p, positions)?.to_vec1::<f32>()?),

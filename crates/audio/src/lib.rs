@@ -11,10 +11,12 @@
 //!    `(n_mels, 3000)` per 30 s window (`n_mels` 128 for Qwen2-Audio, 80 for older Whisper).
 //!    Samples are right-padded with zeros to 480 000; `valid_frames = ceil(min(L, 480000) / 160)`.
 //!
-//! Length bookkeeping for the Qwen2-Audio encoder (`qwen2-audio.md` §2.6): `F` valid frames →
+//! Length bookkeeping for the Qwen2-Audio encoder (`_get_feat_extract_output_lengths` in
+//! transformers' `src/transformers/models/qwen2_audio/modeling_qwen2_audio.py`): `F` valid frames →
 //! `T1 =` [`conv_output_len`]`(F)` after the conv stem → `N =` [`pooled_len`]`(T1)` audio
 //! tokens ([`audio_token_count`]). 3000 frames → 1500 → 750 tokens (25 per second).
 
+pub mod attention;
 pub mod config;
 mod decode;
 pub mod encoder;

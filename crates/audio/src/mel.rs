@@ -1,7 +1,7 @@
 //! Whisper log-mel spectrogram, as `WhisperFeatureExtractor` computes it.
 //!
 //! Mirrors `transformers/models/whisper/feature_extraction_whisper.py` and
-//! `transformers/audio_utils.py::mel_filter_bank` (steps in `qwen2-audio.md` §1.4). Computed
+//! `transformers/audio_utils.py::mel_filter_bank` (Slaney scale and norm). Computed
 //! in `f64` (like the reference's numpy path), stored as `f32`.
 
 use std::path::{Path, PathBuf};

@@ -80,8 +80,8 @@ mod window;
 
 pub use error::PruneError;
 pub use policy::{
-    Policy, Remainder, Strategy, DEFAULT_CONTEXTUAL_SHARE, DEFAULT_SEED, DEFAULT_SEGMENTS,
-    STRATEGY_NAMES,
+    validate_keep, Policy, Remainder, Strategy, DEFAULT_CONTEXTUAL_SHARE, DEFAULT_SEED,
+    DEFAULT_SEGMENTS, STRATEGY_NAMES,
 };
 pub use select::{budget, select, Selection};
 pub use window::{global_indices, select_windows, WindowInput};

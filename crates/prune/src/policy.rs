@@ -14,6 +14,15 @@ pub const DEFAULT_CONTEXTUAL_SHARE: f32 = 0.18;
 /// Seed used by `"random"` when none is given.
 pub const DEFAULT_SEED: u64 = 0;
 
+/// Checks a keep ratio on its own: it must lie in `(0, 1]` (NaN fails).
+pub fn validate_keep(keep: f32) -> Result<(), PruneError> {
+    if keep > 0.0 && keep <= 1.0 {
+        Ok(())
+    } else {
+        Err(PruneError::InvalidKeep { value: keep })
+    }
+}
+
 /// Every name [`Strategy::from_str`] accepts, in the order errors list them.
 pub const STRATEGY_NAMES: [&str; 7] = [
     "none",
@@ -189,9 +198,7 @@ impl Policy {
     /// NaN fails every range check. The keep ratio is checked for every strategy, `None`
     /// included, so a policy is valid or not independently of the strategy chosen.
     pub fn validate(&self) -> Result<(), PruneError> {
-        if !(self.keep > 0.0 && self.keep <= 1.0) {
-            return Err(PruneError::InvalidKeep { value: self.keep });
-        }
+        validate_keep(self.keep)?;
         self.strategy.validate()
     }
 }

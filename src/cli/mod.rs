@@ -1,0 +1,437 @@
+//! Argument parsing and output for the `auris` binary.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use auris::checkpoint::ModelSource;
+use auris::pipeline::Response;
+use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
+use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Weights};
+use auris_llm::WeightFormat;
+use candle_core::{DType, Device};
+use clap::Parser;
+use serde_json::{json, Value};
+
+mod args;
+mod ask;
+mod bench;
+mod caption;
+mod eval;
+mod inspect;
+
+use args::*;
+
+/// An error in how auris was called (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_lowercase();
+    let device = match spec.as_str() {
+        "cpu" => Device::Cpu,
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0)?
+            } else if candle_core::utils::metal_is_available() {
+                Device::new_metal(0)?
+            } else {
+                Device::Cpu
+            }
+        }
+        "metal" => Device::new_metal(0)
+            .map_err(|e| anyhow::anyhow!("cannot open the Metal device: {e}"))?,
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| usage(format!("invalid --device {spec}: expected cuda:N")))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal)
+                .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e}"))?
+        }
+        _ => {
+            return Err(usage(format!(
+                "invalid --device {spec}: expected auto, cpu, cuda, cuda:N or metal"
+            )))
+        }
+    };
+    Ok(device)
+}
+
+/// The compute dtype and the language model's weight storage the options ask for.
+fn pick_precision(args: &ModelArgs, device: &Device) -> Result<(DType, Weights)> {
+    if let Some(quant) = args.quant {
+        if !device.is_cpu() {
+            return Err(usage(format!(
+                "--quant {} runs on the CPU only; use --device cpu, or --dtype on a GPU",
+                quant.format()
+            )));
+        }
+        if args.dtype != DtypeArg::Auto {
+            return Err(usage(
+                "--quant chooses how the weights are stored; leave --dtype at auto with it",
+            ));
+        }
+        return Ok((DType::F32, Weights::Format(quant.format())));
+    }
+    if device.is_cpu() {
+        return Ok(match args.dtype {
+            DtypeArg::Auto => (DType::F32, Weights::Checkpoint),
+            DtypeArg::F32 => (DType::F32, Weights::Compute),
+            DtypeArg::Bf16 => (DType::F32, Weights::Format(WeightFormat::Bf16)),
+            DtypeArg::F16 => (DType::F32, Weights::Format(WeightFormat::F16)),
+        });
+    }
+    let dtype = match (args.dtype, device) {
+        (DtypeArg::F32, _) => DType::F32,
+        (DtypeArg::F16, _) | (DtypeArg::Auto, Device::Metal(_)) => DType::F16,
+        (DtypeArg::Bf16 | DtypeArg::Auto, _) => DType::BF16,
+    };
+    Ok((dtype, Weights::Compute))
+}
+
+fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
+struct Session {
+    pipeline: Pipeline,
+    load_ms: f64,
+    quiet: bool,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
+        if threads == 0 {
+            return Err(usage("--threads must be at least 1"));
+        }
+        // Candle's CPU kernels size their thread pools from this variable; it is read once,
+        // before any tensor work starts, and nothing else runs yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    Ok(())
+}
+
+fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
+    set_threads(args.threads)?;
+    let device = parse_device(&args.device)?;
+    let (dtype, weights) = pick_precision(args, &device)?;
+    let source = ModelSource::parse(&args.model, args.revision.as_deref())?;
+    if !quiet {
+        let storage = match weights {
+            Weights::Compute => String::new(),
+            Weights::Checkpoint => ", weights as in the checkpoint".to_string(),
+            Weights::Format(f) => format!(", weights in {f}"),
+        };
+        eprintln!(
+            "auris: loading {} on {} ({dtype:?}{storage})",
+            source.display(),
+            device_name(&device)
+        );
+    }
+    let start = Instant::now();
+    let pipeline = Pipeline::load(
+        &source,
+        &LoadOptions {
+            device,
+            dtype,
+            weights,
+            memory_check: !args.no_memory_check,
+            context: auris::pipeline::DEFAULT_CONTEXT,
+            progress: !quiet,
+            prompt_format: match format {
+                FormatArg::Auto => PromptFormat::Auto,
+                FormatArg::Chat => PromptFormat::Chat,
+                FormatArg::Base => PromptFormat::Base,
+            },
+        },
+    )?;
+    Ok(Session {
+        pipeline,
+        load_ms: start.elapsed().as_secs_f64() * 1e3,
+        quiet,
+    })
+}
+
+fn prompt_spec(args: &PromptArgs, default_instruction: &str) -> PromptSpec {
+    match &args.raw_prompt {
+        Some(raw) => PromptSpec::Raw(raw.clone()),
+        None => PromptSpec::Instruction {
+            text: args
+                .prompt
+                .clone()
+                .unwrap_or_else(|| default_instruction.to_string()),
+            system: args.system.clone(),
+        },
+    }
+}
+
+fn generate_options(
+    pipeline: &Pipeline,
+    args: &GenerationArgs,
+) -> Result<auris_llm::GenerateOptions> {
+    let mut opts = pipeline.default_generate_options(args.max_new_tokens);
+    if args.max_new_tokens == 0 {
+        return Err(usage("--max-new-tokens must be at least 1"));
+    }
+    let s = &mut opts.sampling;
+    if let Some(t) = args.temperature {
+        if !(t >= 0.0 && t.is_finite()) {
+            return Err(usage(format!("invalid --temperature {t}: must be >= 0")));
+        }
+        s.temperature = (t > 0.0).then_some(t);
+    }
+    if let Some(k) = args.top_k {
+        s.top_k = (k > 0).then_some(k);
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(usage(format!("invalid --top-p {p}: must be in (0, 1]")));
+        }
+        s.top_p = (p < 1.0).then_some(p);
+    }
+    if let Some(r) = args.repetition_penalty {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(usage(format!(
+                "invalid --repetition-penalty {r}: must be > 0"
+            )));
+        }
+        s.repetition_penalty = r;
+    }
+    if args.greedy {
+        s.temperature = None;
+    }
+    s.seed = args.seed;
+    Ok(opts)
+}
+
+fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
+    let t = &r.timings;
+    json!({
+        "audio": r.audio.display().to_string(),
+        "duration_s": r.duration_s,
+        "sample_rate": r.sample_rate,
+        "n_audio_tokens": r.n_audio_tokens,
+        "n_kept": r.n_kept,
+        "kept_indices": r.kept_indices,
+        "prune": prune.describe(),
+        "prompt": r.prompt,
+        "prompt_token_ids": r.prompt_token_ids,
+        "output_token_ids": r.output_token_ids,
+        "text": r.text,
+        "timings_ms": {
+            "load": load_ms,
+            "decode_audio": t.decode_audio,
+            "mel": t.mel,
+            "encoder": t.encoder,
+            "projector": t.projector,
+            "prefill": t.prefill,
+            "generate": t.generate,
+        },
+        "tokens_per_s": t.tokens_per_s,
+    })
+}
+
+fn print_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn log_done(session: &Session, r: &Response) {
+    if session.quiet {
+        return;
+    }
+    eprintln!(
+        "auris: {}: {:.1} s audio, {} audio tokens (kept {}), {} new tokens, encoder {:.0} ms, prefill {:.0} ms, {:.1} tok/s",
+        r.audio.display(),
+        r.duration_s,
+        r.n_audio_tokens,
+        r.n_kept,
+        r.output_token_ids.len(),
+        r.timings.encoder,
+        r.timings.prefill,
+        r.timings.tokens_per_s
+    );
+}
+
+/// Runs the command line; the exit status reflects failed inputs.
+pub(crate) fn main() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            e.print()?;
+            return Ok(ExitCode::from(code as u8));
+        }
+    };
+    match cli.command {
+        Command::Caption { audio, common } => caption::run(&audio, &common),
+        Command::Ask {
+            audio,
+            question,
+            choices,
+            score_choices,
+            common,
+        } => ask::run(audio, &question, &choices, score_choices, &common),
+        Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
+        Command::Bench(args) => bench::run(args),
+        Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
+    }
+}
+
+fn check_prompt_args(common: &Common) -> Result<()> {
+    if let Some(raw) = &common.prompt.raw_prompt {
+        if !raw.contains(auris::prompt::AUDIO_TOKEN) {
+            return Err(usage(format!(
+                "--raw-prompt must contain the audio placeholder {}",
+                auris::prompt::AUDIO_TOKEN
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a request, printing the text to stdout as it is generated (leading white space
+/// dropped), then a newline.
+fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, Error> {
+    let mut stream = auris::pipeline::TextStream::new(p.tokenizer());
+    let mut started = false;
+    let mut write_error: Option<std::io::Error> = None;
+    let mut stdout = std::io::stdout();
+    let result = p.run(request, &mut |id| {
+        let piece = match stream.push(id) {
+            Ok(Some(piece)) => piece,
+            Ok(None) | Err(_) => return true,
+        };
+        let piece = if started {
+            piece.as_str()
+        } else {
+            piece.trim_start()
+        };
+        if piece.is_empty() {
+            return true;
+        }
+        started = true;
+        match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = write_error {
+        return Err(Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        });
+    }
+    if result.is_ok() {
+        let _ = writeln!(stdout);
+    }
+    result
+}
+
+fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
+    eprintln!("error: {}: {err}", path.display());
+    if let Some(hint) = hint_for_error(err) {
+        eprintln!("hint: {hint}");
+    }
+    if json {
+        print_line(
+            &json!({ "audio": path.display().to_string(), "error": err.to_string() }).to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+fn hint_for_error(err: &Error) -> Option<String> {
+    Some(match err {
+        Error::NotAModelFolder { .. } | Error::MissingFile { .. } => {
+            "--model takes a folder with config.json, tokenizer.json and safetensors weights, or a hub id such as Qwen/Qwen2-Audio-7B-Instruct".to_string()
+        }
+        Error::OfflineMissing { id, .. } => format!(
+            "unset HF_HUB_OFFLINE to download {id}, or fetch it once on a connected machine into HF_HOME"
+        ),
+        Error::Hub { .. } => {
+            "check the hub id and your network, or pass a local model folder with --model".to_string()
+        }
+        Error::PlaceholderCount { .. } => {
+            "a prompt needs exactly one <|AUDIO|> placeholder per audio file".to_string()
+        }
+        Error::Audio(auris_audio::AudioError::TooShort { .. }) => {
+            "the encoder needs at least 3 mel frames (about 0.02 s of audio)".to_string()
+        }
+        Error::Audio(_) => {
+            "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
+        }
+        Error::InsufficientMemory(short) if short.fits.is_empty() => {
+            "no weight mode fits; free memory, or pass --no-memory-check to try anyway".to_string()
+        }
+        Error::InsufficientMemory(short) => {
+            let options: Vec<String> = short
+                .fits
+                .iter()
+                .map(|(flag, bytes)| format!("{flag} ({})", auris::memory::gb(*bytes)))
+                .collect();
+            format!(
+                "{} fits; --no-memory-check loads anyway",
+                options.join(" or ")
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// A hint line for an error that ended the whole run.
+pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
+    if let Some(e) = err.downcast_ref::<Error>() {
+        return hint_for_error(e);
+    }
+    if err.downcast_ref::<UsageError>().is_some() {
+        return Some("run auris <COMMAND> --help for the options".to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use auris_prune::Remainder;
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The `--prune` values are the prune crate's strategy names, in its order.
+    #[test]
+    fn strategy_values_are_the_prune_crates_names() {
+        let names: Vec<String> = StrategyArg::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(names, auris_prune::STRATEGY_NAMES);
+        for v in StrategyArg::value_variants() {
+            let s = v.strategy(auris_prune::DEFAULT_SEGMENTS, Remainder::Spread, 0);
+            assert!(s.is_ok(), "{v:?}");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! `auris eval asr-pruning`: what each pruning strategy costs a real Whisper model on real speech.
+//!
+//! Each clip of a manifest is encoded once (all 1500 frames, per-frame attention scores from the
+//! last layer); the Whisper decoder then transcribes it greedily from all frames and from the
+//! frames each strategy keeps at each keep ratio (pruning applies to the frames themselves, no
+//! pairing). Word error rates are corpus-level: errors and reference words summed over clips.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use auris_audio::encoder::EncoderOutput;
+use auris_prune::{Policy, Strategy};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::report::AsrReport;
+use super::wer::ErrorCount;
+use auris::pipeline::select_tokens;
+use auris::Error;
+use auris_whisper::Transcriber;
+
+/// One clip of the speech set: a line of the JSON Lines manifest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub(crate) struct ManifestEntry {
+    /// The audio file (relative paths are relative to the manifest's folder).
+    pub(crate) audio: PathBuf,
+    /// The reference transcript.
+    pub(crate) text: String,
+    /// Where the clip comes from (reported per source).
+    #[serde(default)]
+    pub(crate) source: Option<String>,
+}
+
+/// Reads a JSON Lines manifest: one `{"audio": ..., "text": ...}` object per line.
+pub(crate) fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut entries = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut entry: ManifestEntry = serde_json::from_str(&line).map_err(|e| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {e}", i + 1),
+        })?;
+        if entry.audio.is_relative() {
+            entry.audio = base.join(&entry.audio);
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            reason: "the manifest lists no clips".to_string(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Which frames a strategy prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum PruneScope {
+    /// All frames of the 30 s window, padding included (`N` = 1500 for Whisper).
+    #[default]
+    Window,
+    /// Only the frames that cover the audio (`N` = the clip's `T1` conv positions); the padding
+    /// frames after them are all kept. Qwen2-Audio likewise prunes only a clip's valid tokens.
+    Audio,
+}
+
+impl PruneScope {
+    /// The name used on the command line and in the JSON.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            PruneScope::Window => "window",
+            PruneScope::Audio => "audio",
+        }
+    }
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub(crate) struct AsrEvalOptions {
+    /// Which frames are pruned.
+    pub(crate) scope: PruneScope,
+    /// Strategies compared against no pruning.
+    pub(crate) strategies: Vec<Strategy>,
+    /// Keep ratios, each in (0, 1).
+    pub(crate) keeps: Vec<f32>,
+    /// Evaluate only the first clips.
+    pub(crate) limit: Option<usize>,
+    /// Cap on generated tokens per transcription (`None`: the model's `max_length`).
+    pub(crate) max_new_tokens: Option<usize>,
+    /// Write one JSON line per clip (hypotheses and errors per configuration) here.
+    pub(crate) details: Option<PathBuf>,
+    /// Print a line per clip on stderr.
+    pub(crate) progress: bool,
+}
+
+fn keep_label(keep: f32) -> String {
+    format!("{keep}")
+}
+
+/// Runs the evaluation over `clips`.
+pub(crate) fn asr_pruning(
+    model: &Transcriber,
+    clips: &[ManifestEntry],
+    opts: &AsrEvalOptions,
+) -> Result<AsrReport, Error> {
+    let start = Instant::now();
+    let policies: Vec<(String, String, Policy)> = opts
+        .strategies
+        .iter()
+        .flat_map(|s| {
+            opts.keeps
+                .iter()
+                .map(move |&k| Policy::new(*s, k).map(|p| (s.name().to_string(), keep_label(k), p)))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut details = match &opts.details {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let mut report = AsrReport {
+        clips: 0,
+        words: 0,
+        audio_s: 0.0,
+        none: ErrorCount::default(),
+        pruned: BTreeMap::new(),
+        order: opts
+            .strategies
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect(),
+        keeps: opts.keeps.iter().map(|&k| keep_label(k)).collect(),
+        skipped: Vec::new(),
+        runtime_s: 0.0,
+        parameters: strategy_parameters(&opts.strategies),
+    };
+    report.parameters["scope"] = json!(opts.scope.name());
+    report.parameters["max_new_tokens"] = json!(opts.max_new_tokens);
+    let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
+    for (i, clip) in clips.iter().enumerate() {
+        let clip_start = Instant::now();
+        let (encoded, samples, duration_s) = match model.encode_file(&clip.audio) {
+            Ok(e) => {
+                let seconds = e.seconds();
+                (e.output, e.samples, seconds)
+            }
+            Err(e) => {
+                if opts.progress {
+                    eprintln!("[{}/{}] skipped: {e}", i + 1, clips.len());
+                }
+                report.skipped.push((clip.audio.clone(), e.to_string()));
+                continue;
+            }
+        };
+        // All transcriptions of the clip in one batch: one pass over the weights per step.
+        let audio_frames = match opts.scope {
+            PruneScope::Window => None,
+            PruneScope::Audio => Some(audio_positions(samples)),
+        };
+        let mut frames = vec![encoded.hidden.clone()];
+        for (_, _, policy) in &policies {
+            frames.push(prune_frames(&encoded, policy, audio_frames)?);
+        }
+        let mut transcripts = model
+            .transcribe_batch(&frames, opts.max_new_tokens)?
+            .into_iter();
+        let full = transcripts.next().ok_or(Error::Invariant(
+            "a batch of transcriptions came back empty",
+        ))?;
+        let none = ErrorCount::of(&clip.text, &full.text);
+        report.none.add(none);
+        let mut record = json!({
+            "audio": clip.audio,
+            "reference": clip.text,
+            "none": {"text": full.text, "errors": none.errors},
+        });
+        for ((name, keep, _), t) in policies.iter().zip(transcripts) {
+            let count = ErrorCount::of(&clip.text, &t.text);
+            report
+                .pruned
+                .entry(name.clone())
+                .or_default()
+                .entry(keep.clone())
+                .or_default()
+                .add(count);
+            record[format!("{name}@{keep}")] = json!({"text": t.text, "errors": count.errors});
+        }
+        report.clips += 1;
+        report.words += none.words;
+        report.audio_s += duration_s;
+        if let Some(out) = details.as_mut() {
+            writeln!(out, "{record}").map_err(|source| Error::Io {
+                path: opts.details.clone().unwrap_or_default(),
+                source,
+            })?;
+        }
+        if opts.progress {
+            eprintln!(
+                "[{}/{}] {} ({:.1} s): {:?} ({} errors / {} words); running WER none {:.3}",
+                i + 1,
+                clips.len(),
+                clip.audio.file_name().unwrap_or_default().to_string_lossy(),
+                clip_start.elapsed().as_secs_f64(),
+                full.text,
+                none.errors,
+                none.words,
+                report.none.rate()
+            );
+        }
+    }
+    if let Some(mut out) = details {
+        out.flush().map_err(|source| Error::Io {
+            path: opts.details.clone().unwrap_or_default(),
+            source,
+        })?;
+    }
+    if report.clips == 0 {
+        return Err(Error::Usage(format!(
+            "no clip could be transcribed ({} skipped)",
+            report.skipped.len()
+        )));
+    }
+    report.runtime_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The frames a policy keeps (VisionZip: dominant frames plus merged contextual ones).
+fn prune_frames(
+    encoded: &EncoderOutput,
+    policy: &Policy,
+    audio_frames: Option<usize>,
+) -> Result<candle_core::Tensor, Error> {
+    let n = encoded.len();
+    match audio_frames {
+        Some(a) if a < n => {
+            let scores = encoded.scores.as_ref().map(|s| s[..a].to_vec());
+            let speech = EncoderOutput {
+                hidden: encoded.hidden.narrow(0, 0, a)?,
+                scores,
+            };
+            let kept = select_tokens(std::slice::from_ref(&speech), policy)?.rows;
+            Ok(candle_core::Tensor::cat(
+                &[&kept, &encoded.hidden.narrow(0, a, n - a)?],
+                0,
+            )?)
+        }
+        _ => Ok(select_tokens(std::slice::from_ref(encoded), policy)?.rows),
+    }
+}
+
+/// Encoder positions covering `samples` of 16 kHz audio (the conv stem's output length).
+fn audio_positions(samples: usize) -> usize {
+    auris_audio::conv_output_len(auris_audio::valid_frames(samples)).max(1)
+}
+
+fn strategy_parameters(strategies: &[Strategy]) -> Value {
+    let mut map = Map::new();
+    for s in strategies {
+        let v = match s {
+            Strategy::Segmentwise {
+                segments,
+                remainder,
+            } => json!({"segments": segments, "remainder": remainder.name()}),
+            Strategy::Random { seed } => json!({ "seed": seed }),
+            Strategy::VisionZip { contextual_share } => {
+                // The f32 share as the decimal it was written as (0.18, not 0.18000000715...).
+                let share: f64 = format!("{contextual_share}").parse().unwrap_or(0.0);
+                json!({ "contextual_share": share })
+            }
+            _ => continue,
+        };
+        map.insert(s.name().to_string(), v);
+    }
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_scope_prunes_only_the_audio_frames() {
+        use candle_core::{Device, Tensor};
+        // 6 frames, the first 4 cover audio; rows are their own index.
+        let hidden = Tensor::from_vec(
+            (0..6).map(|i| i as f32).collect::<Vec<_>>(),
+            (6, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let encoded = EncoderOutput {
+            hidden,
+            scores: Some(vec![0.1, 0.9, 0.2, 0.8, 0.95, 0.99]),
+        };
+        let policy = Policy::new(Strategy::TopK, 0.5).unwrap();
+        let rows = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Window scope: the best 3 of all 6 (two of them padding).
+        assert_eq!(
+            rows(prune_frames(&encoded, &policy, None).unwrap()),
+            [1.0, 4.0, 5.0]
+        );
+        // Audio scope: the best 2 of the 4 audio frames, then every padding frame.
+        assert_eq!(
+            rows(prune_frames(&encoded, &policy, Some(4)).unwrap()),
+            [1.0, 3.0, 4.0, 5.0]
+        );
+        // 1 s of audio: 100 mel frames, 50 encoder positions.
+        assert_eq!(audio_positions(16_000), 50);
+    }
+}
