@@ -52,8 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 from reference_select import sel_segmentwise, sel_topk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts" / "lib"))
-from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path from here on)
+from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path, above)
 SR = 16_000
 MAX_NEW = 32
 KEEP = 0.25
