@@ -14,7 +14,8 @@
 //!   the `VarBuilder`'s. Norms and softmax run in f32 whatever the dtype.
 //! - [`Qwen2Decoder::load_with`] with [`LoadOptions`] keeps the linear weights in a
 //!   [`WeightFormat`] (`f32`, `bf16`, `f16`, or GGML's `q8_0`, `q4_0`, `q4_k` quantised at load,
-//!   one tensor at a time) and computes everything else in f32; the `VarBuilder`'s dtype is
+//!   one tensor at a time and 32 MiB of f32 rows at a time within it, never a whole tensor in
+//!   f32) and computes everything else in f32; the `VarBuilder`'s dtype is
 //!   only the dtype tensors are read in. The output head gets [`WeightFormat::head_format`];
 //!   a weight whose row length does not fit the block falls back per
 //!   [`WeightFormat::for_row_len`]. [`Qwen2Decoder::weight_format`],

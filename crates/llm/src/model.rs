@@ -403,7 +403,8 @@ impl Qwen2Decoder {
     /// whole-model f32 copy is ever made). `bf16`/`f16` keep each weight in that precision
     /// and widen it inside the product, so the logits equal those of an f32 model on the
     /// upcast weights up to summation order. `q8_0`/`q4_0`/`q4_k` quantise each linear weight
-    /// as it is read (peak memory: the quantised model plus one tensor in f32). A weight whose
+    /// as it is read, converting 32 MiB of rows to f32 at a time (peak memory: the quantised model
+    /// plus the tensor being read, in `vb`'s dtype, and one such chunk). A weight whose
     /// row length does not fit the block size falls back as [`WeightFormat::for_row_len`]
     /// says; the output head gets [`WeightFormat::head_format`] (`q8_0` for the 4-bit
     /// formats). The embedding table stays in `vb`'s dtype; looked-up rows are widened.
