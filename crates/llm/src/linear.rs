@@ -104,6 +104,30 @@ impl Linear {
         })
     }
 
+    /// A layer without bias over an already quantised `(out, in)` weight, shared rather than
+    /// copied (a tied head over the `q8_0` embedding table).
+    pub(crate) fn from_quant(
+        qtensor: Arc<QTensor>,
+        format: WeightFormat,
+    ) -> Result<Self, LlmError> {
+        let (out_dim, in_dim) = qtensor.shape().dims2()?;
+        Ok(Self {
+            weight: Weight::Quant { qtensor, format },
+            bias: None,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// The quantised weight, to check that a tied head shares the embedding table.
+    #[cfg(test)]
+    pub(crate) fn qtensor(&self) -> Option<&Arc<QTensor>> {
+        match &self.weight {
+            Weight::Quant { qtensor, .. } => Some(qtensor),
+            _ => None,
+        }
+    }
+
     /// The storage format of the weight.
     pub(crate) fn format(&self) -> WeightFormat {
         match &self.weight {
@@ -334,19 +358,7 @@ impl Linear {
         let data = qtensor.data()?;
         self.rows_via_f32(xs, chunk_weights, |start, len| {
             let bytes = &data[start * row_bytes..(start + len) * row_bytes];
-            let w = match format {
-                WeightFormat::Q8_0 => dequantize_par(BlockKind::Q8_0, bytes),
-                WeightFormat::Q4_0 => dequantize_par(BlockKind::Q4_0, bytes),
-                _ => {
-                    let storage = QStorage::from_data(
-                        Cow::Borrowed(bytes),
-                        &Device::Cpu,
-                        ggml_dtype(format),
-                    )?;
-                    return Ok(QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)?);
-                }
-            };
-            Ok(Tensor::from_vec(w, (len, k), &Device::Cpu)?)
+            dequantize_rows(format, bytes, len, k)
         })
     }
 
@@ -539,6 +551,26 @@ fn cpu_vec<T: WithDType>(t: &Tensor) -> Result<Option<Vec<T>>, LlmError> {
         return Ok(None);
     };
     Ok(Some(cpu.as_slice::<T>()?[a..b].to_vec()))
+}
+
+/// `rows` rows of `k` weights in the block format `format`, given as their GGML bytes,
+/// dequantised to an f32 CPU tensor `(rows, k)`.
+pub(crate) fn dequantize_rows(
+    format: WeightFormat,
+    bytes: &[u8],
+    rows: usize,
+    k: usize,
+) -> Result<Tensor, LlmError> {
+    let w = match format {
+        WeightFormat::Q8_0 => dequantize_par(BlockKind::Q8_0, bytes),
+        WeightFormat::Q4_0 => dequantize_par(BlockKind::Q4_0, bytes),
+        _ => {
+            let storage =
+                QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, ggml_dtype(format))?;
+            return Ok(QTensor::new(storage, (rows, k))?.dequantize(&Device::Cpu)?);
+        }
+    };
+    Ok(Tensor::from_vec(w, (rows, k), &Device::Cpu)?)
 }
 
 /// Runs `f` on the contiguous CPU data of `t`, or returns `None` when it is not contiguous on
