@@ -117,6 +117,24 @@ impl WeightFormat {
             other => other,
         }
     }
+
+    /// The format of the embedding table (`embed_tokens`) when the linears use `self`;
+    /// `None` means the checkpoint's dtype (the `VarBuilder`'s).
+    ///
+    /// The block formats store it as `q8_0`, as llama.cpp's `Q8_0`/`Q4_0`/`Q4_K_M` files store
+    /// `token_embd`: half of bf16's size, and a lookup dequantises only the gathered rows. The
+    /// float formats keep the checkpoint's dtype (a lookup only gathers rows, so widening the
+    /// whole table would cost memory for nothing). A table whose rows (`hidden_size`) are not
+    /// a multiple of 32, or that is not on the CPU, keeps the checkpoint's dtype whatever
+    /// this says. A tied head whose [`WeightFormat::head_format`] is this format shares the
+    /// table rather than holding a second copy.
+    pub fn embedding_format(self) -> Option<WeightFormat> {
+        if self.is_quantized() {
+            Some(WeightFormat::Q8_0)
+        } else {
+            None
+        }
+    }
 }
 
 impl fmt::Display for WeightFormat {
@@ -145,7 +163,8 @@ impl FromStr for WeightFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Storage of the linear layers (attention and MLP projections, and the output head as
-    /// given by [`WeightFormat::head_format`]).
+    /// given by [`WeightFormat::head_format`]); the embedding table gets
+    /// [`WeightFormat::embedding_format`].
     pub weights: WeightFormat,
 }
 
@@ -183,5 +202,17 @@ mod tests {
         assert_eq!(WeightFormat::F16.for_row_len(7), WeightFormat::F16);
         assert_eq!(WeightFormat::Q4_0.head_format(), WeightFormat::Q8_0);
         assert_eq!(WeightFormat::Bf16.head_format(), WeightFormat::Bf16);
+    }
+
+    #[test]
+    fn quantised_modes_store_the_embedding_as_q8_0() {
+        for f in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4K] {
+            assert_eq!(f.embedding_format(), Some(WeightFormat::Q8_0), "{f}");
+            // A tied head of the head format can then share the table.
+            assert_eq!(f.embedding_format(), Some(f.head_format()), "{f}");
+        }
+        for f in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
+            assert_eq!(f.embedding_format(), None, "{f}");
+        }
     }
 }

@@ -14,12 +14,17 @@
 //!   the `VarBuilder`'s. Norms and softmax run in f32 whatever the dtype.
 //! - [`Qwen2Decoder::load_with`] with [`LoadOptions`] keeps the linear weights in a
 //!   [`WeightFormat`] (`f32`, `bf16`, `f16`, or GGML's `q8_0`, `q4_0`, `q4_k` quantised at load,
-//!   one tensor at a time) and computes everything else in f32; the `VarBuilder`'s dtype is
+//!   one tensor at a time and 32 MiB of f32 rows at a time within it, never a whole tensor in
+//!   f32) and computes everything else in f32; the `VarBuilder`'s dtype is
 //!   only the dtype tensors are read in. The output head gets [`WeightFormat::head_format`];
 //!   a weight whose row length does not fit the block falls back per
-//!   [`WeightFormat::for_row_len`]. [`Qwen2Decoder::weight_format`],
+//!   [`WeightFormat::for_row_len`]. The embedding table gets [`WeightFormat::embedding_format`]:
+//!   `q8_0` in the block formats (lookups dequantise only the gathered rows; a tied head of
+//!   that format shares the table), the checkpoint's dtype otherwise or when its rows do not
+//!   fit the block; norm weights and biases are f32. [`Qwen2Decoder::weight_format`],
 //!   [`Qwen2Decoder::head_weight_format`], [`Qwen2Decoder::dtype`] (the compute dtype) and
-//!   [`Qwen2Decoder::linear_weight_bytes`] describe the result. On the CPU, single-row
+//!   [`Qwen2Decoder::linear_weight_bytes`], [`Qwen2Decoder::embedding_format`] and
+//!   [`Qwen2Decoder::embedding_bytes`] describe the result. On the CPU, single-row
 //!   products (decode) of bf16/f16 weights run a multi-threaded GEMV picked at run time
 //!   (AVX-512F, AVX2 + FMA + F16C, portable), and several rows (prefill) widen one chunk of
 //!   weight rows at a time to f32 for candle's matmul. Quantised weights quantise the
@@ -52,6 +57,7 @@
 
 mod cache;
 mod config;
+mod embedding;
 mod error;
 mod format;
 mod gemv;

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
 use half::slice::HalfFloatSliceExt;
@@ -22,6 +23,10 @@ use crate::halfgemv::{gemv_half, widen_par, HalfKind};
 use crate::q4k::q4k_gemv;
 use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
+
+/// Weights converted to f32 at once while quantising a tensor at load: 32 MiB of f32, so a
+/// load never holds a whole tensor (the 7B's 156032 × 4096 head: 2.5 GB) in f32.
+pub(crate) const QUANTIZE_CHUNK_WEIGHTS: usize = 1 << 23;
 
 /// Weights widened to f32 at once by a multi-row product with half weights: 64 MiB of f32, a
 /// few times a layer's working set, so one such chunk at most is alive.
@@ -68,7 +73,8 @@ impl Linear {
 
     /// A layer computed in f32 with `weight` `(out, in)` stored as `format` asks, or as
     /// [`WeightFormat::for_row_len`] falls back to when `in` does not fit the block size.
-    /// A quantised weight is converted here, one tensor at a time.
+    /// A quantised weight is converted here by [`quantize_rows`], 32 MiB of f32 rows at a
+    /// time.
     pub(crate) fn with_format(
         weight: &Tensor,
         bias: Option<&Tensor>,
@@ -86,7 +92,7 @@ impl Linear {
             WeightFormat::Bf16 => half(DType::BF16, HalfKind::Bf16)?,
             WeightFormat::F16 => half(DType::F16, HalfKind::F16)?,
             quant => Weight::Quant {
-                qtensor: Arc::new(QTensor::quantize(&fresh_f32(weight)?, ggml_dtype(quant))?),
+                qtensor: Arc::new(quantize_rows(weight, quant, QUANTIZE_CHUNK_WEIGHTS)?),
                 format: quant,
             },
         };
@@ -96,6 +102,30 @@ impl Linear {
             out_dim,
             in_dim,
         })
+    }
+
+    /// A layer without bias over an already quantised `(out, in)` weight, shared rather than
+    /// copied (a tied head over the `q8_0` embedding table).
+    pub(crate) fn from_quant(
+        qtensor: Arc<QTensor>,
+        format: WeightFormat,
+    ) -> Result<Self, LlmError> {
+        let (out_dim, in_dim) = qtensor.shape().dims2()?;
+        Ok(Self {
+            weight: Weight::Quant { qtensor, format },
+            bias: None,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// The quantised weight, to check that a tied head shares the embedding table.
+    #[cfg(test)]
+    pub(crate) fn qtensor(&self) -> Option<&Arc<QTensor>> {
+        match &self.weight {
+            Weight::Quant { qtensor, .. } => Some(qtensor),
+            _ => None,
+        }
     }
 
     /// The storage format of the weight.
@@ -328,19 +358,7 @@ impl Linear {
         let data = qtensor.data()?;
         self.rows_via_f32(xs, chunk_weights, |start, len| {
             let bytes = &data[start * row_bytes..(start + len) * row_bytes];
-            let w = match format {
-                WeightFormat::Q8_0 => dequantize_par(BlockKind::Q8_0, bytes),
-                WeightFormat::Q4_0 => dequantize_par(BlockKind::Q4_0, bytes),
-                _ => {
-                    let storage = QStorage::from_data(
-                        Cow::Borrowed(bytes),
-                        &Device::Cpu,
-                        ggml_dtype(format),
-                    )?;
-                    return Ok(QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)?);
-                }
-            };
-            Ok(Tensor::from_vec(w, (len, k), &Device::Cpu)?)
+            dequantize_rows(format, bytes, len, k)
         })
     }
 
@@ -405,6 +423,77 @@ fn fresh_f32(t: &Tensor) -> Result<Tensor, LlmError> {
     Ok(Tensor::from_vec(data, t.dims(), t.device())?)
 }
 
+/// `weight` `(out, in)` quantised to the block format `format`, converting at most
+/// `chunk_weights` weights (whole rows, at least one) to f32 at a time.
+///
+/// The bytes equal those of `QTensor::quantize` on the whole tensor: a row is a whole number
+/// of blocks and GGML quantises each block on its own. On the CPU the blocks are written in
+/// place into the final vector (no second copy of the quantised tensor); elsewhere each chunk
+/// is quantised on the device and the block bytes are joined.
+pub(crate) fn quantize_rows(
+    weight: &Tensor,
+    format: WeightFormat,
+    chunk_weights: usize,
+) -> Result<QTensor, LlmError> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    if !format.is_quantized() || !in_dim.is_multiple_of(format.block_len()) {
+        return Err(LlmError::Unsupported {
+            field: "weights",
+            value: format.name().into(),
+            reason: format!(
+                "cannot quantise rows of {in_dim} weights to {format} (blocks of {})",
+                format.block_len()
+            ),
+        });
+    }
+    let rows_per_chunk = (chunk_weights / in_dim.max(1)).max(1);
+    if weight.device().is_cpu() {
+        return match format {
+            WeightFormat::Q8_0 => quantize_rows_cpu::<BlockQ8_0>(weight, rows_per_chunk),
+            WeightFormat::Q4_0 => quantize_rows_cpu::<BlockQ4_0>(weight, rows_per_chunk),
+            _ => quantize_rows_cpu::<BlockQ4K>(weight, rows_per_chunk),
+        };
+    }
+    let dtype = ggml_dtype(format);
+    let mut bytes =
+        Vec::with_capacity(out_dim * in_dim / format.block_len() * format.block_bytes());
+    for start in (0..out_dim).step_by(rows_per_chunk) {
+        let len = rows_per_chunk.min(out_dim - start);
+        let chunk = fresh_f32(&weight.narrow(0, start, len)?)?;
+        bytes.extend_from_slice(&QTensor::quantize(&chunk, dtype)?.data()?);
+    }
+    let storage = QStorage::from_data(Cow::Owned(bytes), weight.device(), dtype)?;
+    Ok(QTensor::new(storage, (out_dim, in_dim))?)
+}
+
+/// The CPU side of [`quantize_rows`]: GGML's `from_float` on each chunk of rows, into its
+/// range of the final block vector.
+fn quantize_rows_cpu<T: GgmlType + 'static>(
+    weight: &Tensor,
+    rows_per_chunk: usize,
+) -> Result<QTensor, LlmError> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let blocks_per_row = in_dim / T::BLCK_SIZE;
+    let mut blocks = vec![T::zeros(); out_dim * blocks_per_row];
+    for start in (0..out_dim).step_by(rows_per_chunk) {
+        let len = rows_per_chunk.min(out_dim - start);
+        let chunk = fresh_f32(&weight.narrow(0, start, len)?)?;
+        let dst = &mut blocks[start * blocks_per_row..(start + len) * blocks_per_row];
+        let done = with_cpu_slice::<f32, _>(&chunk, |xs| T::from_float(xs, dst))?;
+        if done.is_none() {
+            return Err(LlmError::Unsupported {
+                field: "weights",
+                value: format!("{:?}", T::DTYPE),
+                reason: "the f32 rows to quantise are not contiguous on the CPU".into(),
+            });
+        }
+    }
+    Ok(QTensor::new(
+        QStorage::Cpu(Box::new(blocks)),
+        (out_dim, in_dim),
+    )?)
+}
+
 fn ggml_dtype(format: WeightFormat) -> GgmlDType {
     match format {
         WeightFormat::F32 => GgmlDType::F32,
@@ -462,6 +551,26 @@ fn cpu_vec<T: WithDType>(t: &Tensor) -> Result<Option<Vec<T>>, LlmError> {
         return Ok(None);
     };
     Ok(Some(cpu.as_slice::<T>()?[a..b].to_vec()))
+}
+
+/// `rows` rows of `k` weights in the block format `format`, given as their GGML bytes,
+/// dequantised to an f32 CPU tensor `(rows, k)`.
+pub(crate) fn dequantize_rows(
+    format: WeightFormat,
+    bytes: &[u8],
+    rows: usize,
+    k: usize,
+) -> Result<Tensor, LlmError> {
+    let w = match format {
+        WeightFormat::Q8_0 => dequantize_par(BlockKind::Q8_0, bytes),
+        WeightFormat::Q4_0 => dequantize_par(BlockKind::Q4_0, bytes),
+        _ => {
+            let storage =
+                QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, ggml_dtype(format))?;
+            return Ok(QTensor::new(storage, (rows, k))?.dequantize(&Device::Cpu)?);
+        }
+    };
+    Ok(Tensor::from_vec(w, (rows, k), &Device::Cpu)?)
 }
 
 /// Runs `f` on the contiguous CPU data of `t`, or returns `None` when it is not contiguous on
@@ -658,6 +767,43 @@ mod tests {
             let rms = (sq / orig.len() as f64).sqrt();
             assert!(rms > 0.0, "{format} round trip is exact: not quantised?");
         }
+    }
+
+    /// Quantising a few rows at a time gives the bytes of quantising the whole tensor at
+    /// once, for every block format, rows spanning several uneven chunks (45 rows, 7 per
+    /// chunk), a bf16 source, and an f32 row slice of a larger tensor (a view with an offset,
+    /// which candle's `QTensor::quantize` alone would misread).
+    #[test]
+    fn chunked_quantisation_is_bit_identical_to_whole() {
+        let (n, k) = (45, 512);
+        let big = weights(n + 3, k, 9);
+        let sliced = big.narrow(0, 3, n).unwrap();
+        let bf16 = weights(n, k, 11).to_dtype(DType::BF16).unwrap();
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4K] {
+            for src in [&sliced, &bf16] {
+                let whole_f32 = Tensor::from_vec(
+                    values(src.to_dtype(DType::F32).unwrap()),
+                    (n, k),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let whole = QTensor::quantize(&whole_f32, ggml_dtype(format)).unwrap();
+                let chunked = quantize_rows(src, format, 7 * k + 5).unwrap();
+                assert_eq!(chunked.shape().dims(), &[n, k]);
+                let (a, e) = (chunked.data().unwrap(), whole.data().unwrap());
+                assert_eq!(a.len(), n * k / format.block_len() * format.block_bytes());
+                assert!(
+                    a == e,
+                    "{format} on {:?}: chunked bytes differ",
+                    src.dtype()
+                );
+                // One row per chunk, the smallest chunk, is no different.
+                assert!(quantize_rows(src, format, 1).unwrap().data().unwrap() == e);
+            }
+        }
+        // Rows that do not fit the block, or a float format, are an error, not a panic.
+        assert!(quantize_rows(&weights(2, 48, 1), WeightFormat::Q8_0, 64).is_err());
+        assert!(quantize_rows(&sliced, WeightFormat::Bf16, 64).is_err());
     }
 
     /// The quantised product equals the f32 product on the dequantised weights up to the

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::embedding::Embedding;
 use crate::linear::Linear;
 use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
 
@@ -369,8 +370,9 @@ struct Step {
 #[derive(Debug, Clone)]
 pub struct Qwen2Decoder {
     cfg: Qwen2Config,
-    /// In the checkpoint's dtype (the `VarBuilder`'s); gathered rows are cast to `dtype`.
-    embed_tokens: Tensor,
+    /// In the checkpoint's dtype (the `VarBuilder`'s) or [`WeightFormat::embedding_format`];
+    /// gathered rows are cast to `dtype`.
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -403,10 +405,14 @@ impl Qwen2Decoder {
     /// whole-model f32 copy is ever made). `bf16`/`f16` keep each weight in that precision
     /// and widen it inside the product, so the logits equal those of an f32 model on the
     /// upcast weights up to summation order. `q8_0`/`q4_0`/`q4_k` quantise each linear weight
-    /// as it is read (peak memory: the quantised model plus one tensor in f32). A weight whose
+    /// as it is read, converting 32 MiB of rows to f32 at a time (peak memory: the quantised model
+    /// plus the tensor being read, in `vb`'s dtype, and one such chunk). A weight whose
     /// row length does not fit the block size falls back as [`WeightFormat::for_row_len`]
     /// says; the output head gets [`WeightFormat::head_format`] (`q8_0` for the 4-bit
-    /// formats). The embedding table stays in `vb`'s dtype; looked-up rows are widened.
+    /// formats). The embedding table gets [`WeightFormat::embedding_format`]: `q8_0` in
+    /// the block formats (quantised like the linears, and a tied head of `q8_0` shares it),
+    /// `vb`'s dtype in the float formats, and also when `hidden_size` is not a multiple of 32
+    /// or the device is not the CPU; looked-up rows are widened (dequantised) to f32.
     /// The fast kernels run on the CPU; on another device the products use candle's ops.
     pub fn load_with(
         cfg: &Qwen2Config,
@@ -424,10 +430,14 @@ impl Qwen2Decoder {
             vb.dtype()
         };
         let model = vb.pp("model");
-        let embed_tokens = tensor(
-            &model.pp("embed_tokens"),
-            &[cfg.vocab_size, cfg.hidden_size],
-            "weight",
+        // Quantised as it is read, so the checkpoint's table is dropped before the layers load.
+        let embed_tokens = Embedding::new(
+            tensor(
+                &model.pp("embed_tokens"),
+                &[cfg.vocab_size, cfg.hidden_size],
+                "weight",
+            )?,
+            storage.and_then(WeightFormat::embedding_format),
         )?;
         let layers_vb = model.pp("layers");
         let layers = (0..cfg.num_hidden_layers)
@@ -436,8 +446,14 @@ impl Qwen2Decoder {
         let norm = RmsNorm::load(model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, dtype)?;
         let head_storage = storage.map(WeightFormat::head_format);
         let lm_head = match (cfg.tie_word_embeddings, head_storage) {
-            (true, None) => Linear::new(embed_tokens.clone(), None)?,
-            (true, Some(format)) => Linear::with_format(&embed_tokens, None, format)?,
+            (true, None) => Linear::new(embed_tokens.to_dense()?, None)?,
+            (true, Some(format)) => match embed_tokens.quantized() {
+                // The same blocks: share them rather than hold the table twice.
+                Some((qtensor, f)) if format.for_row_len(cfg.hidden_size) == f => {
+                    Linear::from_quant(qtensor.clone(), f)?
+                }
+                _ => Linear::with_format(&embed_tokens.to_dense()?, None, format)?,
+            },
             (false, _) => linear(
                 vb.pp("lm_head"),
                 cfg.hidden_size,
@@ -530,6 +546,19 @@ impl Qwen2Decoder {
         layers + self.lm_head.weight_bytes()
     }
 
+    /// The format of the embedding table: `None` when it keeps the checkpoint's dtype,
+    /// `Some(q8_0)` when stored as [`WeightFormat::embedding_format`] asks.
+    pub fn embedding_format(&self) -> Option<WeightFormat> {
+        self.embed_tokens.format()
+    }
+
+    /// Bytes the embedding table occupies. A tied head sharing the `q8_0` table is counted
+    /// here and in [`Qwen2Decoder::linear_weight_bytes`] (which a decode step reads), but
+    /// takes the memory once.
+    pub fn embedding_bytes(&self) -> usize {
+        self.embed_tokens.bytes()
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -566,10 +595,9 @@ impl Qwen2Decoder {
                 }
             }
         }
-        let flat = Tensor::from_vec(checked, b * s, &self.device)?;
         Ok(self
             .embed_tokens
-            .index_select(&flat, 0)?
+            .gather(&checked, &self.device)?
             .to_dtype(self.dtype)?
             .reshape((b, s, self.cfg.hidden_size))?)
     }
@@ -654,6 +682,17 @@ impl Qwen2Decoder {
             expected: format!("(batch >= 1, seq >= 1, {})", self.cfg.hidden_size),
             actual: embeds.dims().to_vec(),
             dtype: embeds.dtype(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Qwen2Decoder {
+    /// Whether the output head holds the very blocks of the embedding table (no copy).
+    pub(crate) fn head_shares_embedding(&self) -> bool {
+        match (self.lm_head.qtensor(), self.embed_tokens.quantized()) {
+            (Some(head), Some((table, _))) => std::sync::Arc::ptr_eq(head, table),
+            _ => false,
         }
     }
 }

@@ -914,3 +914,72 @@ fn block_formats_on_rows_that_do_not_divide_keep_bf16() {
     let b = bf16.forward_embeds_all(&xs, &mut bf16.new_cache()).unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
 }
+
+/// The block formats store the embedding table as `q8_0` (34 bytes per 32 weights), its
+/// lookups stay within `q8_0` rounding of the bf16 rows, and a tied head shares the table's
+/// blocks (no second copy) and computes exactly what an untied `q8_0` head with
+/// `lm_head = embed_tokens` does; the float formats keep the checkpoint's table.
+#[test]
+fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
+    let untied_cfg = storage_cfg();
+    let tied_cfg = Qwen2Config {
+        tie_word_embeddings: true,
+        ..untied_cfg.clone()
+    };
+    let (v, h) = (untied_cfg.vocab_size, untied_cfg.hidden_size);
+    let mut w = weights(&untied_cfg, 34);
+    let embed_name = format!("{PREFIX}.model.embed_tokens.weight");
+    let embed = w[&embed_name].to_dtype(DType::BF16).unwrap();
+    let ids = Tensor::new(&[[5u32, 0, 47, 5]], &Device::Cpu).unwrap();
+    let xs = embeds(&untied_cfg, 1, 4, 44);
+
+    let bf16 = load_stored(&untied_cfg, &w, DType::BF16, WeightFormat::Bf16);
+    assert_eq!(bf16.embedding_format(), None);
+    assert_eq!(bf16.embedding_bytes(), v * h * 2);
+
+    w.remove(&format!("{PREFIX}.lm_head.weight"));
+    let reference = load(&tied_cfg, &upcast(&w, DType::BF16), DType::F32);
+    let expect = reference
+        .forward_embeds_all(&xs, &mut reference.new_cache())
+        .unwrap();
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4K] {
+        let tied = load_stored(&tied_cfg, &w, DType::BF16, format);
+        assert_eq!(
+            tied.embedding_format(),
+            Some(WeightFormat::Q8_0),
+            "{format}"
+        );
+        assert_eq!(tied.embedding_bytes(), v * h / 32 * 34, "{format}");
+        assert_eq!(tied.head_weight_format(), WeightFormat::Q8_0, "{format}");
+        assert!(
+            tied.head_shares_embedding(),
+            "{format}: head copies the table"
+        );
+
+        let got = tied.embed_tokens(&ids).unwrap();
+        assert_eq!((got.dims(), got.dtype()), (&[1, 4, h][..], DType::F32));
+        let want = embed
+            .to_dtype(DType::F32)
+            .unwrap()
+            .index_select(&ids.flatten_all().unwrap(), 0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let err = max_diff(&got, &want);
+        // q8_0 rounds to steps of amax / 127 per block of 32 (these rows lie in [-1, 1)).
+        assert!(err > 0.0 && err <= 0.5 / 127.0 + 1e-3, "{format}: {err}");
+    }
+
+    let tied = load_stored(&tied_cfg, &w, DType::BF16, WeightFormat::Q8_0);
+    let a = tied.forward_embeds_all(&xs, &mut tied.new_cache()).unwrap();
+    let err = max_diff(&a, &expect) / max_abs(&expect);
+    assert!(err <= 0.03, "tied q8_0 relative logit error {err}");
+    let mut same = w.clone();
+    same.insert(format!("{PREFIX}.lm_head.weight"), w[&embed_name].clone());
+    let untied = load_stored(&untied_cfg, &same, DType::BF16, WeightFormat::Q8_0);
+    assert!(!untied.head_shares_embedding());
+    let b = untied
+        .forward_embeds_all(&xs, &mut untied.new_cache())
+        .unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+}
