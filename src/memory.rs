@@ -132,8 +132,8 @@ fn is_layer_linear(name: &str, shape: &[usize]) -> bool {
         && (name.contains(".self_attn.") || name.contains(".mlp."))
 }
 
-/// Bytes the tensor occupies after loading with `place`, and the f32 bytes it passes through
-/// while being quantised.
+/// Bytes the tensor occupies after loading with `place`, and the bytes it passes through
+/// while being quantised (its source in the checkpoint's dtype and one chunk of f32).
 fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, u64) {
     let n = info.numel() as u64;
     let bytes = |format: WeightFormat| (n as f64 * format.bytes_per_weight()).ceil() as u64;
@@ -144,18 +144,34 @@ fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, 
         return (n * place.llm_read.size_in_bytes() as u64, 0);
     };
     let cols = info.shape.last().copied().unwrap_or(0);
-    let transient = if format.is_quantized() { n * 4 } else { 0 };
+    // Quantising reads the whole tensor in the checkpoint's dtype, then converts 32 MiB of
+    // f32 rows at a time.
+    let transient = if format.is_quantized() {
+        n * place.llm_read.size_in_bytes() as u64 + (32 << 20)
+    } else {
+        0
+    };
     if rest == "lm_head.weight" {
         (bytes(format.head_format().for_row_len(cols)), transient)
     } else if rest == "model.embed_tokens.weight" {
-        let table = n * place.llm_read.size_in_bytes() as u64;
-        // A tied head is a second copy of the table in the head's format.
-        let head = if tied_head {
-            bytes(format.head_format().for_row_len(cols))
+        let embedding = format
+            .embedding_format()
+            .filter(|e| cols % e.block_len() == 0);
+        let table = match embedding {
+            Some(e) => bytes(e),
+            None => n * place.llm_read.size_in_bytes() as u64,
+        };
+        // A tied head shares a table already in its format, else it is a second copy.
+        let head_format = format.head_format().for_row_len(cols);
+        let head = if tied_head && embedding != Some(head_format) {
+            bytes(head_format)
         } else {
             0
         };
-        (table + head, if tied_head { transient } else { 0 })
+        (
+            table + head,
+            if embedding.is_some() { transient } else { 0 },
+        )
     } else if is_layer_linear(rest, &info.shape) {
         (bytes(format.for_row_len(cols)), transient)
     } else {
