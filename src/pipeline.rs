@@ -334,12 +334,15 @@ fn check_memory(
     if needed <= available.bytes {
         return Ok(());
     }
+    // Two choices that place the weights alike (auto and bf16 on a bf16 checkpoint) are one.
+    let place = |w: Weights| w.placement(opts.dtype, checkpoint);
+    let mut seen = vec![place(opts.weights)];
     let mut fits: Vec<(String, u64)> = Vec::new();
     for w in alternatives(&opts.device) {
         let bytes = need(w);
-        let flag = w.flag();
-        if bytes <= available.bytes && w != opts.weights && !fits.iter().any(|(f, _)| *f == flag) {
-            fits.push((flag, bytes));
+        if bytes <= available.bytes && !seen.contains(&place(w)) {
+            seen.push(place(w));
+            fits.push((w.flag(), bytes));
         }
     }
     Err(Error::InsufficientMemory(Box::new(memory::Shortfall {
