@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from reference_select import sel_segmentwise, sel_topk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path, above)
+from auris_cli import auris  # noqa: E402
 SR = 16_000
 MAX_NEW = 32
 KEEP = 0.25
@@ -173,15 +173,6 @@ def run_reference_on_mel(model, mel: np.ndarray, n_samples: int, ids: list[int])
 # ----------------------------------------------------------------------------------------------
 # engine
 # ----------------------------------------------------------------------------------------------
-
-
-def auris(binary: Path, args: list[str]) -> list[dict]:
-    cmd = [str(binary), *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"auris failed ({p.returncode}): {' '.join(cmd)}")
-    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
 
 def engine_inspect(binary, model, clip, prompt, out: Path, dtype: str) -> tuple[dict, dict]:

@@ -18,7 +18,6 @@ Writes a JSON report (per clip and overall) and prints a markdown table.
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path from here on)
+from auris_cli import auris  # noqa: E402
 
 # Mode name -> the auris flags that select it. "auto" keeps the checkpoint's own precision
 # (float16 for real-mini) and computes in f32.
@@ -45,15 +45,6 @@ MODE_FLAGS = {
 
 def log(msg: str) -> None:
     print(f"quant_quality: {msg}", file=sys.stderr, flush=True)
-
-
-def auris(binary: Path, args: list[str]) -> list[dict]:
-    cmd = [str(binary), *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"auris failed ({p.returncode}): {' '.join(cmd)}")
-    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
