@@ -96,8 +96,11 @@ impl Dims {
 /// load options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
-    /// Dtype of the encoder and projector weights and of their computation.
+    /// Dtype of the encoder's and projector's computation, and of their other tensors.
     pub compute: DType,
+    /// Dtype the encoder's linear layers are stored in (bf16/f16 kept on the CPU, widened
+    /// inside each product).
+    pub audio_linear: DType,
     /// Dtype the language model's tensors are read in (its embedding table stays in it).
     pub llm_read: DType,
     /// Storage of the language model's linear weights when they are kept apart from the
@@ -138,7 +141,17 @@ fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, 
     let n = info.numel() as u64;
     let bytes = |format: WeightFormat| (n as f64 * format.bytes_per_weight()).ceil() as u64;
     let Some(rest) = info.name.strip_prefix("language_model.") else {
-        return (n * place.compute.size_in_bytes() as u64, 0);
+        let audio_linear = info.name.starts_with("audio_tower.")
+            && info.shape.len() == 2
+            && (info.name.ends_with("_proj.weight")
+                || info.name.ends_with(".fc1.weight")
+                || info.name.ends_with(".fc2.weight"));
+        let dtype = if audio_linear {
+            place.audio_linear
+        } else {
+            place.compute
+        };
+        return (n * dtype.size_in_bytes() as u64, 0);
     };
     let Some(format) = place.llm_format else {
         return (n * place.llm_read.size_in_bytes() as u64, 0);

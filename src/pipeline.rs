@@ -109,8 +109,16 @@ impl Weights {
                 (read, Some(f))
             }
         };
+        // The encoder keeps a half-precision checkpoint's linear weights whenever the
+        // language model does not compute in the compute dtype (the CPU modes).
+        let half = matches!(checkpoint, DType::BF16 | DType::F16);
+        let audio_linear = match llm_format {
+            Some(f) if f != WeightFormat::F32 && half => checkpoint,
+            _ => compute,
+        };
         Placement {
             compute,
+            audio_linear,
             llm_read,
             llm_format,
         }
@@ -403,7 +411,13 @@ impl Pipeline {
             check_memory(&config, &infos, opts, name, memory::available())?;
         }
         let vb = store.var_builder(opts.dtype, &opts.device);
-        let encoder = Qwen2AudioEncoder::load(&config.audio_config, vb.pp("audio_tower"))?;
+        let encoder = Qwen2AudioEncoder::load_with(
+            &config.audio_config,
+            store
+                .var_builder(place.audio_linear, &opts.device)
+                .pp("audio_tower"),
+            opts.dtype,
+        )?;
         let projector = MultiModalProjector::load(
             config.audio_config.d_model,
             config.text_config.hidden_size,
@@ -1049,6 +1063,10 @@ mod tests {
         let bf16 = Weights::Checkpoint.placement(DType::F32, DType::BF16);
         assert_eq!(bf16.llm_read, DType::BF16);
         assert_eq!(bf16.llm_format, Some(WeightFormat::Bf16));
+        // The encoder keeps bf16 linear weights too, computing in f32.
+        assert_eq!((bf16.audio_linear, bf16.compute), (DType::BF16, DType::F32));
+        let widened = Weights::Compute.placement(DType::F32, DType::BF16);
+        assert_eq!(widened.audio_linear, DType::F32);
         let f32 = Weights::Checkpoint.placement(DType::F32, DType::F32);
         assert_eq!(f32.llm_format, Some(WeightFormat::F32));
         // Quantised from the checkpoint's own half-precision values.

@@ -49,7 +49,7 @@ impl Attention {
 
     fn project(&self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.product {
-            Product::RowsTimesWeight => layer.forward(x),
+            Product::RowsTimesWeight => apply(layer, x),
             Product::WeightTimesRows => project_rows(layer, x),
         }
     }
@@ -111,6 +111,7 @@ impl Attention {
 /// `x W^T + b` for `x` of shape `(b, t, in)`, computed as `(W x^T)^T` (see
 /// [`Product::WeightTimesRows`]).
 pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let layer = &widened(layer, x.dtype())?;
     let (b, t, d) = x.dims3()?;
     let y = layer.weight().matmul(&x.reshape((b * t, d))?.t()?)?.t()?;
     let y = match layer.bias() {
@@ -118,6 +119,21 @@ pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         None => y.contiguous()?,
     };
     y.reshape((b, t, ()))
+}
+
+/// `layer` applied to `x`; a layer stored in another dtype than `x` (bf16 weights of an f32
+/// encoder on the CPU) is widened for this product only, so the model keeps its compact weights
+/// and computes exactly what an f32 copy of them would.
+pub fn apply(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    widened(layer, x.dtype())?.forward(x)
+}
+
+fn widened(layer: &Linear, dtype: DType) -> candle_core::Result<Linear> {
+    if layer.weight().dtype() == dtype {
+        return Ok(layer.clone());
+    }
+    let bias = layer.bias().map(|b| b.to_dtype(dtype)).transpose()?;
+    Ok(Linear::new(layer.weight().to_dtype(dtype)?, bias))
 }
 
 /// Whisper's `nn.LayerNorm(d)` (eps 1e-5, weight and bias) under `vb`, as every norm of the

@@ -23,7 +23,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{conv1d, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
-use crate::attention::{layer_norm, Attention, Product};
+use crate::attention::{apply, layer_norm, Attention, Product};
 
 use crate::config::EncoderConfig;
 use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
@@ -88,7 +88,8 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(cfg: &EncoderConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// Linear layers from `vb` (their storage dtype), norms from `f` (the compute dtype).
+    fn load(cfg: &EncoderConfig, vb: VarBuilder, f: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.d_model;
         Ok(Self {
             self_attn: Attention::load(
@@ -97,10 +98,10 @@ impl EncoderLayer {
                 Product::RowsTimesWeight,
                 vb.pp("self_attn"),
             )?,
-            self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
+            self_attn_layer_norm: layer_norm(d, f.pp("self_attn_layer_norm"))?,
             fc1: linear(d, cfg.encoder_ffn_dim, vb.pp("fc1"))?,
             fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(d, f.pp("final_layer_norm"))?,
             activation: cfg.activation_function,
         })
     }
@@ -115,9 +116,8 @@ impl EncoderLayer {
         let (h, probs) = self.self_attn.forward(&h, mask, want_probs)?;
         let x = (x + h)?;
         let h = self.final_layer_norm.forward(&x)?;
-        let h = self
-            .fc2
-            .forward(&self.activation.forward(&self.fc1.forward(&h)?)?)?;
+        let h = apply(&self.fc1, &h)?;
+        let h = apply(&self.fc2, &self.activation.forward(&h)?)?;
         let mut x = (x + h)?;
         if x.dtype() == DType::F16 {
             x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
@@ -139,10 +139,25 @@ pub struct Qwen2AudioEncoder {
 }
 
 impl Qwen2AudioEncoder {
-    /// Loads the encoder from `vb`, which must point at the checkpoint's `audio_tower` prefix.
+    /// Loads the encoder from `vb`, which must point at the checkpoint's `audio_tower` prefix;
+    /// it computes in `vb`'s dtype.
     pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self, AudioError> {
+        let compute = vb.dtype();
+        Self::load_with(cfg, vb, compute)
+    }
+
+    /// Like [`Qwen2AudioEncoder::load`], but computes in `compute` while the linear layers
+    /// keep `vb`'s dtype (bf16 weights of an f32 encoder on the CPU: half the memory, and the
+    /// same results as widening them at load, since each product widens its weight exactly).
+    /// Convolutions, positions and norms are read in `compute`.
+    pub fn load_with(
+        cfg: &EncoderConfig,
+        vb: VarBuilder,
+        compute: DType,
+    ) -> Result<Self, AudioError> {
         cfg.validate()?;
         let d = cfg.d_model;
+        let f = vb.clone().set_dtype(compute);
         let conv1 = conv1d(
             cfg.num_mel_bins,
             d,
@@ -151,7 +166,7 @@ impl Qwen2AudioEncoder {
                 padding: 1,
                 ..Default::default()
             },
-            vb.pp("conv1"),
+            f.pp("conv1"),
         )?;
         let conv2 = conv1d(
             d,
@@ -162,15 +177,15 @@ impl Qwen2AudioEncoder {
                 stride: 2,
                 ..Default::default()
             },
-            vb.pp("conv2"),
+            f.pp("conv2"),
         )?;
-        let embed_positions = vb
+        let embed_positions = f
             .pp("embed_positions")
             .get((cfg.max_source_positions, d), "weight")?;
         let layers = (0..cfg.encoder_layers)
-            .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i)))
+            .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i), f.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let layer_norm = layer_norm(d, vb.pp("layer_norm"))?;
+        let layer_norm = layer_norm(d, f.pp("layer_norm"))?;
         Ok(Self {
             conv1,
             conv2,
@@ -178,7 +193,7 @@ impl Qwen2AudioEncoder {
             layers,
             layer_norm,
             cfg: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: compute,
             device: vb.device().clone(),
         })
     }
