@@ -128,22 +128,9 @@ mod tests {
 
     use super::*;
 
-    /// Deterministic values in [-1, 1) (xorshift), with an outlier every 97 weights.
+    /// Deterministic values in [-1, 1), with an outlier every 97 weights.
     fn table(vocab: usize, hidden: usize, seed: u64) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data: Vec<f32> = (0..vocab * hidden)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                if i % 97 == 0 {
-                    5.0 * v
-                } else {
-                    v
-                }
-            })
-            .collect();
+        let data = crate::test_values::with_outliers(vocab * hidden, seed, 5.0);
         Tensor::from_vec(data, (vocab, hidden), &Device::Cpu).unwrap()
     }
 

@@ -68,6 +68,8 @@ mod model;
 mod q4k;
 mod qgemv;
 #[cfg(test)]
+mod test_values;
+#[cfg(test)]
 mod tests;
 
 pub use cache::KvCache;

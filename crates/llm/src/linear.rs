@@ -244,12 +244,7 @@ impl Linear {
             return Ok(None);
         }
         let data = qtensor.data()?;
-        let bias = self
-            .bias
-            .as_ref()
-            .map(cpu_vec::<f32>)
-            .transpose()?
-            .flatten();
+        let bias = self.bias_values()?;
         let (Some(x), true) = (cpu_vec::<f32>(xs)?, data.len() == n * row_bytes) else {
             return Ok(None);
         };
@@ -391,13 +386,19 @@ impl Linear {
         self.add_bias(ys.reshape(dims)?)
     }
 
-    fn half_row(&self, kind: HalfKind, x: &[f32], w: &[u16]) -> Result<Vec<f32>, LlmError> {
-        let bias = self
+    /// The bias as host values, for the single-row kernels (`None` without a bias, or when it
+    /// does not live on the CPU).
+    fn bias_values(&self) -> Result<Option<Vec<f32>>, LlmError> {
+        Ok(self
             .bias
             .as_ref()
             .map(cpu_vec::<f32>)
             .transpose()?
-            .flatten();
+            .flatten())
+    }
+
+    fn half_row(&self, kind: HalfKind, x: &[f32], w: &[u16]) -> Result<Vec<f32>, LlmError> {
+        let bias = self.bias_values()?;
         let mut out = vec![0.0f32; self.out_dim];
         gemv_half(kind, x, w, bias.as_deref(), &mut out);
         Ok(out)
@@ -713,20 +714,7 @@ mod tests {
 
     /// Deterministic values in [-1, 1) with a few outliers, like trained weights.
     fn weights(n: usize, k: usize, seed: u64) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data: Vec<f32> = (0..n * k)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                if i % 97 == 0 {
-                    4.0 * v
-                } else {
-                    v
-                }
-            })
-            .collect();
+        let data = crate::test_values::with_outliers(n * k, seed, 4.0);
         Tensor::from_vec(data, (n, k), &Device::Cpu).unwrap()
     }
 
