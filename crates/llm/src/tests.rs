@@ -118,16 +118,7 @@ fn embeds(cfg: &Qwen2Config, b: usize, s: usize, seed: u64) -> Tensor {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 fn to_vec2(t: &Tensor) -> Vec<Vec<f64>> {
