@@ -25,30 +25,40 @@ mod inspect;
 
 use args::*;
 
-/// An error in how auris was called (exit status 2).
+/// An error in how auris was called (exit status 2), with the hint line printed after it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct UsageError(String);
+#[error("{message}")]
+pub(crate) struct UsageError {
+    message: String,
+    hint: Option<String>,
+}
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
-    UsageError(msg.into()).into()
+    UsageError {
+        message: msg.into(),
+        hint: None,
+    }
+    .into()
+}
+
+fn usage_with_hint(msg: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    UsageError {
+        message: msg.into(),
+        hint: Some(hint.into()),
+    }
+    .into()
 }
 
 fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_lowercase();
     let device = match spec.as_str() {
         "cpu" => Device::Cpu,
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0)?
-            } else if candle_core::utils::metal_is_available() {
-                Device::new_metal(0)?
-            } else {
-                Device::Cpu
-            }
-        }
-        "metal" => Device::new_metal(0)
-            .map_err(|e| anyhow::anyhow!("cannot open the Metal device: {e}"))?,
+        // The first GPU that opens, else the CPU: a CUDA build on a machine without a GPU
+        // still runs.
+        "auto" => Device::new_cuda(0)
+            .or_else(|_| Device::new_metal(0))
+            .unwrap_or(Device::Cpu),
+        "metal" => open_metal()?,
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
                 Some(n) => n
@@ -56,8 +66,7 @@ fn parse_device(spec: &str) -> Result<Device> {
                     .map_err(|_| usage(format!("invalid --device {spec}: expected cuda:N")))?,
                 None => 0,
             };
-            Device::new_cuda(ordinal)
-                .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e}"))?
+            open_cuda(ordinal)?
         }
         _ => {
             return Err(usage(format!(
@@ -66,6 +75,48 @@ fn parse_device(spec: &str) -> Result<Device> {
         }
     };
     Ok(device)
+}
+
+/// CUDA device `ordinal`, or a usage error that says whether the build or the machine lacks it.
+fn open_cuda(ordinal: usize) -> Result<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        return Err(usage_with_hint(
+            "--device cuda: this auris was built without CUDA support",
+            "rebuild with `cargo build --release --features cuda` \
+             (scripts/build_cuda.sh does it on a machine without a CUDA toolkit)",
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| {
+        usage_with_hint(
+            format!(
+                "--device cuda:{ordinal}: no CUDA device found ({})",
+                first_line(&e)
+            ),
+            "check the GPU and its driver with nvidia-smi, or run on the CPU with --device cpu",
+        )
+    })
+}
+
+/// The first line of candle's message: with `RUST_BACKTRACE` set it appends a backtrace.
+fn first_line(e: &candle_core::Error) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// The Metal device, or a usage error that says whether the build or the machine lacks it.
+fn open_metal() -> Result<Device> {
+    if !candle_core::utils::metal_is_available() {
+        return Err(usage_with_hint(
+            "--device metal: this auris was built without Metal support",
+            "rebuild on macOS with `cargo build --release --features metal`",
+        ));
+    }
+    Device::new_metal(0).map_err(|e| {
+        usage_with_hint(
+            format!("--device metal: no Metal device found ({})", first_line(&e)),
+            "run on the CPU with --device cpu",
+        )
+    })
 }
 
 /// The compute dtype and the language model's weight storage the options ask for.
@@ -407,8 +458,12 @@ pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
     if let Some(e) = err.downcast_ref::<Error>() {
         return hint_for_error(e);
     }
-    if err.downcast_ref::<UsageError>().is_some() {
-        return Some("run auris <COMMAND> --help for the options".to_string());
+    if let Some(e) = err.downcast_ref::<UsageError>() {
+        return Some(
+            e.hint
+                .clone()
+                .unwrap_or_else(|| "run auris <COMMAND> --help for the options".to_string()),
+        );
     }
     None
 }

@@ -149,6 +149,52 @@ fn invalid_flag_values_are_usage_errors() {
     }
 }
 
+/// A GPU the build or the machine lacks is a usage error with the way out, never a panic or a
+/// silent fall back to the CPU. This binary is built without `cuda`/`metal` (the test suite's
+/// build), or, if someone runs the suite with `--features cuda` on a machine with a GPU, the
+/// device opens and the test has nothing to check for that device.
+#[test]
+fn unavailable_gpu_is_a_usage_error_with_a_hint() {
+    for (device, built, missing_build, missing_device) in [
+        (
+            "cuda",
+            cfg!(feature = "cuda"),
+            "built without CUDA support",
+            "no CUDA device found",
+        ),
+        (
+            "cuda:1",
+            cfg!(feature = "cuda"),
+            "built without CUDA support",
+            "no CUDA device found",
+        ),
+        (
+            "metal",
+            cfg!(feature = "metal"),
+            "built without Metal support",
+            "no Metal device found",
+        ),
+    ] {
+        let out = caption(
+            &model_dir("tiny-base"),
+            &fixture("audio/tone_440_16k.wav"),
+            &["--device", device],
+        );
+        if out.code == 0 {
+            assert!(built, "--device {device} ran on a build without it");
+            continue;
+        }
+        assert_eq!(out.code, 2, "--device {device}: {}", out.stderr);
+        let needle = if built { missing_device } else { missing_build };
+        assert!(out.stderr.contains(needle), "{device}: {}", out.stderr);
+        assert!(out.stderr.contains("hint: "), "{device}: {}", out.stderr);
+        if !built {
+            assert!(out.stderr.contains("--features"), "{}", out.stderr);
+        }
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+}
+
 fn load(dir: &std::path::Path) -> Result<Pipeline, Error> {
     Pipeline::load(
         &ModelSource::Local(dir.to_path_buf()),
