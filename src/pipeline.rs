@@ -407,7 +407,10 @@ impl Pipeline {
         let place = opts
             .weights
             .placement(opts.dtype, llm_checkpoint_dtype(&infos));
-        if opts.memory_check {
+        // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
+        // device memory (the memory-mapped file is read through once), and an oversized model
+        // fails with the driver's out-of-memory error instead.
+        if opts.memory_check && opts.device.is_cpu() {
             check_memory(&config, &infos, opts, name, memory::available())?;
         }
         let vb = store.var_builder(opts.dtype, &opts.device);
