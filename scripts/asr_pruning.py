@@ -40,6 +40,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 from reference_select import budget, sel_segmentwise, sel_topk, sel_uniform  # noqa: E402
+from audio import load_16k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16_000
@@ -241,10 +242,11 @@ def cmd_tiny(args) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_16k(path: Path) -> np.ndarray:
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    assert sr == SR, f"{path}: {sr} Hz (the fixture clips are 16 kHz)"
-    return x.mean(axis=1)
+def load_16k_checked(path: Path) -> np.ndarray:
+    """The fixture clips of the ASR measurement are 16 kHz already: no resampling in the reference."""
+    wav, meta = load_16k(path)
+    assert meta["sample_rate"] == SR, f"{path}: {meta['sample_rate']} Hz (the fixture clips are 16 kHz)"
+    return wav
 
 
 def suppress(logits: torch.Tensor, step: int, gen: GenerationConfig) -> torch.Tensor:
@@ -282,7 +284,7 @@ def cmd_fixture(args) -> None:
     fe = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
     cases, tensors = [], {}
     for clip in args.clips:
-        feats = fe(load_16k(clip), sampling_rate=SR, return_tensors="pt").input_features
+        feats = fe(load_16k_checked(clip), sampling_rate=SR, return_tensors="pt").input_features
         with torch.no_grad():
             enc = model.model.encoder(feats, output_attentions=True)
             generated = model.generate(feats, language="en", task="transcribe", do_sample=False, num_beams=1,

@@ -37,6 +37,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/lib/pins.sh
+source scripts/lib/venv.sh
 
 LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
 BENCH_PINS=("${REF_PINS[@]}" "gguf==0.19.0" "sentencepiece==0.2.3")
@@ -92,21 +93,11 @@ fetch_sdist() {
 }
 
 has_pin() {
-  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${1%%==*}') != '${1##*==}')" 2>/dev/null
+  venv_has_pin "$PY" "$1"
 }
 
 ensure_bench_venv() {
-  if [[ ! -x "$PY" ]]; then
-    log "creating the benchmark venv in $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
-  fi
-  local missing=() pin
-  for pin in "${BENCH_PINS[@]}"; do has_pin "$pin" || missing+=("$pin"); done
-  if ((${#missing[@]})); then
-    log "installing ${missing[*]} into $VENV"
-    "$VENV/bin/pip" install --quiet "${missing[@]}"
-  fi
+  ensure_venv "$VENV" "${BENCH_PINS[@]}"
   fetch_sdist
   if ! has_pin "$LLAMA_CPP_PYTHON"; then
     # GGML_NATIVE: the best SIMD this CPU has, as a user building llama.cpp here would get.

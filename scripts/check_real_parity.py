@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
-import soundfile as sf
 import torch
 import transformers
 from safetensors.numpy import load_file as load_np
@@ -49,6 +47,7 @@ from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 from reference_select import sel_segmentwise, sel_topk  # noqa: E402
+from audio import load_16k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 from real_clips import CLIPS  # noqa: E402  (scripts/lib is on the path, above)
@@ -90,18 +89,6 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # reference
 # ----------------------------------------------------------------------------------------------
-
-
-def load_16k(path: Path) -> tuple[np.ndarray, dict]:
-    """soundfile float32 (always_2d) -> channel mean -> resample_poly to 16 kHz (as make_fixtures.py)."""
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    mono = x.mean(axis=1, dtype=np.float32)
-    meta = {"sample_rate": sr, "channels": x.shape[1], "resampled": sr != SR}
-    if sr != SR:
-        g = math.gcd(SR, sr)
-        mono = scipy.signal.resample_poly(mono.astype(np.float64), SR // g, sr // g).astype(np.float32)
-    meta["n_samples_16k"] = int(len(mono))
-    return mono, meta
 
 
 def reference(model, inputs: dict) -> dict:

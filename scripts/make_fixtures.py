@@ -45,6 +45,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 from reference_select import budget, sel_bottomk, sel_segmentwise, sel_topk, sel_uniform, sel_visionzip  # noqa: E402
+from audio import load_16k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
@@ -340,23 +341,6 @@ def make_audio(cache: Path) -> list[dict]:
     ]
     (AUDIO / "README.md").write_text("\n".join(lines), encoding="utf-8")
     return records
-
-
-def load_16k(path: Path) -> tuple[np.ndarray, dict]:
-    """soundfile float32 (always_2d) -> channel mean -> resample_poly to 16 kHz when needed."""
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
-    meta = dict(sample_rate=sr, channels=x.shape[1], n_samples=x.shape[0])
-    mono = x.mean(axis=1, dtype=np.float32)
-    if sr != SR:
-        g = math.gcd(SR, sr)
-        up, down = SR // g, sr // g
-        mono = scipy.signal.resample_poly(mono.astype(np.float64), up, down).astype(np.float32)
-        meta.update(resampled=True, resample={"method": "scipy.signal.resample_poly", "up": up, "down": down,
-                                              "window": ["kaiser", 5.0], "computed_in": "float64"})
-    else:
-        meta.update(resampled=False)
-    meta["n_samples_16k"] = int(len(mono))
-    return mono, meta
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,21 +16,8 @@ CACHE="$ROOT/scripts/.cache"
 source "$ROOT/scripts/lib/pins.sh"
 PINS=("${REF_PINS[@]}")
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  echo "creating reference venv in $VENV" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "${PINS[@]}"
-fi
-
-# Refuse to run with other versions than the pinned ones.
-"$VENV/bin/python" - "${PINS[@]}" <<'EOF'
-import sys
-from importlib.metadata import version
-bad = [f"{p} (have {version(p.split('==')[0])})" for p in sys.argv[1:] if version(p.split("==")[0]) != p.split("==")[1]]
-if bad:
-    sys.exit("reference venv does not match the pins: " + ", ".join(bad))
-EOF
+source "$ROOT/scripts/lib/venv.sh"
+ensure_venv "$VENV" "${PINS[@]}"
 
 # Real audio, from Debian packages pinned below (their copyright files give the licences).
 mkdir -p "$CACHE/x"

@@ -16,29 +16,10 @@ PY="$VENV/bin/python"
 source "$ROOT/scripts/lib/pins.sh"
 PINS=("${REF_PINS[@]}" "gguf==0.19.0" "accelerate==1.15.0")
 
+source "$ROOT/scripts/lib/venv.sh"
+
 ensure_ref_venv() {
-  if [[ ! -x "$PY" ]]; then
-    echo "creating reference venv in $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet "${PINS[@]}"
-  fi
-  local missing=()
-  for pin in "gguf==0.19.0" "accelerate==1.15.0"; do
-    "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" 2>/dev/null \
-      || missing+=("$pin")
-  done
-  if ((${#missing[@]})); then
-    echo "adding ${missing[*]} to $VENV" >&2
-    "$VENV/bin/pip" install --quiet "${missing[@]}"
-  fi
-  "$PY" - "${PINS[@]}" <<'PYEOF'
-import sys
-from importlib.metadata import version
-bad = [f"{p} (have {version(p.split('==')[0])})" for p in sys.argv[1:] if version(p.split("==")[0]) != p.split("==")[1]]
-if bad:
-    sys.exit("reference venv does not match the pins: " + ", ".join(bad))
-PYEOF
+  ensure_venv "$VENV" "${PINS[@]}"
 }
 
 fetch_clip_packages() {
