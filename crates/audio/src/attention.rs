@@ -96,6 +96,36 @@ impl Attention {
         Ok((out, want_probs.then_some(probs)))
     }
 
+    /// Self-attention of one f32 sequence on the CPU through [`crate::fused`], the keys from
+    /// `valid_keys` on masked out; with `score_queries = Some(n)` also the attention each key
+    /// received, averaged over the heads and the first `n` queries. `None` where the fused
+    /// kernel does not apply (another device or dtype, a batch): use [`Attention::forward`].
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        valid_keys: usize,
+        score_queries: Option<usize>,
+    ) -> candle_core::Result<Option<(Tensor, Option<Vec<f32>>)>> {
+        let (b, t, d) = x.dims3()?;
+        if b != 1 || !x.device().is_cpu() || x.dtype() != DType::F32 || valid_keys == 0 {
+            return Ok(None);
+        }
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let rows = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let q = rows((self.project(&self.q_proj, x)? * scale)?)?;
+        let k = rows(self.project(&self.k_proj, x)?)?;
+        let v = rows(self.project(&self.v_proj, x)?)?;
+        let shape = crate::fused::Shape {
+            t,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            valid_keys: valid_keys.min(t),
+        };
+        let (out, received) = crate::fused::self_attention(&q, &k, &v, shape, score_queries);
+        let out = Tensor::from_vec(out, (1, t, d), x.device())?;
+        Ok(Some((self.project(&self.out_proj, &out)?, received)))
+    }
+
     /// Self-attention of `x`: [`Attention::attend`] over its own keys and values.
     pub fn forward(
         &self,

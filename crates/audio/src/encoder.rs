@@ -20,7 +20,7 @@
 //! receives in the last layer, averaged over heads and valid queries, then averaged in pairs like
 //! the pooler, so that each score belongs to one output token.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{conv1d, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
 use crate::attention::{apply, layer_norm, Attention, Product};
@@ -106,14 +106,28 @@ impl EncoderLayer {
         })
     }
 
+    /// One layer; with `scores = Some(n)` also the attention each key received in this layer,
+    /// averaged over the heads and the first `n` queries.
     fn forward(
         &self,
         x: &Tensor,
-        mask: Option<&Tensor>,
-        want_probs: bool,
-    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        keys: &KeyMask,
+        scores: Option<usize>,
+    ) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
         let h = self.self_attn_layer_norm.forward(x)?;
-        let (h, probs) = self.self_attn.forward(&h, mask, want_probs)?;
+        let (h, received) = match self.self_attn.forward_fused(&h, keys.valid, scores)? {
+            Some(fused) => fused,
+            None => {
+                let (h, probs) =
+                    self.self_attn
+                        .forward(&h, keys.tensor.as_ref(), scores.is_some())?;
+                let received = match (probs, scores) {
+                    (Some(p), Some(n)) => Some(received_attention(&p, n)?.to_vec1::<f32>()?),
+                    _ => None,
+                };
+                (h, received)
+            }
+        };
         let x = (x + h)?;
         let h = self.final_layer_norm.forward(&x)?;
         let h = apply(&self.fc1, &h)?;
@@ -122,7 +136,28 @@ impl EncoderLayer {
         if x.dtype() == DType::F16 {
             x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
         }
-        Ok((x, probs))
+        Ok((x, received))
+    }
+}
+
+/// The keys a window's queries may attend to: the first `valid` (the rest is padding), as a
+/// count for the fused CPU attention and as an additive `-inf` mask for candle's.
+struct KeyMask {
+    valid: usize,
+    tensor: Option<Tensor>,
+}
+
+impl KeyMask {
+    fn new(valid: usize, positions: usize, device: &Device) -> candle_core::Result<Self> {
+        let tensor = if valid < positions {
+            let row: Vec<f32> = (0..positions)
+                .map(|j| if j < valid { 0.0 } else { f32::NEG_INFINITY })
+                .collect();
+            Some(Tensor::from_vec(row, (1, 1, 1, positions), device)?)
+        } else {
+            None
+        };
+        Ok(Self { valid, tensor })
     }
 }
 
@@ -240,31 +275,34 @@ impl Qwen2AudioEncoder {
         let x = x.narrow(2, 0, positions)?.transpose(1, 2)?;
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
 
-        let mask = if positions > t1 && opts.mode == EncoderMode::Window {
-            let row: Vec<f32> = (0..positions)
-                .map(|j| if j < t1 { 0.0 } else { f32::NEG_INFINITY })
-                .collect();
-            Some(Tensor::from_vec(row, (1, 1, 1, positions), &self.device)?)
+        let valid = if opts.mode == EncoderMode::Window {
+            t1.min(positions)
         } else {
-            None
+            positions
+        };
+        let keys = KeyMask::new(valid, positions, &self.device)?;
+        // Whisper's frames are scored over every position, the pooled tokens over the valid ones.
+        let score_queries = match opts.mode {
+            EncoderMode::WhisperFrames => positions,
+            _ => t1,
         };
         let last = self.layers.len().saturating_sub(1);
-        let mut probs = None;
+        let mut received = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (next, p) = layer.forward(&x, mask.as_ref(), opts.scores && i == last)?;
+            let want = (opts.scores && i == last).then_some(score_queries);
+            let (next, r) = layer.forward(&x, &keys, want)?;
             x = next;
-            if p.is_some() {
-                probs = p;
+            if r.is_some() {
+                received = r;
             }
         }
 
         if opts.mode == EncoderMode::WhisperFrames {
             let hidden = self.layer_norm.forward(&x.squeeze(0)?)?;
-            let scores = match probs {
-                Some(p) => Some(received_attention(&p, positions)?.to_vec1::<f32>()?),
-                None => None,
-            };
-            return Ok(EncoderOutput { hidden, scores });
+            return Ok(EncoderOutput {
+                hidden,
+                scores: received,
+            });
         }
 
         // AvgPool1d(2, 2) over the valid prefix, then the final LayerNorm.
@@ -276,10 +314,7 @@ impl Qwen2AudioEncoder {
             .squeeze(0)?;
         let hidden = self.layer_norm.forward(&pooled)?;
 
-        let scores = match probs {
-            Some(p) => Some(pooled_scores(&p, t1, n)?),
-            None => None,
-        };
+        let scores = received.map(|r| pooled_scores(&r, n));
         Ok(EncoderOutput { hidden, scores })
     }
 }
@@ -296,13 +331,11 @@ fn received_attention(probs: &Tensor, queries: usize) -> candle_core::Result<Ten
         .affine(1.0 / (heads * queries) as f64, 0.0)
 }
 
-/// Attention received per key, averaged over heads and the first `t1` (valid) queries, then over
-/// key pairs like the pooler: `score[t] = (s[2t] + s[2t + 1]) / 2` for `t < n`.
-fn pooled_scores(probs: &Tensor, t1: usize, n: usize) -> candle_core::Result<Vec<f32>> {
-    let received = received_attention(probs, t1)?;
-    let per_key = received.narrow(D::Minus1, 0, 2 * n)?.to_vec1::<f32>()?;
-    Ok(per_key
+/// The attention received per key averaged over key pairs like the pooler:
+/// `score[t] = (r[2t] + r[2t + 1]) / 2` for `t < n`.
+fn pooled_scores(received: &[f32], n: usize) -> Vec<f32> {
+    received[..2 * n]
         .chunks_exact(2)
         .map(|pair| (pair[0] + pair[1]) / 2.0)
-        .collect())
+        .collect()
 }

@@ -21,8 +21,10 @@ pub mod config;
 mod decode;
 pub mod encoder;
 mod error;
+pub mod fused;
 mod mel;
 mod resample;
+pub mod vexp;
 
 use std::path::Path;
 
