@@ -96,16 +96,18 @@ impl Attention {
         Ok((out, want_probs.then_some(probs)))
     }
 
-    /// Self-attention of one f32 sequence on the CPU through [`crate::fused`], the keys from
-    /// `valid_keys` on masked out; with `score_queries = Some(n)` also the attention each key
-    /// received, averaged over the heads and the first `n` queries. `None` where the fused
-    /// kernel does not apply (another device or dtype, a batch): use [`Attention::forward`].
+    /// Self-attention of one f32 sequence on the CPU through [`auris_kernels::attention`], the
+    /// keys from `valid_keys` on masked out; with `score_queries = Some(n)` also the attention
+    /// each key received, averaged over the heads and the first `n` queries. `None` where the
+    /// fused kernel does not apply (another device or dtype, a batch): use
+    /// [`Attention::forward`].
     pub fn forward_fused(
         &self,
         x: &Tensor,
         valid_keys: usize,
         score_queries: Option<usize>,
     ) -> candle_core::Result<Option<(Tensor, Option<Vec<f32>>)>> {
+        use auris_kernels::attention::{Attention as Fused, Layout, Visible};
         let (b, t, d) = x.dims3()?;
         if b != 1 || !x.device().is_cpu() || x.dtype() != DType::F32 || valid_keys == 0 {
             return Ok(None);
@@ -115,15 +117,22 @@ impl Attention {
         let q = rows((self.project(&self.q_proj, x)? * scale)?)?;
         let k = rows(self.project(&self.k_proj, x)?)?;
         let v = rows(self.project(&self.v_proj, x)?)?;
-        let shape = crate::fused::Shape {
-            t,
+        let layout = Layout::rows(self.heads, self.head_dim);
+        let fused = Fused {
+            q: (&q, layout),
+            k: (&k, layout),
+            v: (&v, layout),
+            queries: t,
+            keys: t,
             heads: self.heads,
+            kv_heads: self.heads,
             head_dim: self.head_dim,
-            valid_keys: valid_keys.min(t),
-        };
-        let (out, received) = crate::fused::self_attention(&q, &k, &v, shape, score_queries);
-        let out = Tensor::from_vec(out, (1, t, d), x.device())?;
-        Ok(Some((self.project(&self.out_proj, &out)?, received)))
+            scale: 1.0,
+            visible: Visible::Prefix(valid_keys.min(t)),
+        }
+        .run(score_queries);
+        let out = Tensor::from_vec(fused.out, (1, t, d), x.device())?;
+        Ok(Some((self.project(&self.out_proj, &out)?, fused.received)))
     }
 
     /// Self-attention of `x`: [`Attention::attend`] over its own keys and values.

@@ -21,10 +21,8 @@ pub mod config;
 mod decode;
 pub mod encoder;
 mod error;
-pub mod fused;
 mod mel;
 mod resample;
-pub mod vexp;
 
 use std::path::Path;
 

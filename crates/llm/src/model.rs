@@ -2,6 +2,7 @@
 //! [`modeling_qwen2.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py)
 //! (eager attention), driven by embeddings and a caller-owned [`KvCache`].
 
+use auris_kernels::attention::{Attention as FusedAttention, Layout, Visible};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -236,6 +237,9 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
 
         let (k, v) = cache.append(layer, &k, &v)?;
+        if let Some(out) = self.fused_prefill(&q, &k, &v)? {
+            return self.o_proj.forward(&out);
+        }
         // Grouped-query attention without copying the cache: the `groups` query heads that
         // share kv head `g` are heads `g * groups .. (g + 1) * groups` (transformers'
         // `repeat_kv` order), so they fold into the row axis of one matmul per kv head.
@@ -268,6 +272,74 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, s, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
+    }
+}
+
+impl Attention {
+    /// Several f32 queries of one sequence on the CPU, through the fused attention kernel
+    /// (causal, the layer's sliding window, grouped-query heads read in place from the cache):
+    /// no `(heads, s, keys)` logits, mask and probability tensors. `None` where it does not
+    /// apply (decoding one token, another device or dtype, a batch); the caller then runs the
+    /// unfused path. `q` is `(1, heads, s, head_dim)`, `k` and `v` the cache's views.
+    fn fused_prefill(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Option<Tensor>, LlmError> {
+        let (b, _, s, _) = q.dims4()?;
+        let kv_len = k.dim(2)?;
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        if b != 1 || s < 2 || !(f32_cpu(q) && f32_cpu(k) && f32_cpu(v)) {
+            return Ok(None);
+        }
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(qc),
+            candle_core::Storage::Cpu(kc),
+            candle_core::Storage::Cpu(vc),
+        ) = (&*qs, &*ks, &*vs)
+        else {
+            return Ok(None);
+        };
+        let (Some(qlay), Some(klay), Some(vlay)) =
+            (heads_layout(ql), heads_layout(kl), heads_layout(vl))
+        else {
+            return Ok(None);
+        };
+        let fused = FusedAttention {
+            q: (qc.as_slice::<f32>()?, qlay),
+            k: (kc.as_slice::<f32>()?, klay),
+            v: (vc.as_slice::<f32>()?, vlay),
+            queries: s,
+            keys: kv_len,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            visible: Visible::Causal {
+                start: kv_len - s,
+                window: self.window,
+            },
+        }
+        .run(None);
+        let d = self.num_heads * self.head_dim;
+        Ok(Some(Tensor::from_vec(fused.out, (1, s, d), q.device())?))
+    }
+}
+
+/// Where the (row, head) elements of a `(1, heads, rows, head_dim)` tensor are in its storage,
+/// or `None` when a head's elements are not contiguous.
+fn heads_layout(layout: &candle_core::Layout) -> Option<Layout> {
+    match layout.stride() {
+        &[_, head_stride, row_stride, 1] => Some(Layout {
+            offset: layout.start_offset(),
+            row_stride,
+            head_stride,
+        }),
+        _ => None,
     }
 }
 
