@@ -92,6 +92,15 @@ def auris_engine(r30: dict, r10: dict | None) -> dict:
         detail["seg25_kept_tokens"] = pruned["n_kept"]
         detail["select_project_seg25_s"] = sec(pruned["select_project"])
     out["peak_rss_mb"] = max(r30["peak_rss_mb"], r10["peak_rss_mb"] if r10 else 0.0)
+    # The machine's limits as `auris bench` measured them, and the work of the stages in FLOPs
+    # (auris' counts; the peers do the same products on the same shapes).
+    if "fma_peak_gflops" in r30:
+        detail["fma_peak_gflops"] = r30["fma_peak_gflops"]
+        detail["fma_level"] = r30["fma_level"]
+        detail["read_bandwidth_gb_s"] = r30["read_bandwidth"] / 1e9
+        detail["encoder_30s_gflop"] = r30["encoder_gflop"]
+        if full is not None:
+            detail["prefill_800_gflop"] = full["prefill_gflop"]
     notes.append("prefill_800_s/prefill_238_s are the real prompt's prefill (audio embeddings + "
                  "text) at keep 1 and keep 0.25; peers prefill the same number of tokens")
     out["notes"] = notes
@@ -181,6 +190,7 @@ def markdown(results: dict) -> str:
                       f"{a['ttft_30s_seg25_s'] / a['ttft_30s_none_s']:.2f}x"
                   + (f", end to end {a['e2e_30s_seg25_s'] / a['e2e_30s_none_s']:.2f}x"
                      if a.get("e2e_30s_none_s") and a.get("e2e_30s_seg25_s") else "") + "."]
+    lines += machine_limit(eng)
     warning = busy_warning(results.get("load_average_at_start"))
     if warning:
         lines += ["", f"**{warning}**"]
@@ -190,6 +200,29 @@ def markdown(results: dict) -> str:
         for note in eng.get(name, {}).get("notes", []):
             lines.append(f"- {name}: {note}")
     return "\n".join(lines) + "\n"
+
+
+def machine_limit(eng: dict) -> list[str]:
+    """The machine-limit lines: measured FMA peak and bandwidth, each engine's share of the peak."""
+    d = eng.get("auris", {}).get("detail", {})
+    peak = d.get("fma_peak_gflops")
+    if not peak:
+        return []
+    parts = []
+    for key, work, label in [("encoder_30s_s", "encoder_30s_gflop", "encoder, 30 s window"),
+                             ("prefill_800_s", "prefill_800_gflop", "prefill of the full prompt")]:
+        if not d.get(work):
+            continue
+        shares = []
+        for name, title in [("auris", "auris"), ("torch", "PyTorch"), ("llamacpp", "llama.cpp")]:
+            t = eng.get(name, {}).get(key)
+            if t:
+                gflops = d[work] / t
+                shares.append(f"{title} {gflops:.0f} GFLOP/s ({100 * gflops / peak:.0f} %)")
+        parts.append(f"{label} ({d[work]:.0f} GFLOP): " + ", ".join(shares))
+    return ["", f"Machine limit, measured by `auris bench`: f32 FMA peak {peak:.0f} GFLOP/s "
+                f"({d.get('fma_level')}), read bandwidth {d.get('read_bandwidth_gb_s', 0):.1f} GB/s. "
+                "Share of the peak: " + "; ".join(parts) + "."]
 
 
 def ordered(engine: dict) -> dict:

@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use auris_llm::{GenerateOptions, SamplingParams};
+use auris_audio::config::EncoderConfig;
+use auris_audio::encoder::EncoderOutput;
+use auris_llm::{GenerateOptions, Qwen2Config, SamplingParams};
 use auris_prune::{Policy, Strategy};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -86,6 +88,12 @@ pub struct KeepReport {
     pub e2e: Stat,
     /// Median decode speed over the repetitions, tokens per second.
     pub decode_tok_s: f64,
+    /// Floating-point operations of the prefill ([`prefill_flop`]), in units of 10^9.
+    pub prefill_gflop: f64,
+    /// `prefill_gflop` over the fastest prefill, GFLOP/s.
+    pub prefill_gflops: f64,
+    /// `prefill_gflops` as a percentage of the machine's measured f32 FMA peak.
+    pub prefill_peak_pct: f64,
 }
 
 /// The whole benchmark.
@@ -128,6 +136,63 @@ pub struct BenchReport {
     pub read_bandwidth: f64,
     /// The decode ceiling that bandwidth sets: `read_bandwidth / weight_bytes_per_token`.
     pub decode_limit_tok_s: f64,
+    /// The machine's f32 multiply-add peak with this run's threads, GFLOP/s (measured:
+    /// [`auris_kernels::peak`]), and the instruction set it was measured with.
+    pub fma_peak_gflops: f64,
+    /// Vector instructions of the peak measurement (`avx512f`, `avx2+fma`, `portable`).
+    pub fma_level: String,
+    /// Floating-point operations of one encoding of the clip ([`encoder_flop`]), 10^9.
+    pub encoder_gflop: f64,
+    /// `encoder_gflop` over the fastest encoding (without scores), GFLOP/s.
+    pub encoder_gflops: f64,
+    /// `encoder_gflops` as a percentage of `fma_peak_gflops`.
+    pub encoder_peak_pct: f64,
+}
+
+/// Floating-point operations (a multiply-add counts 2) of encoding windows of `tokens[i]` audio
+/// tokens each, in the valid-frames mode the CPU uses: `p = 2 n` positions per window (the
+/// conv stem's output before pooling, within one position), the conv stem (kernel 3) over `2p`
+/// and `p` frames, and per layer the four attention projections, the two feed-forward products
+/// and the two attention products (`q k^T` and `p v`, `p x p` per head). Norms, GELU and
+/// softmax are left out: they are a few percent and not multiply-adds.
+pub fn encoder_flop(cfg: &EncoderConfig, tokens: &[usize]) -> f64 {
+    let (d, ffn, mels) = (
+        cfg.d_model as f64,
+        cfg.encoder_ffn_dim as f64,
+        cfg.num_mel_bins as f64,
+    );
+    tokens
+        .iter()
+        .map(|&n| {
+            let p = 2.0 * n as f64;
+            let stem = 2.0 * 3.0 * (2.0 * p * mels * d + p * d * d);
+            let layer = 2.0 * p * (4.0 * d * d + 2.0 * d * ffn) + 2.0 * 2.0 * p * p * d;
+            stem + cfg.encoder_layers as f64 * layer
+        })
+        .sum()
+}
+
+/// Floating-point operations of prefilling `tokens` positions from an empty cache: per layer
+/// the q/k/v/o projections, the gated MLP's three products and the causal attention products
+/// (`tokens (tokens + 1) / 2` query-key pairs per head, twice), then the output head for the
+/// last position only.
+pub fn prefill_flop(cfg: &Qwen2Config, tokens: usize) -> f64 {
+    let (h, inter, s) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        tokens as f64,
+    );
+    let qd = (cfg.num_attention_heads * cfg.head_dim()) as f64;
+    let kvd = (cfg.num_kv_heads() * cfg.head_dim()) as f64;
+    let projections = 2.0 * s * (h * (qd + 2.0 * kvd) + qd * h + 3.0 * h * inter);
+    let attention = 2.0 * 2.0 * qd * s * (s + 1.0) / 2.0;
+    cfg.num_hidden_layers as f64 * (projections + attention) + 2.0 * h * cfg.vocab_size as f64
+}
+
+/// GFLOP/s of `flop` done in `ms`, and that as a percentage of `peak` GFLOP/s.
+fn achieved(flop: f64, ms: f64, peak: f64) -> (f64, f64) {
+    let gflops = flop / 1e9 / (ms / 1e3).max(1e-12);
+    (gflops, 100.0 * gflops / peak.max(1e-12))
 }
 
 fn ms(since: Instant) -> f64 {
@@ -210,6 +275,7 @@ pub fn run(
         })
         .collect();
     let mut duration_s = 0.0;
+    let mut window_tokens: Vec<usize> = Vec::new();
     for run in 0..opts.warmup + opts.repeat {
         let timed = run >= opts.warmup;
         log(&format!(
@@ -230,6 +296,7 @@ pub fn run(
         let start = Instant::now();
         let scored = pipeline.encode(&audio, true)?;
         let t_enc_scores = ms(start);
+        window_tokens = plain.iter().map(EncoderOutput::len).collect();
         if timed {
             decode.push(audio.decode_ms);
             mel.push(audio.mel_ms);
@@ -286,28 +353,41 @@ pub fn run(
 
     let encoder = Stat::of(enc);
     let encoder_with_scores = Stat::of(enc_scores);
+    let decoder = pipeline.decoder();
+    let weight_bytes = decoder.linear_weight_bytes();
+    // Read before the probes, whose 1 GiB array is not the engine's memory.
+    let peak_rss = peak_rss_mb();
+    log("measuring the read bandwidth (1 GiB) and the FMA peak");
+    let bandwidth = read_bandwidth(1 << 30, 3);
+    let (peak_flops, fma_level) = auris_kernels::peak::fma_peak_flops(20_000_000, 3);
+    let peak = peak_flops / 1e9;
+    let cfg = pipeline.config();
     let keeps = policies
         .iter()
         .zip(per_keep)
-        .map(|(policy, s)| KeepReport {
-            keep: policy.keep,
-            strategy: policy.strategy.name().to_string(),
-            n_audio_tokens: s.n_audio_tokens,
-            n_kept: s.n_kept,
-            prompt_tokens: s.prompt_tokens,
-            select_project: Stat::of(s.select_project),
-            prefill: Stat::of(s.prefill),
-            ttft: Stat::of(s.ttft),
-            e2e: Stat::of(s.e2e),
-            decode_tok_s: Stat::of(s.tok_s).median_ms,
+        .map(|(policy, s)| {
+            let flop = prefill_flop(&cfg.text_config, s.prompt_tokens);
+            let prefill = Stat::of(s.prefill);
+            let (gflops, pct) = achieved(flop, prefill.min_ms, peak);
+            KeepReport {
+                keep: policy.keep,
+                strategy: policy.strategy.name().to_string(),
+                n_audio_tokens: s.n_audio_tokens,
+                n_kept: s.n_kept,
+                prompt_tokens: s.prompt_tokens,
+                select_project: Stat::of(s.select_project),
+                prefill,
+                ttft: Stat::of(s.ttft),
+                e2e: Stat::of(s.e2e),
+                decode_tok_s: Stat::of(s.tok_s).median_ms,
+                prefill_gflop: flop / 1e9,
+                prefill_gflops: gflops,
+                prefill_peak_pct: pct,
+            }
         })
         .collect();
-    let decoder = pipeline.decoder();
-    let weight_bytes = decoder.linear_weight_bytes();
-    // Read before the bandwidth probe, whose 1 GiB array is not the engine's memory.
-    let peak_rss = peak_rss_mb();
-    log("measuring the read bandwidth (1 GiB)");
-    let bandwidth = read_bandwidth(1 << 30, 3);
+    let encoder_flops = encoder_flop(&cfg.audio_config, &window_tokens);
+    let (encoder_gflops, encoder_peak_pct) = achieved(encoder_flops, encoder.min_ms, peak);
     Ok(BenchReport {
         model: pipeline.name().to_string(),
         audio: opts.audio.display().to_string(),
@@ -328,6 +408,11 @@ pub fn run(
         weight_bytes_per_token: weight_bytes as u64,
         read_bandwidth: bandwidth,
         decode_limit_tok_s: bandwidth / weight_bytes.max(1) as f64,
+        fma_peak_gflops: peak,
+        fma_level: fma_level.to_string(),
+        encoder_gflop: encoder_flops / 1e9,
+        encoder_gflops,
+        encoder_peak_pct,
     })
 }
 
@@ -407,6 +492,45 @@ pub fn markdown(r: &BenchReport) -> String {
         r.read_bandwidth / 1e9,
         r.decode_limit_tok_s
     ));
-    out.push_str(&format!("\npeak RSS {:.0} MiB\n", r.peak_rss_mb));
+    out.push_str(&format!(
+        "\nmachine limit: f32 FMA peak {:.0} GFLOP/s ({}, measured); encoder {:.1} GFLOP at \
+         {:.0} GFLOP/s ({:.0} % of peak)",
+        r.fma_peak_gflops, r.fma_level, r.encoder_gflop, r.encoder_gflops, r.encoder_peak_pct
+    ));
+    for k in &r.keeps {
+        out.push_str(&format!(
+            "; prefill {} tokens {:.1} GFLOP at {:.0} GFLOP/s ({:.0} %)",
+            k.prompt_tokens, k.prefill_gflop, k.prefill_gflops, k.prefill_peak_pct
+        ));
+    }
+    out.push_str(&format!("\n\npeak RSS {:.0} MiB\n", r.peak_rss_mb));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts written out by hand for small shapes.
+    #[test]
+    fn flop_counts_match_hand_computed_values() {
+        let enc: EncoderConfig = serde_json::from_value(serde_json::json!({
+            "num_mel_bins": 2, "encoder_layers": 1, "encoder_attention_heads": 1,
+            "encoder_ffn_dim": 4, "d_model": 2, "max_source_positions": 10
+        }))
+        .unwrap();
+        // n = 1 token: p = 2 positions. Stem: 2*3*(2*2*2*2 + 2*2*2) = 6*24 = 144.
+        // Layer: 2*2*(4*4 + 2*2*4) + 4*2*2*2 = 4*32 + 32 = 160.
+        assert_eq!(encoder_flop(&enc, &[1]), 304.0);
+        assert_eq!(encoder_flop(&enc, &[1, 1]), 608.0);
+
+        let llm: Qwen2Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "hidden_size": 4, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1
+        }))
+        .unwrap();
+        // head_dim 2: q 4, kv 2. s = 3: projections 2*3*(4*(4+4) + 4*4 + 3*4*8) = 6*144 = 864;
+        // attention 4*4*3*4/2 = 96; head 2*4*10 = 80.
+        assert_eq!(prefill_flop(&llm, 3), 864.0 + 96.0 + 80.0);
+    }
 }

@@ -7,6 +7,8 @@
 //!   output, and optionally the attention each key received), without the `(heads, queries,
 //!   keys)` probability tensors; prefix (padding) and causal (with an optional sliding window)
 //!   visibility, grouped-query heads, any row and head strides.
+//! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 
 pub mod attention;
+pub mod peak;
 pub mod softmax;

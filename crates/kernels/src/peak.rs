@@ -1,0 +1,143 @@
+//! The machine's f32 multiply-add peak, measured: the ceiling the matrix products of the
+//! encoder and the prefill are compared with (`auris bench` reports each stage's GFLOP/s as a
+//! fraction of it).
+//!
+//! Every thread of the current rayon pool runs independent fused multiply-add chains on
+//! registers only (no memory traffic), at the widest vector width the CPU has (AVX-512F,
+//! AVX2+FMA, else the compiler's code for `f32::mul_add`). Twelve chains cover the latency of
+//! two FMA pipes of four cycles each.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// Independent accumulators per thread.
+const CHAINS: usize = 12;
+
+/// Floating-point operations per second (one FMA = 2) of all the pool's threads together: the
+/// best of `repeats` runs of `iterations` steps per thread.
+pub fn fma_peak_flops(iterations: usize, repeats: usize) -> (f64, &'static str) {
+    let (lanes, level) = level();
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let sink: f32 = (0..threads)
+            .into_par_iter()
+            .map(|t| run(level, iterations, t as f32))
+            .sum();
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(sink);
+    }
+    let flops = (threads * iterations * CHAINS * lanes * 2) as f64;
+    (flops / best, level)
+}
+
+fn level() -> (usize, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return (16, "avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return (8, "avx2+fma");
+        }
+    }
+    (1, "portable")
+}
+
+fn run(level: &str, iterations: usize, seed: f32) -> f32 {
+    match level {
+        // SAFETY: `level` names features this CPU has (see `level`).
+        #[cfg(target_arch = "x86_64")]
+        "avx512f" => unsafe { x86::chains_avx512(iterations, seed) },
+        #[cfg(target_arch = "x86_64")]
+        "avx2+fma" => unsafe { x86::chains_avx2(iterations, seed) },
+        _ => chains_portable(iterations, seed),
+    }
+}
+
+fn chains_portable(iterations: usize, seed: f32) -> f32 {
+    let mut acc = [seed; CHAINS];
+    let (a, b) = (
+        std::hint::black_box(0.999_999f32),
+        std::hint::black_box(1e-7f32),
+    );
+    for _ in 0..iterations {
+        for x in acc.iter_mut() {
+            *x = x.mul_add(a, b);
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::CHAINS;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn chains_avx512(iterations: usize, seed: f32) -> f32 {
+        let a = _mm512_set1_ps(std::hint::black_box(0.999_999));
+        let b = _mm512_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm512_set1_ps(seed); CHAINS];
+        for _ in 0..iterations {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn chains_avx2(iterations: usize, seed: f32) -> f32 {
+        let a = _mm256_set1_ps(std::hint::black_box(0.999_999));
+        let b = _mm256_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm256_set1_ps(seed); CHAINS];
+        for _ in 0..iterations {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        let mut total = 0.0;
+        for v in acc {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            total += lanes.iter().sum::<f32>();
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chains compute what they claim (x -> a x + b, `iterations` times), at every level.
+    #[test]
+    fn chains_compute_the_recurrence() {
+        let (a, b) = (0.999_999f64, 1e-7f64);
+        let mut x = 2.0f64;
+        for _ in 0..1000 {
+            x = x * a + b;
+        }
+        let want = (x * CHAINS as f64) as f32;
+        let close = |got: f32, lanes: f32| ((got / lanes) - want).abs() < 1e-4 * want.abs();
+        assert!(close(chains_portable(1000, 2.0), 1.0));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(close(unsafe { x86::chains_avx512(1000, 2.0) }, 16.0));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert!(close(unsafe { x86::chains_avx2(1000, 2.0) }, 8.0));
+            }
+        }
+        let (flops, _) = fma_peak_flops(1000, 1);
+        assert!(flops.is_finite() && flops > 0.0);
+    }
+}
