@@ -32,14 +32,26 @@ pub enum Error {
         file: String,
     },
     /// The hub could not deliver a file.
-    #[error("hub download of {file} from {id} failed: {message}")]
+    #[error("hub download of {file} from {id} failed: {failure}")]
     Hub {
         /// Hub id.
         id: String,
         /// The file being fetched (empty when the client could not start).
         file: String,
-        /// What the client said.
-        message: String,
+        /// What went wrong.
+        failure: crate::hub::HubFailure,
+    },
+    /// A downloaded file does not hash to the sha256 the hub announced (it was removed).
+    #[error("{file} of {id} is corrupt: sha256 {actual}, the hub announced {expected}")]
+    Checksum {
+        /// Hub id.
+        id: String,
+        /// The file.
+        file: String,
+        /// The sha256 the hub sent as the file's etag.
+        expected: String,
+        /// The sha256 of the bytes received.
+        actual: String,
     },
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]

@@ -20,6 +20,7 @@ mod args;
 mod ask;
 mod bench;
 mod caption;
+mod download;
 mod eval;
 mod inspect;
 
@@ -291,6 +292,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         } => ask::run(audio, &question, &choices, score_choices, &common),
         Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
         Command::Bench(args) => bench::run(args),
+        Command::Download(args) => download::run(&args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
     }
 }
@@ -372,8 +374,9 @@ fn hint_for_error(err: &Error) -> Option<String> {
         Error::OfflineMissing { id, .. } => format!(
             "unset HF_HUB_OFFLINE to download {id}, or fetch it once on a connected machine into HF_HOME"
         ),
-        Error::Hub { .. } => {
-            "check the hub id and your network, or pass a local model folder with --model".to_string()
+        Error::Hub { failure, .. } => download::hint(failure),
+        Error::Checksum { .. } => {
+            "the damaged file was removed from the cache; run again to download it anew".to_string()
         }
         Error::PlaceholderCount { .. } => {
             "a prompt needs exactly one <|AUDIO|> placeholder per audio file".to_string()
