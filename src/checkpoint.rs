@@ -94,6 +94,8 @@ pub struct ModelFiles {
     pub tokenizer_config: Option<PathBuf>,
     /// `chat_template.jinja` or `chat_template.json`, when present.
     pub chat_template: Option<PathBuf>,
+    /// `model.safetensors.index.json`, when the weights are sharded.
+    pub weight_index: Option<PathBuf>,
     /// The safetensors files holding the weights.
     pub weights: Vec<PathBuf>,
 }
@@ -107,6 +109,7 @@ impl ModelFiles {
             &self.processor_config,
             &self.tokenizer_config,
             &self.chat_template,
+            &self.weight_index,
         ];
         [&self.config, &self.tokenizer]
             .into_iter()
@@ -189,13 +192,14 @@ fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
             break;
         }
     }
-    let weights = match files.optional(INDEX_FILE)? {
+    let weight_index = files.optional(INDEX_FILE)?;
+    let weights = match &weight_index {
         Some(index_path) => {
-            let index: ShardIndex = read_json(&index_path)?;
+            let index: ShardIndex = read_json(index_path)?;
             let shards: BTreeSet<&String> = index.weight_map.values().collect();
             if shards.is_empty() {
                 return Err(Error::BadFile {
-                    path: index_path,
+                    path: index_path.clone(),
                     reason: "weight_map is empty".to_string(),
                 });
             }
@@ -216,6 +220,7 @@ fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
         tokenizer,
         tokenizer_config: files.optional("tokenizer_config.json")?,
         chat_template,
+        weight_index,
         weights,
     })
 }
