@@ -41,18 +41,10 @@ pub enum Error {
         /// What went wrong.
         failure: crate::hub::HubFailure,
     },
-    /// A downloaded file does not hash to the sha256 the hub announced (it was removed).
-    #[error("{file} of {id} is corrupt: sha256 {actual}, the hub announced {expected}")]
-    Checksum {
-        /// Hub id.
-        id: String,
-        /// The file.
-        file: String,
-        /// The sha256 the hub sent as the file's etag.
-        expected: String,
-        /// The sha256 of the bytes received.
-        actual: String,
-    },
+    /// A downloaded file does not hash to the sha256 the hub announced (it was removed; boxed:
+    /// four strings would make every `Error` larger).
+    #[error("{0}")]
+    Checksum(Box<crate::hub::Corrupt>),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -64,7 +64,10 @@ pub enum HubFailure {
 impl std::fmt::Display for HubFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotFound => write!(f, "not found (HTTP 404)"),
+            Self::NotFound => write!(
+                f,
+                "not found (HTTP 404): no such repository, revision or file"
+            ),
             Self::Denied { status } => write!(f, "access denied (HTTP {status})"),
             Self::Status { status } => write!(f, "the server answered HTTP {status}"),
             Self::Unreachable { message } => write!(f, "cannot reach the hub: {message}"),
@@ -133,7 +136,10 @@ pub(crate) fn source(
     let mut builder = ApiBuilder::from_env()
         .with_progress(progress && std::io::stderr().is_terminal())
         .with_retries(RETRIES);
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+    if let Some(token) = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
         builder = builder.with_token(Some(token.trim().to_string()));
     }
     let api = builder.build().map_err(|e| Error::Hub {
@@ -239,13 +245,27 @@ struct Mismatch {
 
 impl Mismatch {
     fn into_error(self, id: &str, file: &str) -> Error {
-        Error::Checksum {
+        Error::Checksum(Box::new(Corrupt {
             id: id.to_string(),
             file: file.to_string(),
             expected: self.expected,
             actual: self.actual,
-        }
+        }))
     }
+}
+
+/// A downloaded weight file that failed its sha256 check (and was removed from the cache).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file} of {id} is corrupt: sha256 {actual}, the hub announced {expected}")]
+pub struct Corrupt {
+    /// Hub id.
+    pub id: String,
+    /// The file.
+    pub file: String,
+    /// The sha256 the hub sent as the file's etag.
+    pub expected: String,
+    /// The sha256 of the bytes received.
+    pub actual: String,
 }
 
 /// Checks a freshly downloaded file against its blob name. `hf-hub` names each blob after the

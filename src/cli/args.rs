@@ -72,8 +72,9 @@ pub(super) enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Fetch a model from the hub into the cache without running it, then print its folder and
-    /// size (for use offline later with HF_HUB_OFFLINE=1).
+    /// Fetch a model into the hub cache without running it; print its folder and size.
+    ///
+    /// Afterwards the model also runs with HF_HUB_OFFLINE=1 (no network).
     ///
     /// Example: auris download --model Qwen/Qwen2-Audio-7B-Instruct
     Download(DownloadArgs),

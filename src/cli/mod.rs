@@ -372,10 +372,10 @@ fn hint_for_error(err: &Error) -> Option<String> {
             "--model takes a folder with config.json, tokenizer.json and safetensors weights, or a hub id such as Qwen/Qwen2-Audio-7B-Instruct".to_string()
         }
         Error::OfflineMissing { id, .. } => format!(
-            "unset HF_HUB_OFFLINE to download {id}, or fetch it once on a connected machine into HF_HOME"
+            "unset HF_HUB_OFFLINE to download {id}, or fetch it beforehand on a connected machine with `auris download --model {id}` (same HF_HOME)"
         ),
         Error::Hub { failure, .. } => download::hint(failure),
-        Error::Checksum { .. } => {
+        Error::Checksum(_) => {
             "the damaged file was removed from the cache; run again to download it anew".to_string()
         }
         Error::PlaceholderCount { .. } => {

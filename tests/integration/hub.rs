@@ -48,7 +48,10 @@ impl Hub {
     }
 
     fn download(&self, model: &str, extra: &[&str]) -> Run {
-        run(self.auris().args(["download", "--model", model]).args(extra))
+        run(self
+            .auris()
+            .args(["download", "--model", model])
+            .args(extra))
     }
 
     fn caption(&self, cmd: &mut Command) -> Run {
@@ -88,21 +91,33 @@ impl Drop for Hub {
 }
 
 fn assert_ok(out: &Run) {
-    assert_eq!(out.code, 0, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 /// Exit 1, exactly one `error:` line containing `needle`, and one `hint:` line containing
 /// `hint`.
 fn assert_one_line_failure(out: &Run, needle: &str, hint: &str) {
-    assert_eq!(out.code, 1, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
     let errors: Vec<&str> = out
         .stderr
         .lines()
         .filter(|l| l.starts_with("error:"))
         .collect();
     assert_eq!(errors.len(), 1, "{}", out.stderr);
-    assert!(errors[0].contains(needle), "expected {needle:?} in {}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "expected {needle:?} in {}",
+        errors[0]
+    );
     assert!(!out.stderr.contains("caused by"), "{}", out.stderr);
     let hints: Vec<&str> = out
         .stderr
@@ -177,7 +192,11 @@ fn download_command_fetches_a_pinned_revision() {
         .repo
         .names()
         .iter()
-        .map(|n| std::fs::metadata(model_dir("tiny-chat").join(n)).unwrap().len())
+        .map(|n| {
+            std::fs::metadata(model_dir("tiny-chat").join(n))
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!(
         out.stdout.trim(),
@@ -223,7 +242,10 @@ fn dropped_connection_resumes_with_a_range_request() {
     assert_ok(&out);
     assert_eq!(
         hub.transfers_of(SHARD),
-        [Some("bytes=0-".to_string()), Some("bytes=100000-".to_string())]
+        [
+            Some("bytes=0-".to_string()),
+            Some("bytes=100000-".to_string())
+        ]
     );
     assert_same_bytes(&hub.snapshot(SHARD), SHARD);
 }
@@ -268,7 +290,11 @@ fn corrupt_weights_are_an_error_and_leave_no_cached_file() {
     hub.server.fault(shard, Fault::Corrupt);
     let out = hub.caption(&mut hub.auris());
     assert_one_line_failure(&out, shard, "run again");
-    assert!(out.stderr.contains(&hub.repo.sha256(shard)), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&hub.repo.sha256(shard)),
+        "{}",
+        out.stderr
+    );
     assert!(!hub.snapshot(shard).exists());
     assert!(!hub
         .repo_dir()
@@ -292,10 +318,12 @@ fn hub_failures_give_one_error_line_and_a_hint() {
 
     let denied = hub.download("auris-test/private", &[]);
     assert_one_line_failure(&denied, "HTTP 401", "HF_TOKEN");
-    let allowed = run(hub
-        .auris()
-        .env("HF_TOKEN", "hf_test_token")
-        .args(["download", "--quiet", "--model", "auris-test/private"]));
+    let allowed = run(hub.auris().env("HF_TOKEN", "hf_test_token").args([
+        "download",
+        "--quiet",
+        "--model",
+        "auris-test/private",
+    ]));
     assert_ok(&allowed);
 
     hub.server.fault("config.json", Fault::Status(500));

@@ -272,7 +272,11 @@ fn route(
     let Some((revision, file)) = file.split_once('/') else {
         return Reply::status(404);
     };
-    let Some(repo) = state.repos.iter().find(|r| format!("/{}", r.id) == repo_path) else {
+    let Some(repo) = state
+        .repos
+        .iter()
+        .find(|r| format!("/{}", r.id) == repo_path)
+    else {
         // The real hub answers 401 to anonymous requests for a missing repository; a 404 is
         // what it sends with a token, and what a mirror sends.
         return Reply::status(404);
