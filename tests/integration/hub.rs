@@ -107,26 +107,21 @@ fn assert_one_line_failure(out: &Run, needle: &str, hint: &str) {
         "stdout: {}\nstderr: {}",
         out.stdout, out.stderr
     );
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", out.stderr);
-    assert!(
-        errors[0].contains(needle),
-        "expected {needle:?} in {}",
-        errors[0]
-    );
     assert!(!out.stderr.contains("caused by"), "{}", out.stderr);
-    let hints: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("hint:"))
-        .collect();
-    assert_eq!(hints.len(), 1, "{}", out.stderr);
-    assert!(hints[0].contains(hint), "expected {hint:?} in {}", hints[0]);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    for (prefix, wanted) in [("error:", needle), ("hint:", hint)] {
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect();
+        assert_eq!(lines.len(), 1, "one {prefix} line in: {}", out.stderr);
+        assert!(
+            lines[0].contains(wanted),
+            "expected {wanted:?} in {}",
+            lines[0]
+        );
+    }
 }
 
 fn assert_same_bytes(cached: &Path, file: &str) {
