@@ -44,6 +44,11 @@ impl Hub {
             .env("HF_HOME", &self.home)
             .env_remove("HF_HUB_OFFLINE")
             .env_remove("HF_TOKEN");
+        // ureq 2 (under hf-hub) takes a proxy from these and has no NO_PROXY: a CI proxy would
+        // otherwise receive the requests meant for the loopback server.
+        for proxy in ["ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY"] {
+            cmd.env_remove(proxy).env_remove(proxy.to_ascii_lowercase());
+        }
         cmd
     }
 
@@ -334,4 +339,16 @@ fn hub_failures_give_one_error_line_and_a_hint() {
         .env("HF_ENDPOINT", &dead)
         .args(["download", "--model", ID]));
     assert_one_line_failure(&unreachable, "cannot reach", "HF_ENDPOINT");
+}
+
+#[test]
+fn download_command_checks_a_local_folder() {
+    let out = run(auris()
+        .args(["download", "--quiet", "--model"])
+        .arg(model_dir("tiny-chat")));
+    assert_ok(&out);
+    let (folder, summary) = out.stdout.trim().split_once('\t').unwrap();
+    assert_eq!(Path::new(folder), model_dir("tiny-chat"));
+    assert!(summary.starts_with("11 files, "), "{summary}");
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
 }
