@@ -8,7 +8,9 @@
 //!
 //! - `HF_TOKEN` (the client reads only `$HF_HOME/token`); the variable wins, as in
 //!   `huggingface_hub`'s `get_token`;
-//! - retries after a dropped connection (the client's default is none);
+//! - retries after a dropped connection, each continuing from the bytes already in the `.part`
+//!   file (the client's own retry loop, off by default, restarts from byte 0 when the first
+//!   attempt of a run fails before writing, appending a whole copy to the partial file);
 //! - a sha256 check of every LFS file against the etag the hub announced (the client stores the
 //!   bytes without looking at them): a mismatch removes the blob and its snapshot link, so a bad
 //!   file never counts as cached;
@@ -27,7 +29,9 @@ use crate::checkpoint::FileSource;
 use crate::Error;
 
 /// Extra attempts after a transfer breaks off; each one continues from the last byte received.
-const RETRIES: usize = 3;
+const RETRIES: u32 = 3;
+/// The wait before the first retry; it doubles for each further one.
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why the hub could not deliver a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,16 +96,23 @@ impl HubFailure {
                     message: t.to_string(),
                 },
             },
-            ApiError::IoError(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
-                Self::Interrupted {
-                    message: e.to_string(),
-                }
-            }
+            ApiError::IoError(e) if is_transfer_break(&e) => Self::Interrupted {
+                message: e.to_string(),
+            },
             other => Self::Client {
                 message: other.to_string(),
             },
         }
     }
+}
+
+/// An I/O error of a transfer (not of the local disk).
+fn is_transfer_break(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | Interrupted
+    )
 }
 
 /// `HF_HUB_OFFLINE` set to a true value (`1`, `true`, `yes`, `on`, any case).
@@ -133,9 +144,8 @@ pub(crate) fn source(
     if offline() {
         return Ok(Box::new(local));
     }
-    let mut builder = ApiBuilder::from_env()
-        .with_progress(progress && std::io::stderr().is_terminal())
-        .with_retries(RETRIES);
+    let mut builder =
+        ApiBuilder::from_env().with_progress(progress && std::io::stderr().is_terminal());
     if let Some(token) = std::env::var("HF_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
@@ -193,6 +203,21 @@ struct HubRepo {
 }
 
 impl HubRepo {
+    /// Downloads `name`; a transfer that breaks off is retried, and each try continues from
+    /// the length of the `.part` file the last one left.
+    fn download(&self, name: &str) -> Result<PathBuf, ApiError> {
+        let mut attempt = 0;
+        loop {
+            match self.remote.download(name) {
+                Err(ApiError::IoError(e)) if attempt < RETRIES && is_transfer_break(&e) => {
+                    std::thread::sleep(RETRY_WAIT * 2u32.pow(attempt));
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     fn error(&self, name: &str, failure: HubFailure) -> Error {
         Error::Hub {
             id: self.local.id.clone(),
@@ -210,7 +235,7 @@ impl FileSource for HubRepo {
         if self.local.known_absent(name) {
             return Ok(None);
         }
-        match self.remote.download(name) {
+        match self.download(name) {
             Ok(path) => {
                 verify_lfs(&path).map_err(|e| e.into_error(&self.local.id, name))?;
                 Ok(Some(path))

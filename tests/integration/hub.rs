@@ -267,8 +267,13 @@ fn interrupted_run_resumes_on_the_next_run() {
         .repo_dir()
         .join("blobs")
         .join(format!("{}.part", hub.repo.sha256(SHARD)));
+    // One try and three retries, each continuing where the last one broke off.
+    let ranges: Vec<Option<String>> = (0..4)
+        .map(|i| Some(format!("bytes={}-", i * 30_000)))
+        .collect();
+    assert_eq!(hub.transfers_of(SHARD), ranges);
     let kept = std::fs::metadata(&part).unwrap().len();
-    assert!(kept >= 30_000, "{kept}");
+    assert_eq!(kept, 4 * 30_000);
     assert!(!hub.snapshot(SHARD).exists());
 
     hub.server.clear_faults();
