@@ -15,7 +15,6 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
 
 use crate::Error;
@@ -95,11 +94,31 @@ pub struct ModelFiles {
     pub tokenizer_config: Option<PathBuf>,
     /// `chat_template.jinja` or `chat_template.json`, when present.
     pub chat_template: Option<PathBuf>,
+    /// `model.safetensors.index.json`, when the weights are sharded.
+    pub weight_index: Option<PathBuf>,
     /// The safetensors files holding the weights.
     pub weights: Vec<PathBuf>,
 }
 
 impl ModelFiles {
+    /// Every file of the checkpoint, configs first, then the weights.
+    pub fn paths(&self) -> Vec<&Path> {
+        let optional = [
+            &self.generation_config,
+            &self.preprocessor_config,
+            &self.processor_config,
+            &self.tokenizer_config,
+            &self.chat_template,
+            &self.weight_index,
+        ];
+        [&self.config, &self.tokenizer]
+            .into_iter()
+            .chain(optional.into_iter().flatten())
+            .chain(&self.weights)
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
     /// The log-mel settings: from `preprocessor_config.json`, else `processor_config.json`, else
     /// Whisper's defaults with `n_mels` bins.
     pub fn mel_config(&self, n_mels: usize) -> Result<MelConfig, Error> {
@@ -120,50 +139,21 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
-/// Resolves every file of `source`, downloading from the hub when needed.
+/// Resolves every file of `source`, downloading from the hub when needed (see [`crate::hub`]).
 ///
-/// Honours `HF_HOME` (cache location), `HF_ENDPOINT` and `HF_HUB_OFFLINE=1` (cache only).
+/// Honours `HF_HOME` (cache location), `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE=1` (cache
+/// only).
 pub fn resolve(source: &ModelSource, progress: bool) -> Result<ModelFiles, Error> {
     match source {
         ModelSource::Local(dir) => resolve_with(&LocalFiles { dir: dir.clone() }),
         ModelSource::Hub { id, revision } => {
-            let repo = Repo::with_revision(id.clone(), RepoType::Model, revision.clone());
-            if hub_offline() {
-                resolve_with(&CachedFiles {
-                    repo: Cache::from_env().repo(repo),
-                    id: id.clone(),
-                })
-            } else {
-                let api = hf_hub::api::sync::ApiBuilder::from_env()
-                    .with_progress(progress)
-                    .build()
-                    .map_err(|e| Error::Hub {
-                        id: id.clone(),
-                        file: String::new(),
-                        message: e.to_string(),
-                    })?;
-                resolve_with(&HubFiles {
-                    repo: api.repo(repo),
-                    id: id.clone(),
-                })
-            }
+            resolve_with(crate::hub::source(id, revision, progress)?.as_ref())
         }
     }
 }
 
-fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| {
-            matches!(
-                v.trim(),
-                "1" | "true" | "TRUE" | "True" | "yes" | "ON" | "on"
-            )
-        })
-        .unwrap_or(false)
-}
-
 /// One way of turning a file name of the checkpoint into a local path.
-trait FileSource {
+pub(crate) trait FileSource {
     /// `Ok(None)` when the checkpoint has no such file.
     fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error>;
     /// The error for a file the checkpoint must have.
@@ -192,56 +182,6 @@ impl FileSource for LocalFiles {
     }
 }
 
-struct CachedFiles {
-    repo: hf_hub::CacheRepo,
-    id: String,
-}
-
-impl FileSource for CachedFiles {
-    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
-        Ok(self.repo.get(name))
-    }
-
-    fn missing(&self, name: &str) -> Error {
-        Error::OfflineMissing {
-            id: self.id.clone(),
-            file: name.to_string(),
-        }
-    }
-}
-
-struct HubFiles {
-    repo: hf_hub::api::sync::ApiRepo,
-    id: String,
-}
-
-impl FileSource for HubFiles {
-    fn optional(&self, name: &str) -> Result<Option<PathBuf>, Error> {
-        match self.repo.get(name) {
-            Ok(path) => Ok(Some(path)),
-            // An HTTP 404 means the repository has no such file; anything else is a real failure.
-            Err(hf_hub::api::sync::ApiError::RequestError(e))
-                if matches!(*e, ureq::Error::Status(404, _)) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(Error::Hub {
-                id: self.id.clone(),
-                file: name.to_string(),
-                message: e.to_string(),
-            }),
-        }
-    }
-
-    fn missing(&self, name: &str) -> Error {
-        Error::Hub {
-            id: self.id.clone(),
-            file: name.to_string(),
-            message: "the repository has no such file".to_string(),
-        }
-    }
-}
-
 fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
     let config = files.required("config.json")?;
     let tokenizer = files.required("tokenizer.json")?;
@@ -252,13 +192,14 @@ fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
             break;
         }
     }
-    let weights = match files.optional(INDEX_FILE)? {
+    let weight_index = files.optional(INDEX_FILE)?;
+    let weights = match &weight_index {
         Some(index_path) => {
-            let index: ShardIndex = read_json(&index_path)?;
+            let index: ShardIndex = read_json(index_path)?;
             let shards: BTreeSet<&String> = index.weight_map.values().collect();
             if shards.is_empty() {
                 return Err(Error::BadFile {
-                    path: index_path,
+                    path: index_path.clone(),
                     reason: "weight_map is empty".to_string(),
                 });
             }
@@ -279,6 +220,7 @@ fn resolve_with(files: &dyn FileSource) -> Result<ModelFiles, Error> {
         tokenizer,
         tokenizer_config: files.optional("tokenizer_config.json")?,
         chat_template,
+        weight_index,
         weights,
     })
 }

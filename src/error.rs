@@ -32,15 +32,19 @@ pub enum Error {
         file: String,
     },
     /// The hub could not deliver a file.
-    #[error("hub download of {file} from {id} failed: {message}")]
+    #[error("hub download of {file} from {id} failed: {failure}")]
     Hub {
         /// Hub id.
         id: String,
         /// The file being fetched (empty when the client could not start).
         file: String,
-        /// What the client said.
-        message: String,
+        /// What went wrong.
+        failure: crate::hub::HubFailure,
     },
+    /// A downloaded file does not hash to the sha256 the hub announced (it was removed; boxed:
+    /// four strings would make every `Error` larger).
+    #[error("{0}")]
+    Checksum(Box<crate::hub::Corrupt>),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

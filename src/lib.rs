@@ -16,6 +16,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod hub;
 pub mod memory;
 pub mod pipeline;
 pub mod prompt;

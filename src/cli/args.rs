@@ -72,6 +72,12 @@ pub(super) enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Fetch a model into the hub cache without running it; print its folder and size.
+    ///
+    /// Afterwards the model also runs with HF_HUB_OFFLINE=1 (no network).
+    ///
+    /// Example: auris download --model Qwen/Qwen2-Audio-7B-Instruct
+    Download(DownloadArgs),
     /// Measure what pruning costs a real model (see `auris eval asr-pruning --help`).
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -127,6 +133,20 @@ pub(super) struct BenchArgs {
     pub(super) json: bool,
     /// Print nothing on stderr but errors.
     #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
+}
+
+/// `auris download`.
+#[derive(Debug, Args)]
+pub(super) struct DownloadArgs {
+    /// A hub id (cached under HF_HOME) or a model folder (only checked).
+    #[arg(long, short = 'm', default_value = DEFAULT_MODEL, env = "AURIS_MODEL")]
+    pub(super) model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub(super) revision: Option<String>,
+    /// Print nothing on stderr but errors (no progress bars).
+    #[arg(long)]
     pub(super) quiet: bool,
 }
 

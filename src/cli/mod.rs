@@ -20,6 +20,7 @@ mod args;
 mod ask;
 mod bench;
 mod caption;
+mod download;
 mod eval;
 mod inspect;
 
@@ -342,6 +343,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         } => ask::run(audio, &question, &choices, score_choices, &common),
         Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
         Command::Bench(args) => bench::run(args),
+        Command::Download(args) => download::run(&args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
     }
 }
@@ -421,10 +423,11 @@ fn hint_for_error(err: &Error) -> Option<String> {
             "--model takes a folder with config.json, tokenizer.json and safetensors weights, or a hub id such as Qwen/Qwen2-Audio-7B-Instruct".to_string()
         }
         Error::OfflineMissing { id, .. } => format!(
-            "unset HF_HUB_OFFLINE to download {id}, or fetch it once on a connected machine into HF_HOME"
+            "unset HF_HUB_OFFLINE to download {id}, or fetch it beforehand on a connected machine with `auris download --model {id}` (same HF_HOME)"
         ),
-        Error::Hub { .. } => {
-            "check the hub id and your network, or pass a local model folder with --model".to_string()
+        Error::Hub { failure, .. } => download::hint(failure),
+        Error::Checksum(_) => {
+            "the damaged file was removed from the cache; run again to download it anew".to_string()
         }
         Error::PlaceholderCount { .. } => {
             "a prompt needs exactly one <|AUDIO|> placeholder per audio file".to_string()

@@ -7,6 +7,8 @@ mod asr;
 mod cli;
 mod common;
 mod errors;
+mod hub;
+mod hub_server;
 mod parity;
 mod real_mini;
 mod weights;
