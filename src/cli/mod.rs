@@ -292,6 +292,8 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
         Command::Bench(args) => bench::run(args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
+        Command::Eval(EvalCommand::Mmau(args)) => eval::mmau(args),
+        Command::Eval(EvalCommand::Captions(args)) => eval::captions(args),
     }
 }
 
