@@ -265,6 +265,52 @@ mod tests {
         assert!(cider_d(&c, &r) > 0.0);
     }
 
+    /// aac-metrics' own numbers on fixed strings (`scripts/make_caption_metric_fixtures.sh`,
+    /// which pins the package): the same whitespace tokens in, the same scores out.
+    #[test]
+    fn parity_with_aac_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/eval/caption_metrics.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() >= 4);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let cands: Vec<Tokens> = case["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| toks(c.as_str().unwrap()))
+                .collect();
+            let refs: Vec<Vec<Tokens>> = case["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|rs| {
+                    rs.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| toks(r.as_str().unwrap()))
+                        .collect()
+                })
+                .collect();
+            for (metric, ours) in [
+                ("cider_d", cider_d(&cands, &refs)),
+                ("bleu_4", bleu_4(&cands, &refs)),
+                ("rouge_l", rouge_l(&cands, &refs)),
+            ] {
+                let expected = case[metric].as_f64().unwrap();
+                assert!(
+                    (ours - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+                    "{name} {metric}: ours {ours}, aac-metrics {expected}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn lcs_of_hand_worked_sequences() {
         assert_eq!(lcs(&toks("a b c d e"), &toks("a c e")), 3);

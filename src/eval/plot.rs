@@ -45,7 +45,6 @@ pub(crate) fn line_plot(title: &str, y_label: &str, series: &[Series]) -> Result
             .configure_mesh()
             .x_desc("keep ratio")
             .y_desc(y_label)
-            .light_line_style(WHITE)
             .draw()
             .map_err(e)?;
         for (i, s) in series.iter().enumerate() {
@@ -96,10 +95,10 @@ mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<circle").count(), 6, "{svg}");
         assert!(
-            svg.contains(">segmentwise<") && svg.contains(">topk<"),
+            svg.contains("\nsegmentwise\n") && svg.contains("\ntopk\n"),
             "{svg}"
         );
-        assert!(svg.contains(">keep ratio<"), "{svg}");
+        assert!(svg.contains("\nkeep ratio\n"), "{svg}");
     }
 
     #[test]

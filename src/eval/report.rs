@@ -242,7 +242,7 @@ mod tests {
         // Two strategies, each at two keep ratios plus no pruning at 1.
         assert_eq!(svg.matches("<circle").count(), 6);
         assert!(
-            svg.contains(">segmentwise<") && svg.contains(">topk<"),
+            svg.contains("\nsegmentwise\n") && svg.contains("\ntopk\n"),
             "{svg}"
         );
         assert!(svg.trim_end().ends_with("</svg>"));
