@@ -7,6 +7,7 @@ mod asr;
 mod cli;
 mod common;
 mod errors;
+mod eval;
 mod parity;
 mod real_mini;
 mod weights;
