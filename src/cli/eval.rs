@@ -59,17 +59,25 @@ pub(super) struct SweepArgs {
     /// correct, timings); a rerun skips what it holds, so a run resumes and can be rescored.
     #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
     pub(super) predictions: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) report: ReportArgs,
+}
+
+/// The outputs every `auris eval` command writes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub(super) struct ReportArgs {
     /// Write the results as JSON.
-    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
+    #[arg(long, value_name = "FILE.json")]
     pub(super) out: Option<PathBuf>,
     /// Write the markdown table to a file too.
-    #[arg(long, value_name = "FILE.md", help_heading = "Output")]
+    #[arg(long, value_name = "FILE.md")]
     pub(super) markdown: Option<PathBuf>,
-    /// Write an SVG plot of the headline score against keep ratio, one line per strategy.
-    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
+    /// Write an SVG plot of the score against keep ratio, one line per strategy.
+    #[arg(long, value_name = "FILE.svg")]
     pub(super) plot: Option<PathBuf>,
     /// Print nothing on stderr but errors (no progress bar).
-    #[arg(long, help_heading = "Output")]
+    #[arg(long)]
     pub(super) quiet: bool,
 }
 
@@ -187,12 +195,12 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         Some(path) => PredictionLog::open(path)?,
         None => PredictionLog::memory(),
     };
-    let session = load(model, FormatArg::Auto, args.quiet)?;
+    let session = load(model, FormatArg::Auto, args.report.quiet)?;
     let p = &session.pipeline;
     let mut generate = p.default_generate_options(args.max_new_tokens);
     generate.sampling.temperature = None;
     let (items, mut parameters) = (task.build)(p);
-    if !args.quiet {
+    if !args.report.quiet {
         eprintln!(
             "auris: {} items x {} configurations ({} predictions already in the file)",
             items.len(),
@@ -204,7 +212,7 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         configs: configs.clone(),
         mode: task.mode,
         generate,
-        progress: !args.quiet,
+        progress: !args.report.quiet,
     };
     let run = sweep::run(p, &items, &opts, &mut log, task.judge)?;
     parameters["strategies"] = strategy_parameters(&strategies);
@@ -225,16 +233,13 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         runtime_s: sweep::round(run.runtime_s, 1),
         table_groups: task.table_groups.iter().map(|g| g.to_string()).collect(),
     };
-    let svg = report.svg()?;
-    let table = write_reports(
+    write_reports(
         &report.to_json(),
         &report.markdown(),
-        &svg,
-        &args.out,
-        &args.markdown,
-        &args.plot,
+        &report.svg()?,
+        &args.report,
     )?;
-    if !args.quiet {
+    if !args.report.quiet {
         eprintln!(
             "auris: {scored} items scored in {:.0} s ({} skipped, {} predictions resumed)",
             run.runtime_s,
@@ -243,13 +248,11 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         );
     }
     if scored == 0 {
-        print_line(table.trim_end())?;
         return Err(anyhow::anyhow!(
             "no item could be evaluated ({} skipped)",
             report.skipped.len()
         ));
     }
-    print_line(table.trim_end())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -332,28 +335,21 @@ fn strategy_parameters(strategies: &[Strategy]) -> Value {
     crate::eval::asr::strategy_parameters(strategies)
 }
 
-/// Writes the JSON, markdown and SVG reports where asked; returns the markdown table.
-fn write_reports(
-    json: &Value,
-    table: &str,
-    svg: &str,
-    out: &Option<PathBuf>,
-    markdown: &Option<PathBuf>,
-    plot: &Option<PathBuf>,
-) -> Result<String> {
+/// Writes the JSON, markdown and SVG reports where asked, then prints the table.
+fn write_reports(json: &Value, table: &str, svg: &str, args: &ReportArgs) -> Result<()> {
     let write = |path: &PathBuf, text: &str| {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     };
-    if let Some(path) = out {
+    if let Some(path) = &args.out {
         write(path, &format!("{json:#}\n"))?;
     }
-    if let Some(path) = markdown {
+    if let Some(path) = &args.markdown {
         write(path, table)?;
     }
-    if let Some(path) = plot {
+    if let Some(path) = &args.plot {
         write(path, svg)?;
     }
-    Ok(table.to_string())
+    print_line(table.trim_end())
 }
 
 /// Checks the options, loads the Whisper model, runs the evaluation and writes the reports.
@@ -368,13 +364,11 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
         limit,
         every,
         max_new_tokens,
-        out,
-        markdown,
-        plot,
         details,
-        quiet,
+        report: outputs,
         model,
     } = args;
+    let quiet = outputs.quiet;
     if model.quant.is_some() || !matches!(model.dtype, DtypeArg::Auto | DtypeArg::F32) {
         return Err(usage(
             "the Whisper evaluation computes in f32: --dtype and --quant apply to eval mmau and eval captions",
@@ -413,15 +407,6 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
         progress: !quiet,
     };
     let report = crate::eval::asr::asr_pruning(&transcriber, &clips, &opts)?;
-    let table = report.markdown();
-    write_reports(
-        &report.to_json(),
-        &table,
-        &report.svg()?,
-        &out,
-        &markdown,
-        &plot,
-    )?;
     if !quiet {
         eprintln!(
             "auris: {} clips in {:.0} s ({} skipped)",
@@ -430,6 +415,11 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
             report.skipped.len()
         );
     }
-    print_line(table.trim_end())?;
+    write_reports(
+        &report.to_json(),
+        &report.markdown(),
+        &report.svg()?,
+        &outputs,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
