@@ -208,16 +208,30 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
             log.len()
         );
     }
+    // What changes a prediction: a predictions file is resumed only under the same values.
+    let settings = json!({
+        "model": model.model,
+        "revision": model.revision,
+        "dtype": format!("{:?}", model.dtype),
+        "quant": model.quant.map(|q| q.format().to_string()),
+        "prompt": parameters.get("prompt_template").or_else(|| parameters.get("prompt")),
+        "max_new_tokens": args.max_new_tokens,
+        "segments": args.segments,
+        "segment_remainder": format!("{:?}", args.segment_remainder),
+        "seed": args.seed,
+    });
     let opts = sweep::SweepOptions {
         configs: configs.clone(),
         mode: task.mode,
         generate,
         progress: !args.report.quiet,
+        settings: sweep::fingerprint(&settings.to_string()),
     };
     let run = sweep::run(p, &items, &opts, &mut log, task.judge)?;
     parameters["strategies"] = strategy_parameters(&strategies);
     parameters["max_new_tokens"] = json!(args.max_new_tokens);
     parameters["repetition_penalty"] = json!(opts.generate.sampling.repetition_penalty);
+    parameters["settings_fingerprint"] = json!(opts.settings);
     let scored = items.len() - run.skipped.len();
     let report = sweep::SweepReport {
         task: task.name.to_string(),

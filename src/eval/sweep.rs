@@ -106,6 +106,20 @@ pub(crate) struct Prediction {
     /// configurations of an item, counted in full for each) plus pruning, prefill and
     /// generation, milliseconds.
     pub(crate) end_to_end_ms: f64,
+    /// Fingerprint of the settings that made it ([`fingerprint`]): a file is only resumed
+    /// with the same model, prompt and generation settings.
+    #[serde(default)]
+    pub(crate) settings: String,
+}
+
+/// A stable 64-bit FNV-1a hash of `text`, in hex: the predictions file's settings fingerprint.
+pub(crate) fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 type Key = (String, String, String, String);
@@ -195,6 +209,22 @@ impl PredictionLog {
         self.done.len()
     }
 
+    /// Refuses a file made with other settings: mixing them would score two different runs
+    /// as one.
+    fn check_settings(&self, settings: &str) -> Result<(), Error> {
+        match self.done.values().find(|p| p.settings != settings) {
+            Some(p) => Err(Error::Usage(format!(
+                "{} holds predictions made with other settings (model, prompt, generation or \
+                 pruning parameters; first: item {}, {} at keep {}); use a new --predictions file",
+                self.path.as_deref().unwrap_or(Path::new("")).display(),
+                p.id,
+                p.strategy,
+                p.keep
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn get(&self, id: &str, config: &Config, mode: Mode) -> Option<&Prediction> {
         self.done
             .get(&key(id, &config.strategy, config.keep, mode.name()))
@@ -238,6 +268,8 @@ pub(crate) struct SweepOptions {
     pub(crate) generate: GenerateOptions,
     /// Show the progress bar.
     pub(crate) progress: bool,
+    /// The settings fingerprint every prediction carries.
+    pub(crate) settings: String,
 }
 
 /// What a sweep produced: a prediction for every (scored item, configuration).
@@ -265,6 +297,7 @@ pub(crate) fn run(
     judge: Judge<'_>,
 ) -> anyhow::Result<SweepRun> {
     let start = Instant::now();
+    log.check_settings(&opts.settings)?;
     let bar = progress_bar(items.len(), opts.progress, "items");
     let mut out = SweepRun {
         predictions: Vec::new(),
@@ -387,6 +420,7 @@ fn predict(
         n_kept: r.n_kept,
         prefill_ms: round(r.timings.prefill, 3),
         end_to_end_ms: round(end_to_end_ms, 3),
+        settings: opts.settings.clone(),
     })
 }
 

@@ -189,6 +189,26 @@ fn eval_mmau_resumes_from_the_predictions_file() {
     assert_eq!(lines.len(), 2 * 3, "{lines:?}");
     assert_eq!(read_json(&dir.join("r.json"))["resumed"], 4);
 
+    // Other generation settings would make other predictions: the file is refused.
+    let other = eval(
+        "mmau",
+        "mmau_mini.json",
+        &dir,
+        &[
+            "--strategies",
+            "segmentwise",
+            "--keeps",
+            "0.5",
+            "--limit",
+            "2",
+            "--segments",
+            "5",
+        ],
+    );
+    assert_ne!(other.code, 0);
+    assert!(other.stderr.contains("other settings"), "{}", other.stderr);
+    assert_eq!(read_lines(&path).len(), 2 * 3);
+
     // Score-choices is its own mode: the same file, new predictions, each one of the choices.
     let scored = eval(
         "mmau",
