@@ -418,12 +418,19 @@ pub(super) struct GenerationArgs {
     pub(super) seed: u64,
 }
 
-impl PruneArgs {
-    pub(super) fn policy(&self, seed: u64) -> Result<Policy> {
-        let remainder = match self.segment_remainder {
+impl RemainderArg {
+    /// The prune crate's value.
+    pub(super) fn remainder(self) -> Remainder {
+        match self {
             RemainderArg::Spread => Remainder::Spread,
             RemainderArg::Drop => Remainder::Drop,
-        };
+        }
+    }
+}
+
+impl PruneArgs {
+    pub(super) fn policy(&self, seed: u64) -> Result<Policy> {
+        let remainder = self.segment_remainder.remainder();
         let strategy = self.prune.strategy(self.segments, remainder, seed)?;
         let keep = if matches!(strategy, Strategy::None) {
             1.0

@@ -176,10 +176,7 @@ struct Task<'a> {
 
 /// Loads the model, runs the sweep, writes the reports and prints the table.
 fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<ExitCode> {
-    let remainder = match args.segment_remainder {
-        RemainderArg::Spread => Remainder::Spread,
-        RemainderArg::Drop => Remainder::Drop,
-    };
+    let remainder = args.segment_remainder.remainder();
     let strategies = strategies(
         &args.strategies,
         args.segments,
@@ -208,24 +205,12 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
             log.len()
         );
     }
-    // What changes a prediction: a predictions file is resumed only under the same values.
-    let settings = json!({
-        "model": model.model,
-        "revision": model.revision,
-        "dtype": format!("{:?}", model.dtype),
-        "quant": model.quant.map(|q| q.format().to_string()),
-        "prompt": parameters.get("prompt_template").or_else(|| parameters.get("prompt")),
-        "max_new_tokens": args.max_new_tokens,
-        "segments": args.segments,
-        "segment_remainder": format!("{:?}", args.segment_remainder),
-        "seed": args.seed,
-    });
     let opts = sweep::SweepOptions {
         configs: configs.clone(),
         mode: task.mode,
         generate,
         progress: !args.report.quiet,
-        settings: sweep::fingerprint(&settings.to_string()),
+        settings: settings_fingerprint(model, args, &parameters),
     };
     let run = sweep::run(p, &items, &opts, &mut log, task.judge)?;
     parameters["strategies"] = strategy_parameters(&strategies);
@@ -268,6 +253,22 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What changes a prediction: a predictions file is resumed only under the same values.
+fn settings_fingerprint(model: &ModelArgs, args: &SweepArgs, parameters: &Value) -> String {
+    let settings = json!({
+        "model": model.model,
+        "revision": model.revision,
+        "dtype": format!("{:?}", model.dtype),
+        "quant": model.quant.map(|q| q.format().to_string()),
+        "prompt": parameters.get("prompt_template").or_else(|| parameters.get("prompt")),
+        "max_new_tokens": args.max_new_tokens,
+        "segments": args.segments,
+        "segment_remainder": format!("{:?}", args.segment_remainder),
+        "seed": args.seed,
+    });
+    sweep::fingerprint(&settings.to_string())
 }
 
 /// Runs `auris eval mmau`.
