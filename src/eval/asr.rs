@@ -250,8 +250,7 @@ pub(crate) fn strategy_parameters(strategies: &[Strategy]) -> Value {
             Strategy::Random { seed } => json!({ "seed": seed }),
             Strategy::VisionZip { contextual_share } => {
                 // The f32 share as the decimal it was written as (0.18, not 0.18000000715...).
-                let share: f64 = format!("{contextual_share}").parse().unwrap_or(0.0);
-                json!({ "contextual_share": share })
+                json!({ "contextual_share": super::sweep::as_written(*contextual_share) })
             }
             _ => continue,
         };

@@ -448,8 +448,8 @@ pub(crate) fn by_config<'a>(
 pub(crate) struct Row {
     /// The strategy (`none`: no pruning).
     pub(crate) strategy: String,
-    /// The keep ratio.
-    pub(crate) keep: f32,
+    /// The keep ratio, as written (0.1, not the f32's 0.10000000149).
+    pub(crate) keep: f64,
     /// Items scored.
     pub(crate) items: usize,
     /// Scores by metric name.
@@ -472,7 +472,7 @@ impl Row {
         let mean = |f: fn(&Prediction) -> f64| predictions.iter().map(|p| f(p)).sum::<f64>() / n;
         Self {
             strategy: config.strategy.clone(),
-            keep: config.keep,
+            keep: as_written(config.keep),
             items: predictions.len(),
             metrics: BTreeMap::new(),
             groups: BTreeMap::new(),
@@ -481,6 +481,11 @@ impl Row {
             end_to_end_ms: round(mean(|p| p.end_to_end_ms), 1),
         }
     }
+}
+
+/// An f32 as the f64 of its shortest decimal form (what the user wrote).
+pub(crate) fn as_written(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(f64::from(x))
 }
 
 /// `x` rounded to `digits` decimals (for stable, readable JSON).
@@ -606,7 +611,7 @@ impl SweepReport {
                     series.len() - 1
                 }
             };
-            series[i].points.push((f64::from(r.keep), score(r)));
+            series[i].points.push((r.keep, score(r)));
         }
         line_plot(
             &format!(
@@ -616,5 +621,26 @@ impl SweepReport {
             &self.metric,
             &series,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_ratios_are_reported_as_written() {
+        assert_eq!(as_written(0.1), 0.1);
+        let configs = configs(&[Strategy::TopK], &[1.0, 0.5, 0.1]).unwrap();
+        let keeps: Vec<f64> = configs.iter().map(|c| Row::new(c, &[]).keep).collect();
+        assert_eq!(keeps, [1.0, 0.5, 0.1], "keep 1 is the baseline only");
+        assert_eq!(configs[0].strategy, BASELINE);
+    }
+
+    #[test]
+    fn fingerprint_is_fnv1a() {
+        // FNV-1a 64 of "a", the published test vector.
+        assert_eq!(fingerprint("a"), "af63dc4c8601ec8c");
+        assert_ne!(fingerprint("{\"seed\":0}"), fingerprint("{\"seed\":1}"));
     }
 }
