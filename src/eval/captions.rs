@@ -5,7 +5,7 @@
 //! `--audio-dir`), or JSON Lines with one `{"audio": PATH, "captions": [...]}` per line (an
 //! `id` is optional; relative audio paths are under `--audio-dir`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use auris::{Error, PromptSpec};
@@ -37,7 +37,6 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Vec<CaptionItem>, Error> {
     } else {
         super::read_json_lines(path)?
     };
-    let mut seen = HashSet::new();
     for item in &mut items {
         if item.id.is_empty() {
             item.id = item.audio.display().to_string();
@@ -49,13 +48,8 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Vec<CaptionItem>, Error> {
                 format!("item {}: no reference caption", item.id),
             ));
         }
-        if !seen.insert(item.id.clone()) {
-            return Err(super::bad_file(
-                path,
-                format!("item id {} appears twice", item.id),
-            ));
-        }
     }
+    super::unique_ids(path, items.iter().map(|i| i.id.as_str()))?;
     super::non_empty(path, items)
 }
 

@@ -6,7 +6,7 @@
 //! `difficulty`. Accuracy is reported overall, per task (sound, music, speech), per difficulty
 //! and per sub-category.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -51,21 +51,13 @@ pub(crate) struct MmauItem {
 /// Reads an MMAU JSON manifest; every item needs choices and an id of its own.
 pub(crate) fn read_manifest(path: &Path) -> Result<Vec<MmauItem>, Error> {
     let items: Vec<MmauItem> = super::non_empty(path, super::read_json(path)?)?;
-    let mut seen = HashSet::new();
-    for item in &items {
-        if item.choices.is_empty() {
-            return Err(super::bad_file(
-                path,
-                format!("item {}: no choices", item.id),
-            ));
-        }
-        if !seen.insert(item.id.as_str()) {
-            return Err(super::bad_file(
-                path,
-                format!("item id {} appears twice", item.id),
-            ));
-        }
+    if let Some(item) = items.iter().find(|i| i.choices.is_empty()) {
+        return Err(super::bad_file(
+            path,
+            format!("item {}: no choices", item.id),
+        ));
     }
+    super::unique_ids(path, items.iter().map(|i| i.id.as_str()))?;
     Ok(items)
 }
 

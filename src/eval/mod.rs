@@ -73,6 +73,20 @@ pub(crate) fn non_empty<T>(path: &Path, items: Vec<T>) -> Result<Vec<T>, Error> 
     Ok(items)
 }
 
+/// Every item of a manifest needs an id of its own: the predictions file keys on it.
+pub(crate) fn unique_ids<'a>(
+    path: &Path,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(bad_file(path, format!("item id {id} appears twice")));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn open(path: &Path) -> Result<std::fs::File, Error> {
     std::fs::File::open(path).map_err(|source| io_error(path, source))
 }

@@ -139,23 +139,21 @@ fn eval_mmau_counts_skips_and_json_layout() {
 #[test]
 fn eval_mmau_resumes_from_the_predictions_file() {
     let dir = scratch("resume");
-    let args = [
-        "--strategies",
-        "segmentwise",
-        "--keeps",
-        "0.5",
-        "--limit",
-        "2",
-    ];
-    let first = eval("mmau", "mmau_mini.json", &dir, &args);
+    // Segmentwise on the first two items, with the keep ratios and options in `extra`.
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["--strategies", "segmentwise", "--limit", "2"];
+        args.extend_from_slice(extra);
+        eval("mmau", "mmau_mini.json", &dir, &args)
+    };
+    let first = resume(&["--keeps", "0.5"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    let lines = read_lines(&dir.join("p.jsonl"));
-    assert_eq!(lines.len(), 2 * 2);
+    let path = dir.join("p.jsonl");
+    assert_eq!(read_lines(&path).len(), 2 * 2);
     let first_json = read_json(&dir.join("r.json"));
     assert_eq!(first_json["resumed"], 0);
 
     // Nothing left to do: every prediction comes from the file, the results are the same.
-    let again = eval("mmau", "mmau_mini.json", &dir, &args);
+    let again = resume(&["--keeps", "0.5"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let again_json = read_json(&dir.join("r.json"));
     assert_eq!(again_json["resumed"], 4);
@@ -163,67 +161,26 @@ fn eval_mmau_resumes_from_the_predictions_file() {
         again_json["results"][1]["metrics"],
         first_json["results"][1]["metrics"]
     );
-    assert_eq!(read_lines(&dir.join("p.jsonl")).len(), 4);
+    assert_eq!(read_lines(&path).len(), 4);
 
     // An interrupted write (a last line without its newline) is dropped and made again; a new
     // keep ratio adds only its own predictions.
-    let path = dir.join("p.jsonl");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("{\"id\": \"mini-sound-1\", \"stra");
     std::fs::write(&path, text).unwrap();
-    let more = eval(
-        "mmau",
-        "mmau_mini.json",
-        &dir,
-        &[
-            "--strategies",
-            "segmentwise",
-            "--keeps",
-            "0.5,0.25",
-            "--limit",
-            "2",
-        ],
-    );
+    let more = resume(&["--keeps", "0.5,0.25"]);
     assert_eq!(more.code, 0, "{}", more.stderr);
-    let lines = read_lines(&path);
-    assert_eq!(lines.len(), 2 * 3, "{lines:?}");
+    assert_eq!(read_lines(&path).len(), 2 * 3);
     assert_eq!(read_json(&dir.join("r.json"))["resumed"], 4);
 
-    // Other generation settings would make other predictions: the file is refused.
-    let other = eval(
-        "mmau",
-        "mmau_mini.json",
-        &dir,
-        &[
-            "--strategies",
-            "segmentwise",
-            "--keeps",
-            "0.5",
-            "--limit",
-            "2",
-            "--segments",
-            "5",
-        ],
-    );
+    // Other pruning settings would make other predictions: the file is refused.
+    let other = resume(&["--keeps", "0.5", "--segments", "5"]);
     assert_ne!(other.code, 0);
     assert!(other.stderr.contains("other settings"), "{}", other.stderr);
     assert_eq!(read_lines(&path).len(), 2 * 3);
 
     // Score-choices is its own mode: the same file, new predictions, each one of the choices.
-    let scored = eval(
-        "mmau",
-        "mmau_mini.json",
-        &dir,
-        &[
-            "--strategies",
-            "segmentwise",
-            "--keeps",
-            "0.5",
-            "--limit",
-            "2",
-            "--score-choices",
-        ],
-    );
+    let scored = resume(&["--keeps", "0.5", "--score-choices"]);
     assert_eq!(scored.code, 0, "{}", scored.stderr);
     let j = read_json(&dir.join("r.json"));
     assert_eq!(j["mode"], "score-choices");
@@ -363,6 +320,8 @@ fn real_mini_runs_both_evaluations() {
                 "--quiet",
                 "--keeps",
                 "0.5,0.25,0.1",
+                "--max-new-tokens",
+                "16",
                 "--out",
             ])
             .arg(dir.join(format!("{task}.json"))));
