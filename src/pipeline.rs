@@ -672,18 +672,33 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
-        let mut timings = Timings::default();
         let audio = self.load_audio(&request.audio)?;
-        timings.decode_audio = audio.decode_ms;
-        timings.mel = audio.mel_ms;
-
         let start = Instant::now();
         let want_scores = request.inspect || !matches!(request.policy.strategy, Strategy::None);
         let encoded = self.encode(&audio, want_scores)?;
-        timings.encoder = ms(start);
+        self.run_encoded(request, &audio, &encoded, ms(start), on_token)
+    }
 
+    /// [`Pipeline::run`] from audio already decoded and encoded (`encoder_ms` is reported as
+    /// the encoder's time): an evaluation encodes a clip once and runs every pruning policy on
+    /// it. Pruning needs `encoded` to carry the attention scores.
+    pub fn run_encoded(
+        &self,
+        request: &Request,
+        audio: &AudioInput,
+        encoded: &[EncoderOutput],
+        encoder_ms: f64,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
+        request.policy.validate()?;
+        let mut timings = Timings {
+            decode_audio: audio.decode_ms,
+            mel: audio.mel_ms,
+            encoder: encoder_ms,
+            ..Timings::default()
+        };
         let start = Instant::now();
-        let tokens = self.select(&encoded, &request.policy)?;
+        let tokens = self.select(encoded, &request.policy)?;
         let projected = self.project(&tokens)?;
         timings.projector = ms(start);
 
@@ -709,7 +724,7 @@ impl Pipeline {
         timings.prefill = ms(start);
 
         let inspection = match &all_logits {
-            Some(all) => Some(self.inspection(&audio, &encoded, &tokens, &projected, all)?),
+            Some(all) => Some(self.inspection(audio, encoded, &tokens, &projected, all)?),
             None => None,
         };
 

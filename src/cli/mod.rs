@@ -345,6 +345,8 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Download(args) => download::run(&args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
+        Command::Eval(EvalCommand::Mmau(args)) => eval::mmau(args),
+        Command::Eval(EvalCommand::Captions(args)) => eval::captions(args),
     }
 }
 

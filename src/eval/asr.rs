@@ -6,7 +6,7 @@
 //! pairing). Word error rates are corpus-level: errors and reference words summed over clips.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,38 +33,15 @@ pub(crate) struct ManifestEntry {
     pub(crate) source: Option<String>,
 }
 
-/// Reads a JSON Lines manifest: one `{"audio": ..., "text": ...}` object per line.
+/// Reads a JSON Lines manifest: one `{"audio": ..., "text": ...}` object per line; relative
+/// audio paths are relative to the manifest's folder.
 pub(crate) fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut entries = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut entry: ManifestEntry = serde_json::from_str(&line).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {e}", i + 1),
-        })?;
-        if entry.audio.is_relative() {
-            entry.audio = base.join(&entry.audio);
-        }
-        entries.push(entry);
+    let mut entries: Vec<ManifestEntry> = super::read_json_lines(path)?;
+    for entry in &mut entries {
+        entry.audio = super::resolve(base, &entry.audio);
     }
-    if entries.is_empty() {
-        return Err(Error::BadFile {
-            path: path.to_path_buf(),
-            reason: "the manifest lists no clips".to_string(),
-        });
-    }
-    Ok(entries)
+    super::non_empty(path, entries)
 }
 
 /// Which frames a strategy prunes.
@@ -155,8 +132,9 @@ pub(crate) fn asr_pruning(
     report.parameters["scope"] = json!(opts.scope.name());
     report.parameters["max_new_tokens"] = json!(opts.max_new_tokens);
     let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
-    for (i, clip) in clips.iter().enumerate() {
-        let clip_start = Instant::now();
+    let bar = super::progress_bar(clips.len(), opts.progress, "clips");
+    for clip in clips {
+        bar.inc(1);
         let (encoded, samples, duration_s) = match model.encode_file(&clip.audio) {
             Ok(e) => {
                 let seconds = e.seconds();
@@ -164,7 +142,7 @@ pub(crate) fn asr_pruning(
             }
             Err(e) => {
                 if opts.progress {
-                    eprintln!("[{}/{}] skipped: {e}", i + 1, clips.len());
+                    bar.suspend(|| eprintln!("auris: skipping {}: {e}", clip.audio.display()));
                 }
                 report.skipped.push((clip.audio.clone(), e.to_string()));
                 continue;
@@ -212,20 +190,9 @@ pub(crate) fn asr_pruning(
                 source,
             })?;
         }
-        if opts.progress {
-            eprintln!(
-                "[{}/{}] {} ({:.1} s): {:?} ({} errors / {} words); running WER none {:.3}",
-                i + 1,
-                clips.len(),
-                clip.audio.file_name().unwrap_or_default().to_string_lossy(),
-                clip_start.elapsed().as_secs_f64(),
-                full.text,
-                none.errors,
-                none.words,
-                report.none.rate()
-            );
-        }
+        bar.set_message(format!("running WER none {:.3}", report.none.rate()));
     }
+    bar.finish_and_clear();
     if let Some(mut out) = details {
         out.flush().map_err(|source| Error::Io {
             path: opts.details.clone().unwrap_or_default(),
@@ -271,7 +238,8 @@ fn audio_positions(samples: usize) -> usize {
     auris_audio::conv_output_len(auris_audio::valid_frames(samples)).max(1)
 }
 
-fn strategy_parameters(strategies: &[Strategy]) -> Value {
+/// The strategies' parameters, for the record: `{"<name>": {...}}`.
+pub(crate) fn strategy_parameters(strategies: &[Strategy]) -> Value {
     let mut map = Map::new();
     for s in strategies {
         let v = match s {
@@ -282,8 +250,7 @@ fn strategy_parameters(strategies: &[Strategy]) -> Value {
             Strategy::Random { seed } => json!({ "seed": seed }),
             Strategy::VisionZip { contextual_share } => {
                 // The f32 share as the decimal it was written as (0.18, not 0.18000000715...).
-                let share: f64 = format!("{contextual_share}").parse().unwrap_or(0.0);
-                json!({ "contextual_share": share })
+                json!({ "contextual_share": super::sweep::as_written(*contextual_share) })
             }
             _ => continue,
         };

@@ -1,5 +1,5 @@
 //! The ASR evaluation's report: JSON (`bench/asr_pruning.json`), a markdown table and an SVG
-//! plot of WER against the keep ratio.
+//! plot of WER against the keep ratio (through [`super::plot`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::plot::{line_plot, Series};
 use super::wer::ErrorCount;
 
 /// The evaluation's result; [`AsrReport::to_json`] gives the `bench/asr_pruning.json` layout.
@@ -160,127 +161,30 @@ impl AsrReport {
     }
 
     /// An SVG line plot of WER against keep ratio, one line per strategy (no pruning at 1.0).
-    pub(crate) fn svg(&self) -> String {
-        const W: f64 = 640.0;
-        const H: f64 = 400.0;
-        const LEFT: f64 = 60.0;
-        const RIGHT: f64 = 150.0;
-        const TOP: f64 = 30.0;
-        const BOTTOM: f64 = 50.0;
-        const COLOURS: [&str; 8] = [
-            "#d62728", "#1f77b4", "#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
-        ];
+    pub(crate) fn svg(&self) -> anyhow::Result<String> {
         let base = self.none.rate();
-        let points: Vec<(&String, Vec<(f64, f64)>)> = self
+        let series: Vec<Series> = self
             .order
             .iter()
             .map(|name| {
-                let mut pts: Vec<(f64, f64)> = self
+                let mut points: Vec<(f64, f64)> = self
                     .keeps
                     .iter()
-                    .filter_map(|k| {
-                        let x: f64 = k.parse().ok()?;
-                        Some((x, self.pruned[name][k].rate()))
-                    })
+                    .filter_map(|k| Some((k.parse().ok()?, self.pruned[name][k].rate())))
                     .collect();
-                pts.push((1.0, base));
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                (name, pts)
+                points.push((1.0, base));
+                Series {
+                    name: name.clone(),
+                    points,
+                }
             })
             .collect();
-        let y_max = points
-            .iter()
-            .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
-            .filter(|y| y.is_finite())
-            .fold(base, f64::max)
-            .max(1e-3);
-        let y_top = nice_ceiling(y_max * 1.05);
-        let px = |x: f64| LEFT + x * (W - LEFT - RIGHT);
-        let py = |y: f64| H - BOTTOM - (y.min(y_top) / y_top) * (H - TOP - BOTTOM);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Whisper-base WER vs keep ratio ({} clips)</text>"#,
-            (LEFT + W - RIGHT) / 2.0,
-            self.clips
-        );
-        for i in 0..=5 {
-            let y = y_top * i as f64 / 5.0;
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.0} %</text>"##,
-                W - RIGHT,
-                py(y),
-                LEFT - 6.0,
-                py(y) + 4.0,
-                100.0 * y
-            );
-        }
-        for x in [0.0, 0.1, 0.25, 0.5, 0.75, 1.0] {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#ddd"/><text x="{0:.1}" y="{3}" text-anchor="middle">{x}</text>"##,
-                px(x),
-                TOP,
-                H - BOTTOM,
-                H - BOTTOM + 16.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">keep ratio</text><text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">word error rate</text>"#,
-            (LEFT + W - RIGHT) / 2.0,
-            H - 10.0,
-            (TOP + H - BOTTOM) / 2.0,
-            (TOP + H - BOTTOM) / 2.0
-        );
-        for (i, (name, pts)) in points.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let path: Vec<String> = pts
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
-            for &(x, y) in pts {
-                let _ = writeln!(
-                    s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
-                    px(x),
-                    py(y)
-                );
-            }
-            let ly = TOP + 10.0 + 20.0 * i as f64;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{2}" y="{3}">{name}</text>"#,
-                W - RIGHT + 12.0,
-                W - RIGHT + 34.0,
-                W - RIGHT + 40.0,
-                ly + 4.0
-            );
-        }
-        s.push_str("</svg>\n");
-        s
+        line_plot(
+            &format!("Whisper WER vs keep ratio ({} clips)", self.clips),
+            "word error rate",
+            &series,
+        )
     }
-}
-
-/// The smallest of 1, 2, 2.5, 5 times a power of ten that is at least `x`.
-fn nice_ceiling(x: f64) -> f64 {
-    let p = 10f64.powf(x.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * p)
-        .find(|&v| v >= x)
-        .unwrap_or(10.0 * p)
 }
 
 #[cfg(test)]
@@ -334,16 +238,13 @@ mod tests {
             md.contains("| segmentwise | 12.00 % (+20 %) | 30.00 % (+200 %) |"),
             "{md}"
         );
-        let svg = r.svg();
-        assert_eq!(svg.matches("<polyline").count(), 2);
+        let svg = r.svg().unwrap();
+        // Two strategies, each at two keep ratios plus no pruning at 1.
         assert_eq!(svg.matches("<circle").count(), 6);
+        assert!(
+            svg.contains("\nsegmentwise\n") && svg.contains("\ntopk\n"),
+            "{svg}"
+        );
         assert!(svg.trim_end().ends_with("</svg>"));
-    }
-
-    #[test]
-    fn nice_axis() {
-        assert_eq!(nice_ceiling(0.42), 0.5);
-        assert_eq!(nice_ceiling(0.11), 0.2);
-        assert_eq!(nice_ceiling(0.021), 0.025);
     }
 }

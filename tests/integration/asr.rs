@@ -189,7 +189,8 @@ fn eval_asr_pruning_writes_json_table_and_plot() {
     let details = std::fs::read_to_string(dir.join("d.jsonl")).unwrap();
     assert_eq!(details.lines().count(), 2);
     let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 2);
+    // Two strategies, each at two keep ratios plus no pruning at 1.
+    assert_eq!(svg.matches("<circle").count(), 6, "{svg}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -214,6 +215,10 @@ fn eval_asr_pruning_rejects_bad_input() {
     );
     let out = base(&["--keeps", "1.5"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
+    // Whisper runs in f32: the shared model options that would change that are refused.
+    let out = base(&["--quant", "q8_0"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("f32"), "{}", out.stderr);
     let missing = run(auris()
         .args(["eval", "asr-pruning", "--model"])
         .arg(model_dir("tiny-whisper"))

@@ -219,6 +219,8 @@ fn help_output_is_stable() {
         &["eval", "asr-pruning", "--help"],
         "help_eval_asr_pruning.txt",
     );
+    help_snapshot(&["eval", "mmau", "--help"], "help_eval_mmau.txt");
+    help_snapshot(&["eval", "captions", "--help"], "help_eval_captions.txt");
 }
 
 fn prompt_of(model: &std::path::Path, extra: &[&str]) -> String {

@@ -7,6 +7,7 @@ mod asr;
 mod cli;
 mod common;
 mod errors;
+mod eval;
 mod hub;
 mod hub_server;
 mod parity;
