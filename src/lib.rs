@@ -13,6 +13,7 @@
 //! ```
 
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 mod error;
@@ -55,6 +56,7 @@ pub fn caption(
         score_choices: None,
         inspect: false,
         prompt_only: false,
+        context: budget::ContextFit::default(),
     };
     pipeline.run(&request, &mut |_| true)
 }

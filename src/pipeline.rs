@@ -18,6 +18,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::budget::{ContextFit, ContextUse};
 use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::memory::{self, Placement};
@@ -205,6 +206,8 @@ pub struct Request {
     pub inspect: bool,
     /// Stop after the prompt logits (no generation).
     pub prompt_only: bool,
+    /// What to do when the prompt would not fit the model's context.
+    pub context: ContextFit,
 }
 
 /// Stage timings of one request, in milliseconds.
@@ -277,6 +280,10 @@ pub struct Response {
     pub timings: Timings,
     /// Intermediate tensors, when asked for.
     pub inspection: Option<Inspection>,
+    /// The policy applied (its keep ratio lowered when the context asked for it).
+    pub policy: Policy,
+    /// How the prompt uses the model's context.
+    pub context: ContextUse,
 }
 
 /// A loaded model: every stage, the tokenizer and the prompt format.
@@ -673,19 +680,20 @@ impl Pipeline {
         let audio = self.load_audio(&request.audio)?;
         timings.decode_audio = audio.decode_ms;
         timings.mel = audio.mel_ms;
+        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
+        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
+        let (policy, context) = self.plan_context(&audio, &ids, request)?;
 
         let start = Instant::now();
-        let want_scores = request.inspect || !matches!(request.policy.strategy, Strategy::None);
+        let want_scores = request.inspect || !matches!(policy.strategy, Strategy::None);
         let encoded = self.encode(&audio, want_scores)?;
         timings.encoder = ms(start);
 
         let start = Instant::now();
-        let tokens = self.select(&encoded, &request.policy)?;
+        let tokens = self.select(&encoded, &policy)?;
         let projected = self.project(&tokens)?;
         timings.projector = ms(start);
 
-        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
-        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
         let expanded = prompt::expand(&ids, &[tokens.kept_indices.len()], &self.special)?;
         let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
         let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
@@ -725,6 +733,8 @@ impl Pipeline {
             choice_logprobs: None,
             timings,
             inspection,
+            policy,
+            context,
         };
         if request.prompt_only {
             return Ok(response);
@@ -756,6 +766,27 @@ impl Pipeline {
         response.output_token_ids = generation.tokens;
         response.stopped_on = generation.stopped_on;
         Ok(response)
+    }
+
+    /// The policy `request` runs with on `audio` and the context it uses (see
+    /// [`crate::budget::plan`]); `ids` is the prompt before placeholder expansion.
+    pub fn plan_context(
+        &self,
+        audio: &AudioInput,
+        ids: &[u32],
+        request: &Request,
+    ) -> Result<(Policy, ContextUse), Error> {
+        let tokens = crate::budget::window_tokens(audio.windows.iter().map(|w| w.valid_frames));
+        // The placeholder becomes the audio, wrapped in <|audio_bos|>/<|audio_eos|> if needed.
+        let text = prompt::expand(ids, &[0], &self.special)?.ids.len();
+        crate::budget::plan(
+            &tokens,
+            text,
+            request.generate.max_new_tokens,
+            self.config.text_config.max_position_embeddings,
+            &request.policy,
+            &request.context,
+        )
     }
 
     /// Detokenizes, skipping special tokens.

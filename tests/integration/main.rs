@@ -6,6 +6,7 @@
 mod asr;
 mod cli;
 mod common;
+mod context;
 mod errors;
 mod parity;
 mod real_mini;
