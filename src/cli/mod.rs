@@ -373,7 +373,13 @@ fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, 
 }
 
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
-    eprintln!("error: {}: {err}", path.display());
+    let message = err.to_string();
+    // Audio errors name the file themselves.
+    if message.contains(&path.display().to_string()) {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("error: {}: {message}", path.display());
+    }
     if let Some(hint) = hint_for_error(err) {
         eprintln!("hint: {hint}");
     }

@@ -26,7 +26,7 @@ mod resample;
 
 use std::path::Path;
 
-pub use decode::{decode_bytes, decode_file, Pcm};
+pub use decode::{decode_bytes, decode_file, Pcm, FORMATS_READ};
 pub use error::AudioError;
 pub use mel::{LogMel, MelConfig, MelExtractor};
 pub use resample::resample;
