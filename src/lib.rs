@@ -20,6 +20,7 @@ mod error;
 pub mod memory;
 pub mod pipeline;
 pub mod prompt;
+pub mod shards;
 pub mod whisper;
 
 use std::path::Path;

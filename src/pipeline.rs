@@ -391,7 +391,14 @@ impl Pipeline {
                 context: format!("loading {}", files.tokenizer.display()),
                 source,
             })?;
-        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)?;
+        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)
+            .map_err(|e| match e {
+                Error::MissingToken { token } => Error::BadFile {
+                    path: files.tokenizer.clone(),
+                    reason: format!("no {token} token: an audio model's tokenizer needs the audio special tokens"),
+                },
+                e => e,
+            })?;
         let own_template = ChatTemplate::from_model_files(
             files.chat_template.as_deref(),
             files.processor_config.as_deref(),

@@ -4,6 +4,7 @@
 //! the same checkpoints and audio (see `tests/fixtures/README.md`).
 
 mod asr;
+mod checkpoint_faults;
 mod cli;
 mod common;
 mod context;
