@@ -83,6 +83,10 @@ impl SpecialTokens {
     }
 }
 
+/// Instructions a chat template may run per rendering (minijinja fuel): real templates use a
+/// few hundred per message.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A chat template in the Jinja dialect transformers uses.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -190,6 +194,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, Error> {
         let mut env = Environment::new();
+        // A template is code from the checkpoint: bound its work so that a hostile one (nested
+        // loops over large ranges) fails instead of hanging.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
