@@ -368,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let template = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        let start = std::time::Instant::now();
+        let err = template.render(&[], true).unwrap_err();
+        assert!(matches!(err, Error::Template { .. }), "{err}");
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
+
+    #[test]
     fn count_mismatch_is_an_error() {
         let err = expand(&[1, 9, 2], &[3, 4], &SPECIAL).unwrap_err();
         assert!(matches!(
