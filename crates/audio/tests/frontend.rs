@@ -412,3 +412,46 @@ fn unsupported_files_name_the_formats_read() {
     assert!(msg.contains("text_renamed.mp3"), "{msg}");
     assert!(msg.contains(auris_audio::FORMATS_READ), "{msg}");
 }
+
+/// A 16-bit mono PCM WAV of `n` zero samples whose header claims `rate` Hz.
+fn wav_claiming(rate: u32, n: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&rate.wrapping_mul(2).to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(2 * n).to_le_bytes());
+    b.resize(b.len() + 2 * n as usize, 0);
+    b
+}
+
+#[test]
+fn absurd_sample_rates_are_rejected_naming_the_file() {
+    let mut reached = 0;
+    for rate in [1, 500, 4_000_000_000] {
+        let Ok(pcm) = decode_bytes(wav_claiming(rate, 1000), None, "odd_rate.wav") else {
+            continue; // the container itself refused the rate: fine too
+        };
+        let err = auris_audio::to_16k(&pcm, Path::new("odd_rate.wav")).unwrap_err();
+        assert!(
+            matches!(err, AudioError::Unsupported { .. }),
+            "{rate}: {err:?}"
+        );
+        assert!(err.to_string().contains("odd_rate.wav"), "{err}");
+        reached += 1;
+    }
+    assert!(
+        reached > 0,
+        "symphonia refused every odd rate; the check went untested"
+    );
+    // A usual rate passes.
+    let pcm = decode_bytes(wav_claiming(8_000, 1000), None, "ok.wav").unwrap();
+    assert!(auris_audio::to_16k(&pcm, Path::new("ok.wav")).is_ok());
+}
