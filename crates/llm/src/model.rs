@@ -133,7 +133,7 @@ impl Rope {
 /// Positions one prefill pass holds scores for (see [`Qwen2Decoder::forward_chunked`]): at
 /// 512 a 28-head model attending over 32768 cached positions holds 1.9 GB of f32 scores per
 /// pass instead of 120 GB for the whole prompt at once.
-pub(crate) const PREFILL_CHUNK: usize = 512;
+pub const PREFILL_CHUNK: usize = 512;
 
 /// Additive mask `(1, 1, len, start + len)` for queries at positions `start..start + len`
 /// over keys `0..start + len`: causal, and with a window `w` a query at `q` also skips keys
