@@ -6,17 +6,16 @@
 //! shards its `weight_map` names. Weights are memory-mapped; a [`WeightStore`] records which
 //! tensors the model asked for so that [`WeightStore::coverage`] can prove every tensor was used.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use auris_audio::MelConfig;
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
+use crate::shards::{ShardIndex, Shards};
 use crate::Error;
 
 /// The hub id used when the user names no model.
@@ -134,11 +133,6 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
 const CHAT_TEMPLATE_FILES: [&str; 2] = ["chat_template.jinja", "chat_template.json"];
 
-#[derive(Deserialize)]
-struct ShardIndex {
-    weight_map: HashMap<String, String>,
-}
-
 /// Resolves every file of `source`, downloading from the hub when needed (see [`crate::hub`]).
 ///
 /// Honours `HF_HOME` (cache location), `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE=1` (cache
@@ -243,7 +237,7 @@ pub struct WeightStore {
 }
 
 struct Recorder {
-    tensors: MmapedSafetensors,
+    tensors: Shards,
     used: Mutex<HashSet<String>>,
 }
 
@@ -276,21 +270,11 @@ pub struct Coverage {
 
 impl WeightStore {
     /// Memory-maps the given safetensors files.
+    ///
+    /// A missing or truncated file, a malformed header and a tensor stored in two files are
+    /// errors naming the file.
     pub fn open(paths: &[PathBuf]) -> Result<Self, Error> {
-        for path in paths {
-            if !path.is_file() {
-                return Err(Error::BadFile {
-                    path: path.clone(),
-                    reason: "weights file not found".to_string(),
-                });
-            }
-        }
-        // SAFETY: the files are mapped read-only and auris never writes to them; like every
-        // mmap-based loader we rely on nobody truncating them while the model runs.
-        let tensors = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| Error::BadFile {
-            path: paths.first().cloned().unwrap_or_default(),
-            reason: format!("cannot read safetensors: {e}"),
-        })?;
+        let tensors = Shards::open(paths)?;
         Ok(Self {
             inner: Arc::new(Recorder {
                 tensors,
@@ -310,29 +294,14 @@ impl WeightStore {
 
     /// Names of every tensor in the files.
     pub fn names(&self) -> Vec<String> {
-        self.inner
-            .tensors
-            .tensors()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect()
+        self.inner.tensors.names()
     }
 
     /// Name, shape and stored dtype of every tensor, read from the file headers only (no
     /// weight is touched): what a memory estimate needs before loading. A dtype candle does
     /// not know is `None`.
     pub fn infos(&self) -> Vec<TensorInfo> {
-        let mut infos: Vec<TensorInfo> = self
-            .inner
-            .tensors
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| TensorInfo {
-                shape: view.shape().to_vec(),
-                dtype: DType::try_from(view.dtype()).ok(),
-                name,
-            })
-            .collect();
+        let mut infos = self.inner.tensors.infos();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
@@ -382,18 +351,12 @@ struct RecordingBackend(Arc<Recorder>);
 
 impl RecordingBackend {
     fn read(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let tensor =
-            self.0
-                .tensors
-                .load(name, dev)
-                .map_err(|_| candle_core::Error::CannotFindTensor {
-                    path: name.to_string(),
-                })?;
+        let tensor = self.0.tensors.load(name, dev)?;
         if let Ok(mut used) = self.0.used.lock() {
             used.insert(name.to_string());
         }
-        if let Ok(view) = self.0.tensors.get(name) {
-            release_pages(view.data());
+        if let Some(stored) = self.0.tensors.get(name) {
+            release_pages(stored.data);
         }
         tensor.to_dtype(dtype)
     }
@@ -436,7 +399,14 @@ impl SimpleBackend for RecordingBackend {
         let tensor = self.read(name, dtype, dev)?;
         if tensor.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("tensor {name} has the wrong shape"),
+                msg: format!(
+                    "tensor {name}{} has the wrong shape",
+                    self.0
+                        .tensors
+                        .get(name)
+                        .map(|s| format!(" in {}", s.path.display()))
+                        .unwrap_or_default()
+                ),
                 expected: s,
                 got: tensor.shape().clone(),
             });
@@ -449,7 +419,7 @@ impl SimpleBackend for RecordingBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.get(name).is_ok()
+        self.0.tensors.get(name).is_some()
     }
 }
 

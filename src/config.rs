@@ -58,6 +58,7 @@ impl ModelConfig {
                 });
             }
         }
+        self.check_limits()?;
         self.audio_config.validate()?;
         self.text_config.validate()?;
         let vocab = self.text_config.vocab_size;
@@ -67,6 +68,63 @@ impl ModelConfig {
                 value: self.audio_token_index.to_string(),
                 reason: format!("outside the vocabulary of {vocab} rows"),
             });
+        }
+        Ok(())
+    }
+}
+
+/// Largest size each config field may claim. Published checkpoints stay far below (Qwen2-72B:
+/// 80 layers, hidden 8192, vocab 152064, 131072 positions); a larger value is a corrupt or
+/// hostile file, rejected before anything is allocated from it (tables, caches and estimates
+/// all multiply these sizes).
+const LIMITS: [(&str, usize); 13] = [
+    ("audio_config.num_mel_bins", 1 << 10),
+    ("audio_config.encoder_layers", 1 << 10),
+    ("audio_config.encoder_attention_heads", 1 << 10),
+    ("audio_config.encoder_ffn_dim", 1 << 20),
+    ("audio_config.d_model", 1 << 16),
+    ("audio_config.max_source_positions", 1 << 20),
+    ("text_config.vocab_size", 1 << 24),
+    ("text_config.hidden_size", 1 << 16),
+    ("text_config.intermediate_size", 1 << 20),
+    ("text_config.num_hidden_layers", 1 << 10),
+    ("text_config.num_attention_heads", 1 << 10),
+    ("text_config.num_key_value_heads", 1 << 10),
+    ("text_config.max_position_embeddings", 1 << 26),
+];
+
+impl ModelConfig {
+    /// Every size within [`LIMITS`].
+    fn check_limits(&self) -> Result<(), Error> {
+        let (a, t) = (&self.audio_config, &self.text_config);
+        let values = [
+            a.num_mel_bins,
+            a.encoder_layers,
+            a.encoder_attention_heads,
+            a.encoder_ffn_dim,
+            a.d_model,
+            a.max_source_positions,
+            t.vocab_size,
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.num_attention_heads,
+            t.num_kv_heads(),
+            t.max_position_embeddings,
+        ];
+        let head_dim = t.head_dim.unwrap_or(0);
+        for ((field, limit), value) in LIMITS
+            .iter()
+            .chain(&[("text_config.head_dim", 1 << 16)])
+            .zip(values.into_iter().chain([head_dim]))
+        {
+            if value > *limit {
+                return Err(Error::InvalidConfig {
+                    field: field.to_string(),
+                    value: value.to_string(),
+                    reason: format!("larger than any model auris can load (at most {limit})"),
+                });
+            }
         }
         Ok(())
     }
@@ -125,6 +183,32 @@ impl GenerationConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_rejected_before_allocation() {
+        for (field, json) in [
+            (
+                "text_config.num_hidden_layers",
+                r#"{"text_config": {"num_hidden_layers": 1000000000}}"#,
+            ),
+            (
+                "text_config.vocab_size",
+                r#"{"text_config": {"vocab_size": 18446744073709551615}}"#,
+            ),
+            (
+                "audio_config.d_model",
+                r#"{"audio_config": {"d_model": 4294967296}}"#,
+            ),
+            (
+                "text_config.max_position_embeddings",
+                r#"{"text_config": {"max_position_embeddings": 1099511627776}}"#,
+            ),
+        ] {
+            let cfg: ModelConfig = serde_json::from_str(json).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("larger than"), "{err}");
+        }
+    }
 
     #[test]
     fn hub_config_gets_transformers_defaults() {

@@ -124,6 +124,9 @@ pub enum Error {
     /// The model would not fit the memory available (checked before any weight is read).
     #[error("{0}")]
     InsufficientMemory(Box<memory::Shortfall>),
+    /// The prompt an audio file produces does not fit the model's positions.
+    #[error("{0}")]
+    ContextOverflow(Box<crate::budget::Overflow>),
     /// A bad request parameter.
     #[error("{0}")]
     Usage(String),

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 mod error;
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod memory;
 pub mod pipeline;
 pub mod prompt;
+pub mod shards;
 pub mod whisper;
 
 use std::path::Path;
@@ -56,6 +58,7 @@ pub fn caption(
         score_choices: None,
         inspect: false,
         prompt_only: false,
+        context: budget::ContextFit::default(),
     };
     pipeline.run(&request, &mut |_| true)
 }

@@ -73,7 +73,10 @@ const ACT: u64 = 4;
 impl Dims {
     /// The KV cache of `context` positions, `kv_bytes` per element.
     pub fn kv_cache(&self, context: usize, kv_bytes: u64) -> u64 {
-        2 * (self.layers * self.kv_heads * self.head_dim * context) as u64 * kv_bytes
+        // Saturating: the config's sizes are bounded, but their product need not fit.
+        [self.layers, self.kv_heads, self.head_dim, context]
+            .into_iter()
+            .fold(2 * kv_bytes, |acc, n| acc.saturating_mul(n as u64))
     }
 
     /// The largest transient buffers of one request with a prompt of `context` positions:
@@ -84,7 +87,12 @@ impl Dims {
         // Scores and probabilities of one layer, plus the MLP's widest activation.
         let encoder =
             2 * self.encoder_heads as u64 * n * n * ACT + 2 * n * self.encoder_ffn as u64 * ACT;
-        let prefill = 2 * self.heads as u64 * t * t * ACT
+        // The prefill runs in chunks: one chunk's scores over the whole prompt at a time.
+        let rows = t.min(auris_llm::PREFILL_CHUNK as u64);
+        let prefill = (2 * self.heads as u64)
+            .saturating_mul(rows)
+            .saturating_mul(t)
+            .saturating_mul(ACT)
             + 3 * t * self.intermediate as u64 * ACT
             + 4 * t * self.hidden as u64 * ACT
             + self.vocab as u64 * ACT;
@@ -341,7 +349,7 @@ mod tests {
         // A short prompt: the encoder's attention dominates.
         assert_eq!(d.activations(100, 0), encoder);
         assert_eq!(d.activations(100, 7), encoder + 7);
-        // A long prompt: the prefill's scores grow with its square.
+        // A long prompt: the prefill's scores grow with it (one chunk of rows at a time).
         assert!(d.activations(4000, 0) > encoder);
     }
 

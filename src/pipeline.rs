@@ -18,6 +18,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::budget::{ContextFit, ContextUse};
 use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::memory::{self, Placement};
@@ -205,6 +206,8 @@ pub struct Request {
     pub inspect: bool,
     /// Stop after the prompt logits (no generation).
     pub prompt_only: bool,
+    /// What to do when the prompt would not fit the model's context.
+    pub context: ContextFit,
 }
 
 /// Stage timings of one request, in milliseconds.
@@ -277,6 +280,10 @@ pub struct Response {
     pub timings: Timings,
     /// Intermediate tensors, when asked for.
     pub inspection: Option<Inspection>,
+    /// The policy applied (its keep ratio lowered when the context asked for it).
+    pub policy: Policy,
+    /// How the prompt uses the model's context.
+    pub context: ContextUse,
 }
 
 /// A loaded model: every stage, the tokenizer and the prompt format.
@@ -384,7 +391,14 @@ impl Pipeline {
                 context: format!("loading {}", files.tokenizer.display()),
                 source,
             })?;
-        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)?;
+        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)
+            .map_err(|e| match e {
+                Error::MissingToken { token } => Error::BadFile {
+                    path: files.tokenizer.clone(),
+                    reason: format!("no {token} token: an audio model's tokenizer needs the audio special tokens"),
+                },
+                e => e,
+            })?;
         let own_template = ChatTemplate::from_model_files(
             files.chat_template.as_deref(),
             files.processor_config.as_deref(),
@@ -673,10 +687,11 @@ impl Pipeline {
     ) -> Result<Response, Error> {
         request.policy.validate()?;
         let audio = self.load_audio(&request.audio)?;
+        let plan = self.plan(request, &audio)?;
         let start = Instant::now();
-        let want_scores = request.inspect || !matches!(request.policy.strategy, Strategy::None);
+        let want_scores = request.inspect || !matches!(plan.policy.strategy, Strategy::None);
         let encoded = self.encode(&audio, want_scores)?;
-        self.run_encoded(request, &audio, &encoded, ms(start), on_token)
+        self.run_planned(request, &audio, &encoded, ms(start), plan, on_token)
     }
 
     /// [`Pipeline::run`] from audio already decoded and encoded (`encoder_ms` is reported as
@@ -691,6 +706,38 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
+        let plan = self.plan(request, audio)?;
+        self.run_planned(request, audio, encoded, encoder_ms, plan, on_token)
+    }
+
+    /// The prompt of `request` and the pruning policy that fits the model's context.
+    fn plan(&self, request: &Request, audio: &AudioInput) -> Result<Plan, Error> {
+        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
+        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
+        let (policy, context) = self.plan_context(audio, &ids, request)?;
+        Ok(Plan {
+            prompt_text,
+            ids,
+            policy,
+            context,
+        })
+    }
+
+    fn run_planned(
+        &self,
+        request: &Request,
+        audio: &AudioInput,
+        encoded: &[EncoderOutput],
+        encoder_ms: f64,
+        plan: Plan,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
+        let Plan {
+            prompt_text,
+            ids,
+            policy,
+            context,
+        } = plan;
         let mut timings = Timings {
             decode_audio: audio.decode_ms,
             mel: audio.mel_ms,
@@ -698,12 +745,10 @@ impl Pipeline {
             ..Timings::default()
         };
         let start = Instant::now();
-        let tokens = self.select(encoded, &request.policy)?;
+        let tokens = self.select(encoded, &policy)?;
         let projected = self.project(&tokens)?;
         timings.projector = ms(start);
 
-        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
-        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
         let expanded = prompt::expand(&ids, &[tokens.kept_indices.len()], &self.special)?;
         let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
         let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
@@ -743,6 +788,8 @@ impl Pipeline {
             choice_logprobs: None,
             timings,
             inspection,
+            policy,
+            context,
         };
         if request.prompt_only {
             return Ok(response);
@@ -774,6 +821,27 @@ impl Pipeline {
         response.output_token_ids = generation.tokens;
         response.stopped_on = generation.stopped_on;
         Ok(response)
+    }
+
+    /// The policy `request` runs with on `audio` and the context it uses (see
+    /// [`crate::budget::plan`]); `ids` is the prompt before placeholder expansion.
+    pub fn plan_context(
+        &self,
+        audio: &AudioInput,
+        ids: &[u32],
+        request: &Request,
+    ) -> Result<(Policy, ContextUse), Error> {
+        let tokens = crate::budget::window_tokens(audio.windows.iter().map(|w| w.valid_frames));
+        // The placeholder becomes the audio, wrapped in <|audio_bos|>/<|audio_eos|> if needed.
+        let text = prompt::expand(ids, &[0], &self.special)?.ids.len();
+        crate::budget::plan(
+            &tokens,
+            text,
+            request.generate.max_new_tokens,
+            self.config.text_config.max_position_embeddings,
+            &request.policy,
+            &request.context,
+        )
     }
 
     /// Detokenizes, skipping special tokens.
@@ -859,6 +927,15 @@ impl Pipeline {
             all_logits: logits.squeeze(0)?.to_dtype(DType::F32)?,
         })
     }
+}
+
+/// What a request resolves to before its audio is encoded: the rendered prompt, its token ids
+/// and the pruning policy that fits the model's context.
+struct Plan {
+    prompt_text: String,
+    ids: Vec<u32>,
+    policy: Policy,
+    context: ContextUse,
 }
 
 /// Turns generated ids into text pieces as they arrive, holding back a piece while it ends in

@@ -83,6 +83,10 @@ impl SpecialTokens {
     }
 }
 
+/// Instructions a chat template may run per rendering (minijinja fuel): real templates use a
+/// few hundred per message.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A chat template in the Jinja dialect transformers uses.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -190,6 +194,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, Error> {
         let mut env = Environment::new();
+        // A template is code from the checkpoint: bound its work so that a hostile one (nested
+        // loops over large ranges) fails instead of hanging.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -358,6 +365,17 @@ mod tests {
         let e = expand(&[9, 5, 7, 9, 8], &[2, 1], &SPECIAL).unwrap();
         assert_eq!(e.ids, vec![7, 9, 9, 8, 5, 7, 9, 8]);
         assert_eq!(e.audio_spans, vec![1..3, 6..7]);
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let template = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        let start = std::time::Instant::now();
+        let err = template.render(&[], true).unwrap_err();
+        assert!(matches!(err, Error::Template { .. }), "{err}");
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
     }
 
     #[test]

@@ -410,6 +410,14 @@ pub(super) struct PruneArgs {
     /// What segmentwise does with the budget left after the per-segment quotas.
     #[arg(long, value_enum, default_value_t = RemainderArg::Spread)]
     pub(super) segment_remainder: RemainderArg,
+    /// When the audio would overflow the model's max_position_embeddings (audio + prompt +
+    /// --max-new-tokens), lower the keep ratio until it fits (pruning with segmentwise when
+    /// --prune is none) instead of failing.
+    #[arg(long)]
+    pub(super) fit_context: bool,
+    /// Give the language model at most N audio tokens, lowering the keep ratio to fit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) max_audio_tokens: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +466,13 @@ impl PruneArgs {
             self.keep
         };
         Policy::new(strategy, keep).map_err(|e| usage(e.to_string()))
+    }
+
+    pub(super) fn context(&self) -> auris::budget::ContextFit {
+        auris::budget::ContextFit {
+            fit: self.fit_context,
+            max_audio_tokens: self.max_audio_tokens.map(|n| n as usize),
+        }
     }
 
     pub(super) fn describe(&self) -> Value {

@@ -39,6 +39,7 @@ pub(super) fn run(
         score_choices: score_choices.then(|| choices.to_vec()),
         inspect: false,
         prompt_only: false,
+        context: common.prune.context(),
     };
     let r = match p.run(&request, &mut |_| true) {
         Ok(r) => r,

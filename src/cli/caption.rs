@@ -20,6 +20,7 @@ pub(super) fn run(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
             score_choices: None,
             inspect: false,
             prompt_only: false,
+            context: common.prune.context(),
         };
         let result = if common.json {
             p.run(&request, &mut |_| true)

@@ -16,6 +16,7 @@ pub(super) fn run(audio: PathBuf, out: &std::path::Path, common: &Common) -> Res
         score_choices: None,
         inspect: true,
         prompt_only: true,
+        context: common.prune.context(),
     };
     let r = match p.run(&request, &mut |_| true) {
         Ok(r) => r,

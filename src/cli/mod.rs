@@ -280,7 +280,8 @@ fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
         "n_audio_tokens": r.n_audio_tokens,
         "n_kept": r.n_kept,
         "kept_indices": r.kept_indices,
-        "prune": prune.describe(),
+        "prune": prune_json(prune, r),
+        "context": r.context,
         "prompt": r.prompt,
         "prompt_token_ids": r.prompt_token_ids,
         "output_token_ids": r.output_token_ids,
@@ -296,6 +297,26 @@ fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
         },
         "tokens_per_s": t.tokens_per_s,
     })
+}
+
+/// The pruning options as given, with the keep ratio and strategy actually applied when the
+/// context budget lowered them.
+fn prune_json(prune: &PruneArgs, r: &Response) -> Value {
+    let mut v = prune.describe();
+    if r.context.fitted {
+        v["strategy"] = json!(r.policy.strategy.name());
+        v["keep"] = json!(r.context.keep);
+        v["keep_requested"] = json!(prune.keep);
+        if let auris_prune::Strategy::Segmentwise {
+            segments,
+            remainder,
+        } = r.policy.strategy
+        {
+            v["segments"] = json!(segments);
+            v["segment_remainder"] = json!(remainder.name());
+        }
+    }
+    v
 }
 
 fn print_line(line: &str) -> Result<()> {
@@ -407,7 +428,13 @@ fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, 
 }
 
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
-    eprintln!("error: {}: {err}", path.display());
+    let message = err.to_string();
+    // Audio errors name the file themselves.
+    if message.contains(&path.display().to_string()) {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("error: {}: {message}", path.display());
+    }
     if let Some(hint) = hint_for_error(err) {
         eprintln!("hint: {hint}");
     }
@@ -440,6 +467,12 @@ fn hint_for_error(err: &Error) -> Option<String> {
         Error::Audio(_) => {
             "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
         }
+        Error::ContextOverflow(o) => match &o.hint {
+            Some(keep) => format!(
+                "{keep} fits; --fit-context chooses the largest keep ratio that fits for each file"
+            ),
+            None => "shorten the audio, the prompt or --max-new-tokens".to_string(),
+        },
         Error::InsufficientMemory(short) if short.fits.is_empty() => {
             "no weight mode fits; free memory, or pass --no-memory-check to try anyway".to_string()
         }

@@ -389,6 +389,8 @@ fn predict(
         score_choices: (opts.mode == Mode::ScoreChoices).then(|| item.choices.clone()),
         inspect: false,
         prompt_only: false,
+        // An item too long for the model's context is an error, as in `auris ask`.
+        context: Default::default(),
     };
     let start = Instant::now();
     let r = pipeline.run_encoded(

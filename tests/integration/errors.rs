@@ -100,6 +100,27 @@ fn audio_errors_name_the_file() {
             "{file}: partial output {}",
             out.stdout
         );
+        // The file is named once, not once by the CLI and again by the error.
+        let error = out.stderr.lines().find(|l| l.starts_with("error:"));
+        let error = error.unwrap_or_default();
+        assert_eq!(error.matches(needle).count(), 1, "{error}");
+    }
+}
+
+#[test]
+fn tagged_mp3_and_lying_extensions_are_captioned() {
+    for file in [
+        "dog_empty_id3v2.mp3",
+        "flac_named.wav",
+        "mp3_named.wav",
+        "wav_named.mp3",
+    ] {
+        let out = caption(
+            &model_dir("tiny-base"),
+            &fixture(&format!("audio/edge/{file}")),
+            &["--quiet"],
+        );
+        assert_eq!(out.code, 0, "{file}: {}", out.stderr);
     }
 }
 

@@ -4,8 +4,10 @@
 //! the same checkpoints and audio (see `tests/fixtures/README.md`).
 
 mod asr;
+mod checkpoint_faults;
 mod cli;
 mod common;
+mod context;
 mod errors;
 mod eval;
 mod hub;

@@ -29,6 +29,7 @@ fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
         score_choices: None,
         inspect: true,
         prompt_only: false,
+        context: Default::default(),
     }
 }
 

@@ -107,6 +107,7 @@ fn real_mini_matches_transformers_on_librivox() {
             score_choices: None,
             inspect: true,
             prompt_only: false,
+            context: Default::default(),
         };
         let r = p.run(&request, &mut |_| true).unwrap();
         assert_eq!(

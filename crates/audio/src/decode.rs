@@ -46,13 +46,28 @@ pub fn decode_bytes(bytes: Vec<u8>, hint_ext: Option<&str>, name: &str) -> Resul
     decode_with_path(bytes, hint_ext, PathBuf::from(name))
 }
 
+/// What the decoder reads, for error messages.
+pub const FORMATS_READ: &str = "WAV (PCM, float, ADPCM), FLAC, MP3 and Ogg Vorbis";
+
 fn decode_with_path(
-    bytes: Vec<u8>,
+    mut bytes: Vec<u8>,
     hint_ext: Option<&str>,
     path: PathBuf,
 ) -> Result<Pcm, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty { path });
+    }
+    // symphonia's probe fails with "out of bounds" on an ID3v2 tag of size 0 (written by
+    // common taggers); the tags carry no audio, so they are dropped before probing.
+    let tags = id3v2_tags_len(&bytes).map_err(|reason| AudioError::Malformed {
+        path: path.clone(),
+        reason,
+    })?;
+    if tags > 0 {
+        bytes.drain(..tags);
+        if bytes.is_empty() {
+            return Err(AudioError::Empty { path });
+        }
     }
     let known_magic = has_audio_magic(&bytes);
 
@@ -87,6 +102,32 @@ fn decode_with_path(
         })?;
 
     decode_stream(probed.format, path)
+}
+
+/// Bytes taken by the ID3v2 tags at the start of `bytes` (several may follow each other):
+/// a 10-byte header `"ID3" major minor flags size`, with the size a 28-bit syncsafe integer
+/// excluding the header, plus a 10-byte footer when flag bit 4 is set (ID3v2.4 section 3.1).
+fn id3v2_tags_len(bytes: &[u8]) -> Result<usize, String> {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 10).filter(|h| h.starts_with(b"ID3")) {
+        let (major, flags, size) = (header[3], header[5], &header[6..10]);
+        if major == 0xFF || header[4] == 0xFF || size.iter().any(|b| b & 0x80 != 0) {
+            // Not a tag header (ID3v2 section 3.1 forbids these values): leave the bytes to
+            // the probe.
+            break;
+        }
+        let body = size.iter().fold(0usize, |n, &b| (n << 7) | usize::from(b));
+        let footer = if flags & 0x10 != 0 { 10 } else { 0 };
+        let end = at + 10 + body + footer;
+        if end > bytes.len() {
+            return Err(format!(
+                "the ID3v2 tag at byte {at} declares {body} bytes, past the end of the file ({} bytes)",
+                bytes.len()
+            ));
+        }
+        at = end;
+    }
+    Ok(at)
 }
 
 /// Whether the bytes start like one of the containers we support.

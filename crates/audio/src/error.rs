@@ -22,12 +22,22 @@ pub enum AudioError {
 
     /// The input is not audio we can decode: unknown container, no audio track, or a codec
     /// that is not compiled in (WAV/PCM, ADPCM, FLAC, MP3, Ogg Vorbis are).
-    #[error("{path}: unsupported audio format: {what}")]
+    #[error("{path}: unsupported audio format: {what} (auris reads {formats})", formats = crate::decode::FORMATS_READ)]
     Unsupported {
         /// The file.
         path: PathBuf,
         /// What was not recognised or is not supported.
         what: String,
+    },
+
+    /// The file's framing is malformed before any container is read (e.g. an ID3v2 tag
+    /// longer than the file).
+    #[error("{path}: malformed audio file: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
 
     /// The container or codec reported malformed data while decoding.

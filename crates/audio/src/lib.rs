@@ -26,10 +26,10 @@ mod resample;
 
 use std::path::Path;
 
-pub use decode::{decode_bytes, decode_file, Pcm};
+pub use decode::{decode_bytes, decode_file, Pcm, FORMATS_READ};
 pub use error::AudioError;
 pub use mel::{LogMel, MelConfig, MelExtractor};
-pub use resample::resample;
+pub use resample::{resample, RATE_RANGE_HZ};
 
 /// Sample rate of the features, in Hz.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -66,6 +66,17 @@ pub fn to_16k(pcm: &Pcm, path: &Path) -> Result<Vec<f32>, AudioError> {
             path: path.to_path_buf(),
             index,
             value,
+        });
+    }
+    if !RATE_RANGE_HZ.contains(&pcm.sample_rate) {
+        return Err(AudioError::Unsupported {
+            path: path.to_path_buf(),
+            what: format!(
+                "sample rate {} Hz (auris resamples {}..={} Hz)",
+                pcm.sample_rate,
+                RATE_RANGE_HZ.start(),
+                RATE_RANGE_HZ.end()
+            ),
         });
     }
     let samples = resample(&pcm.samples, pcm.sample_rate, SAMPLE_RATE)?;

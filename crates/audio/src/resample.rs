@@ -26,17 +26,27 @@ const SINC_LEN: usize = 256;
 /// Input frames per call into rubato.
 const CHUNK: usize = 4096;
 
+/// Sample rates [`resample`] accepts, in Hz. Outside them the filter (its taps grow with
+/// `from_hz / to_hz`) or the output (`to_hz / from_hz` samples per input sample) would take
+/// memory out of proportion to the input; no real recording lies outside.
+pub const RATE_RANGE_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 /// Resamples mono `samples` from `from_hz` to `to_hz`.
 ///
 /// Returns a copy when the rates are equal. The output has `ceil(len · to_hz / from_hz)`
-/// samples and is time-aligned with the input (no leading delay). Errors when a rate is zero.
+/// samples and is time-aligned with the input (no leading delay). Errors when a rate lies
+/// outside [`RATE_RANGE_HZ`].
 pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, AudioError> {
     for (field, hz) in [("from_hz", from_hz), ("to_hz", to_hz)] {
-        if hz == 0 {
+        if !RATE_RANGE_HZ.contains(&hz) {
             return Err(AudioError::InvalidConfig {
                 field: field.to_string(),
                 value: hz.to_string(),
-                reason: "sample rate must be positive".to_string(),
+                reason: format!(
+                    "sample rate must lie in {}..={} Hz",
+                    RATE_RANGE_HZ.start(),
+                    RATE_RANGE_HZ.end()
+                ),
             });
         }
     }
@@ -161,6 +171,18 @@ mod tests {
         match resample(&[0.0; 10], 0, 16_000) {
             Err(AudioError::InvalidConfig { field, .. }) => assert_eq!(field, "from_hz"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn absurd_rates_are_errors_before_allocation() {
+        // A header claiming 4 GHz would need a filter of 2^34 taps; 1 Hz, 16000 outputs per
+        // input sample.
+        for from in [1, 999, 768_001, u32::MAX] {
+            match resample(&[0.0; 10], from, 16_000) {
+                Err(AudioError::InvalidConfig { field, .. }) => assert_eq!(field, "from_hz"),
+                other => panic!("{from}: {other:?}"),
+            }
         }
     }
 

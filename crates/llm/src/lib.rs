@@ -77,4 +77,4 @@ pub use config::{HiddenAct, Qwen2Config, RopeParameters, TokenIds};
 pub use error::LlmError;
 pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
-pub use model::Qwen2Decoder;
+pub use model::{Qwen2Decoder, PREFILL_CHUNK};

@@ -271,6 +271,37 @@ fn matches_naive_transcription() {
 }
 
 #[test]
+fn chunked_prefill_matches_the_whole_prompt_at_once() {
+    let sliding = Qwen2Config {
+        use_sliding_window: true,
+        sliding_window: Some(5),
+        max_window_layers: 1,
+        ..tiny_cfg()
+    };
+    for cfg in [tiny_cfg(), sliding] {
+        let model = load(&cfg, &weights(&cfg, 5), DType::F32);
+        // Odd sizes: chunks that divide the prompt, that leave a short last chunk, of one
+        // position, and after positions already cached.
+        let (prefix, xs) = (embeds(&cfg, 2, 3, 21), embeds(&cfg, 2, 23, 22));
+        let next = embeds(&cfg, 2, 1, 23);
+        let run = |chunk: usize| {
+            let mut cache = model.new_cache();
+            model.forward_chunked(&prefix, &mut cache, chunk).unwrap();
+            let hidden = model.forward_chunked(&xs, &mut cache, chunk).unwrap();
+            assert_eq!(cache.len(), 26);
+            let logits = model.forward_embeds(&next, &mut cache).unwrap();
+            (hidden, logits)
+        };
+        let (whole, whole_next) = run(usize::MAX);
+        for chunk in [1, 2, 7, 22, 23] {
+            let (hidden, logits) = run(chunk);
+            assert!(max_diff(&hidden, &whole) < 1e-5, "chunk {chunk}");
+            assert!(max_diff(&logits, &whole_next) < 1e-4, "chunk {chunk}");
+        }
+    }
+}
+
+#[test]
 fn matches_naive_with_sliding_window_and_explicit_head_dim() {
     let cfg = Qwen2Config {
         use_sliding_window: true,
