@@ -27,6 +27,9 @@ use crate::prompt::{
 };
 use crate::Error;
 
+mod chat;
+pub use chat::{ChatRequest, ChatResponse};
+
 /// The instruction used by `caption` on a chat model when the user gives none.
 pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
 /// The instruction used by `caption` on a base model (the model card's captioning prompt).

@@ -22,6 +22,7 @@ mod bench;
 mod caption;
 mod eval;
 mod inspect;
+mod serve;
 
 use args::*;
 
@@ -343,6 +344,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Inspect { audio, out, common } => inspect::run(audio, &out, &common),
         Command::Bench(args) => bench::run(args),
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
