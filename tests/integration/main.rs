@@ -9,4 +9,5 @@ mod common;
 mod errors;
 mod parity;
 mod real_mini;
+mod serve;
 mod weights;

@@ -111,6 +111,12 @@ fn pruning(
     args: &ServeArgs,
     seed: u64,
 ) -> Result<(Policy, Value), ApiError> {
+    if req.keep.is_some_and(|k| !(k > 0.0 && k <= 1.0)) {
+        return Err(ApiError::bad("keep", "keep must be in (0, 1]"));
+    }
+    if req.segments == Some(0) {
+        return Err(ApiError::bad("segments", "segments must be at least 1"));
+    }
     let strategy = match &req.prune {
         Some(name) => StrategyArg::from_str(name, true).map_err(|_| {
             ApiError::bad(

@@ -89,6 +89,19 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
             !stops.hit && !job.events.is_closed()
         })
         .map_err(api_error)?;
+    if job.events.is_closed() {
+        tracing::info!(
+            "request cancelled after {} tokens: the client went away",
+            response.output_token_ids.len()
+        );
+    }
+    // The stream holds back a trailing partial character; the full decode has it (as U+FFFD).
+    if let Some(tail) = response.text.strip_prefix(stops.text.as_str()) {
+        let out = stops.push(tail);
+        if !out.is_empty() {
+            let _ = job.events.send(Event::Delta(out));
+        }
+    }
     let rest = stops.finish();
     if !rest.is_empty() {
         let _ = job.events.send(Event::Delta(rest));
