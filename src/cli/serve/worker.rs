@@ -73,7 +73,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
     let request = ChatRequest {
         messages: &params.messages,
         audios: &audios,
-        policy: params.policy.clone(),
+        policy: params.policy,
         generate,
     };
     let mut text = TextStream::new(p.tokenizer());
