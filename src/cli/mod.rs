@@ -285,17 +285,25 @@ fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
         "prompt_token_ids": r.prompt_token_ids,
         "output_token_ids": r.output_token_ids,
         "text": r.text,
-        "timings_ms": {
-            "load": load_ms,
-            "decode_audio": t.decode_audio,
-            "mel": t.mel,
-            "encoder": t.encoder,
-            "projector": t.projector,
-            "prefill": t.prefill,
-            "generate": t.generate,
-        },
+        "timings_ms": timings_json(t, Some(load_ms)),
         "tokens_per_s": t.tokens_per_s,
     })
+}
+
+/// Stage timings in milliseconds, with the model load when given.
+fn timings_json(t: &auris::pipeline::Timings, load_ms: Option<f64>) -> Value {
+    let mut v = json!({
+        "decode_audio": t.decode_audio,
+        "mel": t.mel,
+        "encoder": t.encoder,
+        "projector": t.projector,
+        "prefill": t.prefill,
+        "generate": t.generate,
+    });
+    if let Some(load) = load_ms {
+        v["load"] = json!(load);
+    }
+    v
 }
 
 fn print_line(line: &str) -> Result<()> {

@@ -48,20 +48,7 @@ impl Pipeline {
     ) -> Result<AudioInput, Error> {
         let start = Instant::now();
         let pcm = auris_audio::decode_bytes(bytes, format, name)?;
-        let path = PathBuf::from(name);
-        let samples = auris_audio::to_16k(&pcm, &path)?;
-        let decode_ms = ms(start);
-        let start = Instant::now();
-        let windows = self.mel.windows(&samples)?;
-        Ok(AudioInput {
-            path,
-            sample_rate: pcm.sample_rate,
-            channels: pcm.channels,
-            n_samples: samples.len(),
-            windows,
-            decode_ms,
-            mel_ms: ms(start),
-        })
+        self.audio_input(&pcm, PathBuf::from(name), start)
     }
 
     /// The language model's context length in tokens.
@@ -117,21 +104,14 @@ impl Pipeline {
         let logits = self.decoder.forward_embeds(&embeds, &mut cache)?;
         timings.prefill = ms(start);
 
-        let start = Instant::now();
-        let generation = auris_llm::generate_from_logits(
-            &self.decoder,
+        let generation = self.generate(
             &mut cache,
             &logits,
             &expanded.ids,
             &request.generate,
             on_token,
+            &mut timings,
         )?;
-        timings.generate = ms(start);
-        timings.tokens_per_s = if timings.generate > 0.0 {
-            generation.tokens.len() as f64 / (timings.generate / 1e3)
-        } else {
-            0.0
-        };
         Ok(ChatResponse {
             text: self.decode(&generation.tokens)?,
             prompt_token_ids: expanded.ids,

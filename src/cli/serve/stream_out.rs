@@ -36,14 +36,7 @@ impl Head {
             "audio_seconds": r.duration_s,
             "audio_tokens": r.n_audio_tokens,
             "audio_tokens_kept": r.n_kept,
-            "timings_ms": {
-                "decode_audio": t.decode_audio,
-                "mel": t.mel,
-                "encoder": t.encoder,
-                "projector": t.projector,
-                "prefill": t.prefill,
-                "generate": t.generate,
-            },
+            "timings_ms": super::timings_json(t, None),
         })
     }
 
