@@ -21,8 +21,12 @@ for _ in $(seq 600); do
 done
 [[ -n "$ADDR" ]] || { cat "$LOG" >&2; exit 1; }
 "$VENV/bin/python" scripts/openai_client_check.py "$ADDR" tests/fixtures/audio/tone_440_16k.wav
+# A warm-up round (allocator pools, thread stacks), then the measured one: its RSS growth must
+# stay under --max-rss-growth-mib.
 "$VENV/bin/python" scripts/serve_load.py "$ADDR" tests/fixtures/audio/tone_440_16k.wav \
-  --requests "${REQUESTS:-200}" --clients "${CLIENTS:-8}" --pid "$PID"
+  --requests 200 --clients "${CLIENTS:-8}" --pid "$PID" >/dev/null
+"$VENV/bin/python" scripts/serve_load.py "$ADDR" tests/fixtures/audio/tone_440_16k.wav \
+  --requests "${REQUESTS:-200}" --clients "${CLIENTS:-8}" --pid "$PID" --max-rss-growth-mib 32
 kill -TERM "$PID"
 wait "$PID"
 echo "server exited with status $?"

@@ -24,7 +24,9 @@ def main():
     ap.add_argument("clip")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--pid", type=int)
+    ap.add_argument("--pid", type=int, help="the server's pid, to read its RSS")
+    ap.add_argument("--max-rss-growth-mib", type=float, default=64,
+                    help="fail when the server's RSS grows more than this during the run")
     a = ap.parse_args()
     audio = base64.b64encode(open(a.clip, "rb").read()).decode()
     body = json.dumps({"messages": [{"role": "user", "content": [
@@ -70,6 +72,8 @@ def main():
     bad = {k: v for k, v in statuses.items() if k not in (200, 429, 503)}
     if bad:
         raise SystemExit(f"unexpected statuses: {bad}")
+    if a.pid and (rss1 - rss0) / 1024 > a.max_rss_growth_mib:
+        raise SystemExit(f"server RSS grew {(rss1 - rss0) / 1024:.0f} MiB (> {a.max_rss_growth_mib})")
 
 
 main()
