@@ -28,6 +28,9 @@ use crate::prompt::{
 };
 use crate::Error;
 
+mod chat;
+pub use chat::{ChatRequest, ChatResponse};
+
 /// The instruction used by `caption` on a chat model when the user gives none.
 pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
 /// The instruction used by `caption` on a base model (the model card's captioning prompt).
@@ -547,12 +550,22 @@ impl Pipeline {
     pub fn load_audio(&self, path: &Path) -> Result<AudioInput, Error> {
         let start = Instant::now();
         let pcm = auris_audio::decode_file(path)?;
-        let samples = auris_audio::to_16k(&pcm, path)?;
+        self.audio_input(&pcm, path.to_path_buf(), start)
+    }
+
+    /// Resamples decoded audio and cuts it into log-mel windows; `start` is when decoding began.
+    fn audio_input(
+        &self,
+        pcm: &auris_audio::Pcm,
+        path: PathBuf,
+        start: Instant,
+    ) -> Result<AudioInput, Error> {
+        let samples = auris_audio::to_16k(pcm, &path)?;
         let decode_ms = ms(start);
         let start = Instant::now();
         let windows = self.mel.windows(&samples)?;
         Ok(AudioInput {
-            path: path.to_path_buf(),
+            path,
             sample_rate: pcm.sample_rate,
             channels: pcm.channels,
             n_samples: samples.len(),
@@ -801,22 +814,14 @@ impl Pipeline {
             return Ok(response);
         }
 
-        let start = Instant::now();
-        let generation = auris_llm::generate_from_logits(
-            &self.decoder,
+        let generation = self.generate(
             &mut cache,
             &logits,
             &expanded.ids,
             &request.generate,
             on_token,
+            &mut response.timings,
         )?;
-        let elapsed = ms(start);
-        response.timings.generate = elapsed;
-        response.timings.tokens_per_s = if elapsed > 0.0 {
-            generation.tokens.len() as f64 / (elapsed / 1e3)
-        } else {
-            0.0
-        };
         response.text = self.decode(&generation.tokens)?;
         response.output_token_ids = generation.tokens;
         response.stopped_on = generation.stopped_on;
@@ -842,6 +847,34 @@ impl Pipeline {
             &request.policy,
             &request.context,
         )
+    }
+
+    /// Generates after the prompt's last logits and records the time and tokens per second.
+    fn generate(
+        &self,
+        cache: &mut KvCache,
+        logits: &Tensor,
+        context_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+        timings: &mut Timings,
+    ) -> Result<auris_llm::Generation, Error> {
+        let start = Instant::now();
+        let generation = auris_llm::generate_from_logits(
+            &self.decoder,
+            cache,
+            logits,
+            context_ids,
+            opts,
+            on_token,
+        )?;
+        timings.generate = ms(start);
+        timings.tokens_per_s = if timings.generate > 0.0 {
+            generation.tokens.len() as f64 / (timings.generate / 1e3)
+        } else {
+            0.0
+        };
+        Ok(generation)
     }
 
     /// Detokenizes, skipping special tokens.

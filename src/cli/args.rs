@@ -81,6 +81,45 @@ pub(super) enum Command {
     /// Measure what pruning costs a real model: Whisper WER, MMAU accuracy, captioning scores.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Serve the model over HTTP with OpenAI's chat completions API (audio in, text out).
+    ///
+    /// The model, pruning and generation options are the defaults of every request; a request
+    /// may override max_tokens, temperature, top_p, seed, stop, prune, keep and segments.
+    ///
+    /// Example: auris serve --model models/tiny-chat --port 8080
+    Serve(ServeArgs),
+}
+
+/// `auris serve`.
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", help_heading = "Server")]
+    pub(super) host: String,
+    /// Port to listen on (0: a free port, printed at start).
+    #[arg(long, default_value_t = 8080, help_heading = "Server")]
+    pub(super) port: u16,
+    /// Requests that may wait for the model; more get HTTP 429.
+    #[arg(long, default_value_t = 8, help_heading = "Server")]
+    pub(super) max_queue: usize,
+    /// Largest request body in MiB; a larger one gets HTTP 413.
+    #[arg(long, default_value_t = 32, help_heading = "Server")]
+    pub(super) max_request_mb: usize,
+    /// Directory whose files requests may name with file:// audio URLs (none by default).
+    #[arg(long, value_name = "DIR", help_heading = "Server")]
+    pub(super) allowed_local_media_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+    /// Prompt layout: auto, chat or base (requests need a chat template).
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto, help_heading = "Prompt")]
+    pub(super) prompt_format: FormatArg,
+    #[command(flatten)]
+    pub(super) prune: PruneArgs,
+    #[command(flatten)]
+    pub(super) generation: GenerationArgs,
+    /// Print nothing on stderr but errors (no request log).
+    #[arg(long, help_heading = "Output")]
+    pub(super) quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]

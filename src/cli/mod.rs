@@ -23,6 +23,7 @@ mod caption;
 mod download;
 mod eval;
 mod inspect;
+mod serve;
 
 use args::*;
 
@@ -286,15 +287,7 @@ fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
         "prompt_token_ids": r.prompt_token_ids,
         "output_token_ids": r.output_token_ids,
         "text": r.text,
-        "timings_ms": {
-            "load": load_ms,
-            "decode_audio": t.decode_audio,
-            "mel": t.mel,
-            "encoder": t.encoder,
-            "projector": t.projector,
-            "prefill": t.prefill,
-            "generate": t.generate,
-        },
+        "timings_ms": timings_json(t, Some(load_ms)),
         "tokens_per_s": t.tokens_per_s,
     })
 }
@@ -315,6 +308,22 @@ fn prune_json(prune: &PruneArgs, r: &Response) -> Value {
             v["segments"] = json!(segments);
             v["segment_remainder"] = json!(remainder.name());
         }
+    }
+    v
+}
+
+/// Stage timings in milliseconds, with the model load when given.
+fn timings_json(t: &auris::pipeline::Timings, load_ms: Option<f64>) -> Value {
+    let mut v = json!({
+        "decode_audio": t.decode_audio,
+        "mel": t.mel,
+        "encoder": t.encoder,
+        "projector": t.projector,
+        "prefill": t.prefill,
+        "generate": t.generate,
+    });
+    if let Some(load) = load_ms {
+        v["load"] = json!(load);
     }
     v
 }
@@ -368,6 +377,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
         Command::Eval(EvalCommand::Mmau(args)) => eval::mmau(args),
         Command::Eval(EvalCommand::Captions(args)) => eval::captions(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -213,6 +213,7 @@ fn help_output_is_stable() {
     help_snapshot(&["caption", "--help"], "help_caption.txt");
     help_snapshot(&["ask", "--help"], "help_ask.txt");
     help_snapshot(&["inspect", "--help"], "help_inspect.txt");
+    help_snapshot(&["serve", "--help"], "help_serve.txt");
     help_snapshot(&["bench", "--help"], "help_bench.txt");
     help_snapshot(&["download", "--help"], "help_download.txt");
     help_snapshot(

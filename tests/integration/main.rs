@@ -14,4 +14,5 @@ mod hub;
 mod hub_server;
 mod parity;
 mod real_mini;
+mod serve;
 mod weights;

@@ -1,0 +1,234 @@
+//! The model thread: takes jobs from the bounded queue one at a time and sends each one's text
+//! back as it is generated.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::Receiver;
+
+use auris::pipeline::{ChatRequest, ChatResponse, TextStream};
+use auris::{Error, Pipeline};
+use auris_llm::GenerateOptions;
+use axum::http::StatusCode;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::request::Params;
+use super::wire::ApiError;
+
+/// A request waiting for the model.
+pub(super) struct Job {
+    pub(super) params: Params,
+    /// Where the text goes; closed when the client went away, which stops generation.
+    pub(super) events: UnboundedSender<Event>,
+}
+
+/// What the model thread reports for a job.
+pub(super) enum Event {
+    /// New text (never a partial UTF-8 character, never a started stop string).
+    Delta(String),
+    /// The end: the answer, or why there is none.
+    Done(Result<Box<Outcome>, ApiError>),
+}
+
+/// A finished generation.
+pub(super) struct Outcome {
+    pub(super) response: ChatResponse,
+    /// The answer's text, cut before a stop string.
+    pub(super) text: String,
+    pub(super) finish_reason: &'static str,
+}
+
+/// Runs jobs until every sender is gone.
+pub(super) fn serve_jobs(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        if job.events.is_closed() {
+            continue;
+        }
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(p, base, &job)))
+            .unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error: the model thread panicked on this request",
+                ))
+            });
+        let _ = job.events.send(Event::Done(result));
+    }
+}
+
+fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcome>, ApiError> {
+    let params = &job.params;
+    let audios = params
+        .audio
+        .iter()
+        .map(|a| p.audio_from_bytes(a.bytes.clone(), a.format.as_deref(), &a.name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad("messages", format!("could not decode the audio: {e}")))?;
+    let mut generate = base.clone();
+    generate.max_new_tokens = params.max_tokens;
+    if let Some(t) = params.temperature {
+        generate.sampling.temperature = (t > 0.0).then_some(t);
+    }
+    if let Some(top_p) = params.top_p {
+        generate.sampling.top_p = (top_p < 1.0).then_some(top_p);
+    }
+    generate.sampling.seed = params.seed;
+    let request = ChatRequest {
+        messages: &params.messages,
+        audios: &audios,
+        policy: params.policy,
+        generate,
+    };
+    let mut text = TextStream::new(p.tokenizer());
+    let mut stops = StopScan::new(&params.stop);
+    let response = p
+        .run_chat(&request, &mut |id| {
+            if let Ok(Some(piece)) = text.push(id) {
+                let out = stops.push(&piece);
+                if !out.is_empty() {
+                    let _ = job.events.send(Event::Delta(out));
+                }
+            }
+            !stops.hit && !job.events.is_closed()
+        })
+        .map_err(api_error)?;
+    if job.events.is_closed() {
+        tracing::info!(
+            "request cancelled after {} tokens: the client went away",
+            response.output_token_ids.len()
+        );
+    }
+    // The stream holds back a trailing partial character; the full decode has it (as U+FFFD).
+    if let Some(tail) = response.text.strip_prefix(stops.text.as_str()) {
+        let out = stops.push(tail);
+        if !out.is_empty() {
+            let _ = job.events.send(Event::Delta(out));
+        }
+    }
+    let rest = stops.finish();
+    if !rest.is_empty() {
+        let _ = job.events.send(Event::Delta(rest));
+    }
+    let finish_reason = if stops.hit || response.stopped_on.is_some() {
+        "stop"
+    } else if response.output_token_ids.len() >= params.max_tokens {
+        "length"
+    } else {
+        "stop"
+    };
+    Ok(Box::new(Outcome {
+        text: stops.text,
+        response,
+        finish_reason,
+    }))
+}
+
+/// The HTTP status of a pipeline error: what the request asked for is a 400, the rest a 500.
+fn api_error(e: Error) -> ApiError {
+    match e {
+        Error::Audio(_) => ApiError::bad("messages", format!("could not use the audio: {e}")),
+        Error::ContextExceeded { .. } => ApiError::bad("max_tokens", e.to_string()),
+        Error::PlaceholderCount { .. } | Error::Template { .. } | Error::Usage(_) => {
+            ApiError::bad("messages", e.to_string())
+        }
+        Error::Prune(_) => ApiError::bad("prune", e.to_string()),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Holds back text that may be the start of a stop string, and cuts the text at the first
+/// stop string.
+pub(super) struct StopScan<'a> {
+    stops: &'a [String],
+    longest: usize,
+    /// All text so far (cut at the stop string once one is seen).
+    pub(super) text: String,
+    emitted: usize,
+    pub(super) hit: bool,
+}
+
+impl<'a> StopScan<'a> {
+    pub(super) fn new(stops: &'a [String]) -> Self {
+        Self {
+            stops,
+            longest: stops.iter().map(String::len).max().unwrap_or(0),
+            text: String::new(),
+            emitted: 0,
+            hit: false,
+        }
+    }
+
+    /// Adds a piece; returns the text now safe to send.
+    pub(super) fn push(&mut self, piece: &str) -> String {
+        if self.hit {
+            return String::new();
+        }
+        self.text.push_str(piece);
+        let from = self.emitted.saturating_sub(self.longest);
+        let from = (0..=from)
+            .rev()
+            .find(|&i| self.text.is_char_boundary(i))
+            .unwrap_or(0);
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min();
+        let safe = match first {
+            Some(at) => {
+                self.hit = true;
+                self.text.truncate(at);
+                at
+            }
+            None => {
+                let mut safe = self
+                    .text
+                    .len()
+                    .saturating_sub(self.longest.saturating_sub(1));
+                while !self.text.is_char_boundary(safe) {
+                    safe -= 1;
+                }
+                safe.max(self.emitted)
+            }
+        };
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        out
+    }
+
+    /// The text held back at the end.
+    pub(super) fn finish(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, Vec<String>, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut scan = StopScan::new(&stops);
+        let mut sent: Vec<String> = pieces.iter().map(|p| scan.push(p)).collect();
+        sent.push(scan.finish());
+        (scan.text.clone(), sent, scan.hit)
+    }
+
+    #[test]
+    fn stop_string_across_pieces_is_cut_and_never_sent() {
+        let (text, sent, hit) = run(&["END"], &["hello E", "N", "D more"]);
+        assert_eq!(text, "hello ");
+        assert!(hit);
+        assert_eq!(sent.concat(), "hello ");
+        assert!(!sent.iter().any(|s| s.contains('E')));
+    }
+
+    #[test]
+    fn without_stop_all_text_is_sent() {
+        let (text, sent, hit) = run(&["zz"], &["é", "ab", "z", "c"]);
+        assert_eq!(text, "éabzc");
+        assert_eq!(sent.concat(), "éabzc");
+        assert!(!hit);
+        let (_, sent, _) = run(&[], &["a", "b"]);
+        assert_eq!(sent, ["a", "b", ""]);
+    }
+}

@@ -1,0 +1,420 @@
+//! `auris serve` on a free loopback port with `models/tiny-chat`: OpenAI's chat completions
+//! API, streaming, errors, disconnects and concurrent clients.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::common::{auris, fixture, run};
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = auris()
+            .args(["serve", "--model", "models/tiny-chat", "--device", "cpu"])
+            .args(["--port", "0", "--max-new-tokens", "8"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("auris: listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server address");
+        let server = Self { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.get("/health").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "server not ready: {:?}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        answer(ureq::get(&self.url(path)).call())
+    }
+
+    fn post(&self, body: &str) -> (u16, String) {
+        answer(
+            ureq::post(&self.url("/v1/chat/completions"))
+                .set("content-type", "application/json")
+                .send_string(body),
+        )
+    }
+
+    fn post_json(&self, body: &Value) -> (u16, Value) {
+        let (status, text) = self.post(&body.to_string());
+        (status, serde_json::from_str(&text).unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+fn b64(clip: &str) -> String {
+    let bytes = std::fs::read(fixture(&format!("audio/{clip}"))).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A user turn: the clip as `input_audio`, then the question.
+fn ask_body(clip: &str, question: &str) -> Value {
+    json!({
+        "model": "tiny-chat",
+        "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": b64(clip), "format": "wav"}},
+            {"type": "text", "text": question},
+        ]}],
+        "temperature": 0,
+        "max_tokens": 8,
+    })
+}
+
+/// The data lines of a streamed answer.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn answers_equal_auris_ask_greedy_streamed_or_not() {
+    let server = Server::start(&[]);
+    let ask = run(auris().args([
+        "ask",
+        fixture("audio/tone_440_16k.wav").to_str().unwrap(),
+        "--question",
+        "What is this?",
+        "--model",
+        "models/tiny-chat",
+        "--device",
+        "cpu",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--quiet",
+    ]));
+    assert_eq!(ask.code, 0, "{}", ask.stderr);
+    let ask: Value = serde_json::from_str(&ask.stdout).unwrap();
+    let n_out = ask["output_token_ids"].as_array().unwrap().len();
+
+    let body = ask_body("tone_440_16k.wav", "What is this?");
+    let (status, v) = server.post_json(&body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], ask["text"]);
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], n_out);
+    let n_prompt = ask["prompt_token_ids"].as_array().unwrap().len();
+    assert_eq!(v["usage"]["prompt_tokens"], n_prompt);
+    assert_eq!(v["usage"]["total_tokens"], n_prompt + n_out);
+    assert_eq!(v["usage"]["audio_tokens"], ask["n_audio_tokens"]);
+    let finish = if n_out == 8 { "length" } else { "stop" };
+    assert_eq!(v["choices"][0]["finish_reason"], finish);
+
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    let (status, text) = server.post(&stream.to_string());
+    assert_eq!(status, 200, "{text}");
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, ask["text"].as_str().unwrap());
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], finish);
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    assert_eq!(chunks[n - 1]["usage"]["completion_tokens"], n_out);
+}
+
+#[test]
+fn several_audio_parts_urls_and_pruning_per_request() {
+    let dir = fixture("audio");
+    let server = Server::start(&["--allowed-local-media-path", dir.to_str().unwrap()]);
+    let one = server
+        .post_json(&ask_body("tone_440_16k.wav", "Compare."))
+        .1;
+    let file_url = format!("file://{}", dir.join("tone_440_16k.wav").display());
+    let data_url = format!("data:audio/wav;base64,{}", b64("tone_440_16k.wav"));
+    let mut two = ask_body("tone_440_16k.wav", "Compare.");
+    let parts = two["messages"][0]["content"].as_array_mut().unwrap();
+    parts.insert(
+        1,
+        json!({"type": "audio_url", "audio_url": {"url": file_url}}),
+    );
+    parts.insert(
+        2,
+        json!({"type": "audio_url", "audio_url": {"url": data_url}}),
+    );
+    let (status, v) = server.post_json(&two);
+    assert_eq!(status, 200, "{v}");
+    let audio = |v: &Value| v["usage"]["audio_tokens"].as_u64().unwrap();
+    assert_eq!(audio(&v), 3 * audio(&one));
+    assert_eq!(v["usage"]["audio_seconds"], 6.0);
+
+    let mut pruned = ask_body("tone_440_16k.wav", "Compare.");
+    pruned["prune"] = json!("segmentwise");
+    pruned["keep"] = json!(0.5);
+    pruned["segments"] = json!(5);
+    let (status, v) = server.post_json(&pruned);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["prune"]["strategy"], "segmentwise");
+    assert_eq!(v["prune"]["segments"], 5);
+    assert_eq!(v["usage"]["audio_tokens"], audio(&one));
+    assert_eq!(v["usage"]["audio_tokens_kept"], audio(&one) / 2);
+    let kept = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(kept(&one) - kept(&v), audio(&one) / 2);
+}
+
+/// Checks one error answer: its status and OpenAI's error object.
+fn expect_error(server: &Server, body: &str, status: u16, param: Option<&str>) {
+    let (got, text) = server.post(body);
+    assert_eq!(got, status, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let err = &v["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert!(err["type"].is_string(), "{v}");
+    assert_eq!(err["code"], status, "{v}");
+    if let Some(param) = param {
+        assert!(err["param"].as_str().unwrap().starts_with(param), "{v}");
+    }
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let server = Server::start(&["--max-request-mb", "1"]);
+    expect_error(&server, "{not json", 400, Some("body"));
+    let base = ask_body("tone_440_16k.wav", "What?");
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b.to_string()
+    };
+    expect_error(&server, &with("n", json!(2)), 400, Some("n"));
+    expect_error(&server, &with("prune", json!("bogus")), 400, Some("prune"));
+    expect_error(&server, &with("keep", json!(1.5)), 400, Some("keep"));
+    expect_error(&server, &with("top_p", json!(0)), 400, Some("top_p"));
+    expect_error(
+        &server,
+        &with("max_tokens", json!(10_000_000)),
+        400,
+        Some("max_tokens"),
+    );
+    let audio_part = |part: Value| {
+        json!({"messages": [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]})
+            .to_string()
+    };
+    let url = |u: &str| audio_part(json!({"type": "audio_url", "audio_url": {"url": u}}));
+    expect_error(
+        &server,
+        &url("https://example.com/a.wav"),
+        400,
+        Some("messages[0]"),
+    );
+    expect_error(
+        &server,
+        &url("file:///etc/passwd"),
+        400,
+        Some("messages[0]"),
+    );
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not audio at all");
+    let bad_audio =
+        json!({"type": "input_audio", "input_audio": {"data": garbage, "format": "wav"}});
+    expect_error(&server, &audio_part(bad_audio), 400, Some("messages"));
+    // The server reads up to the limit, then answers; the rest of the body is never sent.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    )
+    .unwrap();
+    s.write_all(&vec![b' '; 1024 * 1024 + 4096]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = String::new();
+    BufReader::new(s).read_line(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let (status, text) = server.get("/v1/nothing");
+    assert_eq!(status, 404, "{text}");
+    // Still serving after all of that.
+    assert_eq!(server.post(&base.to_string()).0, 200);
+}
+
+/// A streamed request on a raw socket that has read its first content chunk.
+fn open_stream(server: &Server, body: &Value) -> TcpStream {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"") || seen.len() < 2000 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// A request that generates for seconds on the tiny model (it emits no stop id on this clip).
+fn long_body() -> Value {
+    let mut body = ask_body("long_42s_16k.wav", "Describe it.");
+    body["max_tokens"] = json!(4000);
+    body["stream"] = json!(true);
+    body
+}
+
+#[test]
+fn a_client_that_disconnects_stops_its_generation() {
+    let server = Server::start(&[]);
+    let start = Instant::now();
+    let s = open_stream(&server, &long_body());
+    drop(s);
+    let (status, text) = server.post(&ask_body("tone_440_16k.wav", "What?").to_string());
+    assert_eq!(status, 200, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().iter().any(|l| l.contains("cancelled")) {
+        assert!(Instant::now() < deadline, "{:?}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = server
+        .log()
+        .into_iter()
+        .find(|l| l.contains("cancelled"))
+        .unwrap();
+    let tokens: usize = line
+        .split("after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(tokens < 4000, "{line}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_full_queue_gets_429_and_the_queued_request_is_served() {
+    let server = Arc::new(Server::start(&["--max-queue", "1"]));
+    // The model thread is busy with this stream until it is dropped.
+    let busy = open_stream(&server, &long_body());
+    let queued = {
+        let server = server.clone();
+        std::thread::spawn(move || server.post(&ask_body("tone_440_16k.wav", "One?").to_string()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = server.post(&ask_body("tone_440_16k.wav", "Two?").to_string());
+        if status == 429 {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["error"]["code"], 429);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 429: {status} {text}");
+    }
+    drop(busy);
+    let (status, text) = queued.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+}
+
+#[test]
+fn two_concurrent_clients_are_both_served() {
+    let server = Arc::new(Server::start(&[]));
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                server.post(&ask_body("tone_440_16k.wav", &format!("Client {i}?")).to_string())
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, text) = c.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_finishes_the_running_request_and_exits_0() {
+    let mut server = Server::start(&[]);
+    let mut body = long_body();
+    body["max_tokens"] = json!(300);
+    let s = open_stream(&server, &body);
+    let pid = server.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    BufReader::new(s).read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
