@@ -2,6 +2,8 @@
 //! [`modeling_qwen2.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2/modeling_qwen2.py)
 //! (eager attention), driven by embeddings and a caller-owned [`KvCache`].
 
+use std::cell::OnceCell;
+
 use auris_kernels::attention::{Attention as FusedAttention, Layout, Visible};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -259,12 +261,7 @@ impl Attention {
             s,
             kv_len,
         ))?;
-        let mask = if self.window.is_some() {
-            step.sliding_mask.as_ref()
-        } else {
-            step.causal_mask.as_ref()
-        };
-        let scores = match mask {
+        let scores = match step.mask(self.window)? {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
@@ -437,8 +434,31 @@ impl DecoderLayer {
 struct Step {
     cos: Tensor,
     sin: Tensor,
-    causal_mask: Option<Tensor>,
-    sliding_mask: Option<Tensor>,
+    /// Position of the first query, and the number of queries.
+    start: usize,
+    len: usize,
+    device: Device,
+    /// The additive masks, built on first use: only the unfused attention path reads them
+    /// (the fused CPU kernel takes the visibility as numbers), and a prefill chunk's mask is
+    /// `len x (start + len)` floats.
+    causal_mask: OnceCell<Option<Tensor>>,
+    sliding_mask: OnceCell<Option<Tensor>>,
+}
+
+impl Step {
+    /// The mask of a layer with sliding window `window` (see [`attention_mask`]).
+    fn mask(&self, window: Option<usize>) -> Result<Option<&Tensor>, LlmError> {
+        let cell = if window.is_some() {
+            &self.sliding_mask
+        } else {
+            &self.causal_mask
+        };
+        if cell.get().is_none() {
+            // Single-threaded use: the cell is empty, so `set` cannot fail.
+            let _ = cell.set(attention_mask(self.start, self.len, window, &self.device)?);
+        }
+        Ok(cell.get().and_then(Option::as_ref))
+    }
 }
 
 /// A Qwen2 decoder (`Qwen2ForCausalLM`) that takes input embeddings.
@@ -763,16 +783,14 @@ impl Qwen2Decoder {
         }
         let start = cache.len();
         let (cos, sin) = self.rope.cos_sin(start, s, self.dtype, &self.device)?;
-        let any_sliding = (0..self.layers.len()).any(|i| self.cfg.layer_window(i).is_some());
         let step = Step {
             cos,
             sin,
-            causal_mask: attention_mask(start, s, None, &self.device)?,
-            sliding_mask: if any_sliding {
-                attention_mask(start, s, self.cfg.sliding_window, &self.device)?
-            } else {
-                None
-            },
+            start,
+            len: s,
+            device: self.device.clone(),
+            causal_mask: OnceCell::new(),
+            sliding_mask: OnceCell::new(),
         };
         let mut xs = embeds.to_device(&self.device)?.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
