@@ -12,3 +12,5 @@
 pub mod attention;
 pub mod peak;
 pub mod softmax;
+#[doc(hidden)]
+pub mod test_values;
