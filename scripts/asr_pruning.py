@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import math
 import re
@@ -41,6 +40,7 @@ from transformers.modeling_outputs import BaseModelOutput
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 from reference_select import budget, sel_segmentwise, sel_topk, sel_uniform  # noqa: E402
 from audio import load_16k  # noqa: E402
+from ct2 import ct2_to_hf, read_ct2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16_000
@@ -53,93 +53,9 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # ----------------------------------------------------------------------------------------------
 # convert: CTranslate2 whisper -> HF WhisperForConditionalGeneration
 # ----------------------------------------------------------------------------------------------
-
-
-def ct2_to_hf(v: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Maps CT2 variables to HF names (the inverse of CTranslate2's `WhisperLoader` in
-    `python/ctranslate2/converters/transformers.py`); fused q/k/v are split."""
-
-    def t(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.array(v[name], dtype=np.float16, copy=True))
-
-    d = v["encoder/conv1/weight"].shape[0]
-    out: dict[str, torch.Tensor] = {}
-
-    def layer_norm(src: str, dst: str) -> None:
-        out[dst + ".weight"], out[dst + ".bias"] = t(src + "/gamma"), t(src + "/beta")
-
-    def dense(src: str, dst: str) -> None:
-        out[dst + ".weight"], out[dst + ".bias"] = t(src + "/weight"), t(src + "/bias")
-
-    def split(src: str, dsts: list[str]) -> None:
-        w, b = t(src + "/weight"), t(src + "/bias")
-        assert w.shape == (len(dsts) * d, d), (src, w.shape)
-        for i, dst in enumerate(dsts):
-            out[dst + ".weight"] = w[i * d : (i + 1) * d].clone()
-            part = b[i * d : (i + 1) * d].clone()
-            if dst.endswith("k_proj"):
-                assert torch.count_nonzero(part) == 0, f"{src}: k bias is not zero"
-            else:
-                out[dst + ".bias"] = part
-
-    def layers(side: str) -> int:
-        return 1 + max(int(m.group(1)) for k in v if (m := re.match(rf"{side}/layer_(\d+)/", k)))
-
-    for conv in ("conv1", "conv2"):
-        dense(f"encoder/{conv}", f"model.encoder.{conv}")
-    out["model.encoder.embed_positions.weight"] = t("encoder/position_encodings/encodings")
-    n_enc = layers("encoder")
-    for i in range(n_enc):
-        s, p = f"encoder/layer_{i}", f"model.encoder.layers.{i}."
-        layer_norm(f"{s}/self_attention/layer_norm", p + "self_attn_layer_norm")
-        split(f"{s}/self_attention/linear_0", [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"])
-        dense(f"{s}/self_attention/linear_1", p + "self_attn.out_proj")
-        layer_norm(f"{s}/ffn/layer_norm", p + "final_layer_norm")
-        dense(f"{s}/ffn/linear_0", p + "fc1")
-        dense(f"{s}/ffn/linear_1", p + "fc2")
-    layer_norm("encoder/layer_norm", "model.encoder.layer_norm")
-
-    out["model.decoder.embed_tokens.weight"] = t("decoder/embeddings/weight")
-    out["model.decoder.embed_positions.weight"] = t("decoder/position_encodings/encodings")
-    n_dec = layers("decoder")
-    for i in range(n_dec):
-        s, p = f"decoder/layer_{i}", f"model.decoder.layers.{i}."
-        layer_norm(f"{s}/self_attention/layer_norm", p + "self_attn_layer_norm")
-        split(f"{s}/self_attention/linear_0", [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"])
-        dense(f"{s}/self_attention/linear_1", p + "self_attn.out_proj")
-        layer_norm(f"{s}/attention/layer_norm", p + "encoder_attn_layer_norm")
-        dense(f"{s}/attention/linear_0", p + "encoder_attn.q_proj")
-        split(f"{s}/attention/linear_1", [p + "encoder_attn.k_proj", p + "encoder_attn.v_proj"])
-        dense(f"{s}/attention/linear_2", p + "encoder_attn.out_proj")
-        layer_norm(f"{s}/ffn/layer_norm", p + "final_layer_norm")
-        dense(f"{s}/ffn/linear_0", p + "fc1")
-        dense(f"{s}/ffn/linear_1", p + "fc2")
-    layer_norm("decoder/layer_norm", "model.decoder.layer_norm")
-
-    shape = dict(
-        vocab_size=v["decoder/embeddings/weight"].shape[0],
-        num_mel_bins=v["encoder/conv1/weight"].shape[1],
-        d_model=d,
-        encoder_layers=n_enc,
-        decoder_layers=n_dec,
-        encoder_attention_heads=int(v["encoder/num_heads"]),
-        decoder_attention_heads=int(v["decoder/num_heads"]),
-        encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-        decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-        max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
-        max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
-    )
-    return out, shape
 
 
 def generation_config(tok: Tokenizer, suppress: list[int], begin_suppress: list[int], max_length: int) -> GenerationConfig:
@@ -164,8 +80,7 @@ def generation_config(tok: Tokenizer, suppress: list[int], begin_suppress: list[
 
 
 def cmd_convert(args) -> None:
-    build = load_module("build_real_mini")
-    v, _aliases, header = build.read_ct2(args.ct2)
+    v, _aliases, header = read_ct2(args.ct2)
     assert header["spec"] == "WhisperSpec", header
     assert not any(k.endswith("weight_scale") for k in v), "quantised CT2 model"
     ct2_cfg = json.loads((args.ct2_dir / "config.json").read_text())

@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import shutil
-import struct
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +45,9 @@ from transformers import (
     Qwen2TokenizerFast,
     WhisperFeatureExtractor,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+from ct2 import ct2_to_hf, read_ct2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,96 +83,19 @@ def sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_ct2(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
-    """Parses a CTranslate2 model.bin (ctranslate2/specs/model_spec.py::_serialize, all little-endian)."""
-    data = path.read_bytes()
-    pos = 0
-
-    def unpack(fmt: str):
-        nonlocal pos
-        v = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize("<" + fmt)
-        return v
-
-    def string() -> str:
-        nonlocal pos
-        (n,) = unpack("H")  # length including the NUL
-        raw = data[pos : pos + n]
-        pos += n
-        assert raw[-1:] == b"\0", raw
-        return raw[:-1].decode("utf-8")
-
-    (version,) = unpack("I")
-    spec = string()
-    (revision,) = unpack("I")
-    (n_vars,) = unpack("I")
-    dtypes = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-    variables = {}
-    for _ in range(n_vars):
-        name = string()
-        (rank,) = unpack("B")
-        dims = unpack("I" * rank) if rank else ()
-        (code,) = unpack("B")
-        (nbytes,) = unpack("I")
-        dt = np.dtype(dtypes[code])
-        arr = np.frombuffer(data, dtype=dt, count=nbytes // dt.itemsize, offset=pos).reshape(dims)
-        pos += nbytes
-        variables[name] = arr
-    (n_alias,) = unpack("I")
-    aliases = {}
-    for _ in range(n_alias):
-        alias = string()
-        aliases[alias] = string()
-    assert pos == len(data), f"{len(data) - pos} trailing bytes in {path}"
-    return variables, aliases, {"binary_version": version, "spec": spec, "revision": revision, "n_vars": n_vars}
-
-
 def whisper_encoder(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     v, aliases, header = read_ct2(path)
     assert header["spec"] == "WhisperSpec", header
     assert all(a.dtype == np.float16 for k, a in v.items() if a.ndim > 0), "not a float16 CT2 model"
     assert not any(k.endswith("weight_scale") for k in v), "quantised CT2 model"
-    d = v["encoder/conv1/weight"].shape[0]
-    n_mels = v["encoder/conv1/weight"].shape[1]
-    layers = 1 + max(int(m.group(1)) for k in v if (m := re.match(r"encoder/layer_(\d+)/", k)))
-    ffn = v["encoder/layer_0/ffn/linear_0/weight"].shape[0]
-    heads = int(v["encoder/num_heads"])
-    positions = v["encoder/position_encodings/encodings"].shape[0]
-    cfg = dict(num_mel_bins=n_mels, d_model=d, encoder_layers=layers, encoder_attention_heads=heads,
-               encoder_ffn_dim=ffn, max_source_positions=positions)
+    tensors, shape = ct2_to_hf(v)
+    cfg = {k: shape[k] for k in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
+                                 "encoder_ffn_dim", "max_source_positions")}
     assert cfg == dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8,
                        encoder_ffn_dim=2048, max_source_positions=1500), cfg
-
-    def t(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.array(v[name], dtype=np.float16, copy=True))
-
-    out = {}
-    p = "model.audio_tower."
-    for conv in ("conv1", "conv2"):
-        out[f"{p}{conv}.weight"] = t(f"encoder/{conv}/weight")
-        out[f"{p}{conv}.bias"] = t(f"encoder/{conv}/bias")
-    out[f"{p}embed_positions.weight"] = t("encoder/position_encodings/encodings")
-    for i in range(layers):
-        src, dst = f"encoder/layer_{i}", f"{p}layers.{i}."
-        w = t(f"{src}/self_attention/linear_0/weight")
-        b = t(f"{src}/self_attention/linear_0/bias")
-        assert w.shape == (3 * d, d)
-        assert torch.count_nonzero(b[d : 2 * d]) == 0, "k bias is not zero"
-        out[dst + "self_attn.q_proj.weight"], out[dst + "self_attn.k_proj.weight"], out[dst + "self_attn.v_proj.weight"] = (
-            w[:d].clone(), w[d : 2 * d].clone(), w[2 * d :].clone())
-        out[dst + "self_attn.q_proj.bias"], out[dst + "self_attn.v_proj.bias"] = b[:d].clone(), b[2 * d :].clone()
-        out[dst + "self_attn.out_proj.weight"] = t(f"{src}/self_attention/linear_1/weight")
-        out[dst + "self_attn.out_proj.bias"] = t(f"{src}/self_attention/linear_1/bias")
-        out[dst + "self_attn_layer_norm.weight"] = t(f"{src}/self_attention/layer_norm/gamma")
-        out[dst + "self_attn_layer_norm.bias"] = t(f"{src}/self_attention/layer_norm/beta")
-        out[dst + "fc1.weight"] = t(f"{src}/ffn/linear_0/weight")
-        out[dst + "fc1.bias"] = t(f"{src}/ffn/linear_0/bias")
-        out[dst + "fc2.weight"] = t(f"{src}/ffn/linear_1/weight")
-        out[dst + "fc2.bias"] = t(f"{src}/ffn/linear_1/bias")
-        out[dst + "final_layer_norm.weight"] = t(f"{src}/ffn/layer_norm/gamma")
-        out[dst + "final_layer_norm.bias"] = t(f"{src}/ffn/layer_norm/beta")
-    out[f"{p}layer_norm.weight"] = t("encoder/layer_norm/gamma")
-    out[f"{p}layer_norm.bias"] = t("encoder/layer_norm/beta")
+    # Qwen2-Audio's audio tower is Whisper's encoder under another prefix.
+    out = {"model.audio_tower." + k[len("model.encoder."):]: w for k, w in tensors.items()
+           if k.startswith("model.encoder.")}
     header["aliases"] = aliases
     header["n_encoder_tensors"] = len(out)
     return out, cfg, header

@@ -16,8 +16,9 @@ use auris_prune::{Policy, Strategy};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::pipeline::{Pipeline, PromptSpec};
-use crate::{prompt, Error};
+use crate::budget::ContextFit;
+use crate::pipeline::{Pipeline, PromptSpec, Request, Timings};
+use crate::Error;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -213,6 +214,7 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+#[derive(Default)]
 struct KeepSamples {
     select_project: Vec<f64>,
     prefill: Vec<f64>,
@@ -222,6 +224,18 @@ struct KeepSamples {
     n_audio_tokens: usize,
     n_kept: usize,
     prompt_tokens: usize,
+}
+
+impl KeepSamples {
+    /// One timed run's stages, as the pipeline measured them.
+    fn push(&mut self, t: &Timings) {
+        let ttft = t.decode_audio + t.mel + t.encoder + t.projector + t.prefill;
+        self.select_project.push(t.projector);
+        self.prefill.push(t.prefill);
+        self.ttft.push(ttft);
+        self.e2e.push(ttft + t.generate);
+        self.tok_s.push(t.tokens_per_s);
+    }
 }
 
 /// Runs the benchmark and reports progress on stderr through `log`.
@@ -246,8 +260,7 @@ pub fn run(
             policy.validate().map(|_| policy)
         })
         .collect::<Result<_, _>>()?;
-    let text = pipeline.render_prompt(&opts.prompt, &opts.audio)?;
-    let ids = prompt::tokenize(pipeline.tokenizer(), &text)?;
+    // Greedy, no stop ids: every run generates `new_tokens` tokens.
     let generate = GenerateOptions {
         max_new_tokens: opts.new_tokens,
         stop_ids: Vec::new(),
@@ -259,35 +272,32 @@ pub fn run(
             seed: 0,
         },
     };
-
-    let (mut decode, mut mel, mut enc, mut enc_scores) = (vec![], vec![], vec![], vec![]);
-    let mut per_keep: Vec<KeepSamples> = policies
+    let requests: Vec<Request> = policies
         .iter()
-        .map(|_| KeepSamples {
-            select_project: vec![],
-            prefill: vec![],
-            ttft: vec![],
-            e2e: vec![],
-            tok_s: vec![],
-            n_audio_tokens: 0,
-            n_kept: 0,
-            prompt_tokens: 0,
+        .map(|&policy| Request {
+            audio: opts.audio.clone(),
+            prompt: opts.prompt.clone(),
+            policy,
+            generate: generate.clone(),
+            score_choices: None,
+            inspect: false,
+            prompt_only: false,
+            context: ContextFit::default(),
         })
         .collect();
+
+    let (mut decode, mut mel, mut enc, mut enc_scores) = (vec![], vec![], vec![], vec![]);
+    let mut per_keep: Vec<KeepSamples> = policies.iter().map(|_| KeepSamples::default()).collect();
     let mut duration_s = 0.0;
     let mut window_tokens: Vec<usize> = Vec::new();
     for run in 0..opts.warmup + opts.repeat {
         let timed = run >= opts.warmup;
-        log(&format!(
-            "bench: {} {}/{}",
-            if timed { "run" } else { "warm-up" },
-            if timed {
-                run - opts.warmup + 1
-            } else {
-                run + 1
-            },
-            if timed { opts.repeat } else { opts.warmup }
-        ));
+        let (what, i, of) = if timed {
+            ("run", run - opts.warmup + 1, opts.repeat)
+        } else {
+            ("warm-up", run + 1, opts.warmup)
+        };
+        log(&format!("bench: {what} {i}/{of}"));
         let audio = pipeline.load_audio(&opts.audio)?;
         duration_s = audio.duration_s();
         let start = Instant::now();
@@ -303,51 +313,21 @@ pub fn run(
             enc.push(t_enc);
             enc_scores.push(t_enc_scores);
         }
-        for (policy, samples) in policies.iter().zip(per_keep.iter_mut()) {
-            let pruning = !matches!(policy.strategy, Strategy::None);
-            let (encoded, t_encoder) = if pruning {
-                (&scored, t_enc_scores)
-            } else {
-                (&plain, t_enc)
+        // Each keep ratio runs the pipeline's own request path on the encoded window (the
+        // plain encoding without pruning, the scored one with it), which times its stages.
+        for (request, samples) in requests.iter().zip(per_keep.iter_mut()) {
+            let (encoded, t_encoder) = match request.policy.strategy {
+                Strategy::None => (&plain, t_enc),
+                _ => (&scored, t_enc_scores),
             };
-            let start = Instant::now();
-            let tokens = pipeline.select(encoded, policy)?;
-            let projected = pipeline.project(&tokens)?;
-            let t_select = ms(start);
-            let expanded = prompt::expand(
-                &ids,
-                &[tokens.kept_indices.len()],
-                pipeline.special_tokens(),
-            )?;
-            let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
-            let start = Instant::now();
-            let embeds = pipeline.merge_embeddings(&expanded.ids, span, &projected)?;
-            let mut cache = pipeline.decoder().new_cache();
-            let logits = pipeline.decoder().forward_embeds(&embeds, &mut cache)?;
-            let t_prefill = ms(start);
-            let start = Instant::now();
-            let generation = auris_llm::generate_from_logits(
-                pipeline.decoder(),
-                &mut cache,
-                &logits,
-                &expanded.ids,
-                &generate,
-                &mut |_| true,
-            )?;
-            let t_generate = ms(start);
+            let response =
+                pipeline.run_encoded(request, &audio, encoded, t_encoder, &mut |_| true)?;
             if timed {
-                let ttft = audio.decode_ms + audio.mel_ms + t_encoder + t_select + t_prefill;
-                samples.select_project.push(t_select);
-                samples.prefill.push(t_prefill);
-                samples.ttft.push(ttft);
-                samples.e2e.push(ttft + t_generate);
-                samples
-                    .tok_s
-                    .push(generation.tokens.len() as f64 / (t_generate / 1e3).max(1e-9));
+                samples.push(&response.timings);
             }
-            samples.n_audio_tokens = tokens.n_audio_tokens;
-            samples.n_kept = tokens.kept_indices.len();
-            samples.prompt_tokens = expanded.ids.len();
+            samples.n_audio_tokens = response.n_audio_tokens;
+            samples.n_kept = response.n_kept;
+            samples.prompt_tokens = response.prompt_token_ids.len();
         }
     }
 

@@ -3,8 +3,11 @@
 //! `v_proj`, `out_proj`, queries scaled by `head_dim^-1/2`. Used by the encoder's self-attention
 //! and by a Whisper text decoder's self- and cross-attention.
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear, linear_no_bias, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use auris_kernels::linear::{linear as fused_linear, Act, Rows};
+use candle_core::{DType, Module, Storage, Tensor};
+use candle_nn::{
+    linear, linear_no_bias, Activation, LayerNorm, LayerNormConfig, Linear, VarBuilder,
+};
 
 /// How the projections multiply: both give `x W^T + b`, they differ in speed on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +167,69 @@ pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
 /// encoder on the CPU) is widened for this product only, so the model keeps its compact weights
 /// and computes exactly what an f32 copy of them would.
 pub fn apply(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    widened(layer, x.dtype())?.forward(x)
+    match linear_cpu(layer, x, Act::Identity)? {
+        Some(y) => Ok(y),
+        None => widened(layer, x.dtype())?.forward(x),
+    }
+}
+
+/// `activation(apply(layer, x))`; GELU (erf) on f32 CPU data runs inside
+/// [`auris_kernels::linear`], the other cases through candle.
+pub fn apply_then(
+    layer: &Linear,
+    x: &Tensor,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    if activation == Activation::Gelu {
+        if let Some(y) = linear_cpu(layer, x, Act::GeluErf)? {
+            return Ok(y);
+        }
+    }
+    activation.forward(&apply(layer, x)?)
+}
+
+/// `act(x W^T + b)` through [`auris_kernels::linear`] when `x`, the weight and the bias are
+/// contiguous f32 CPU data (the bias inside the product, the activation in place: no
+/// intermediate tensors); `None` otherwise.
+fn linear_cpu(layer: &Linear, x: &Tensor, act: Act) -> candle_core::Result<Option<Tensor>> {
+    let w = layer.weight();
+    let (out, k) = w.dims2()?;
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !f32_cpu(x) || !f32_cpu(w) || layer.bias().is_some_and(|b| !f32_cpu(b)) {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / k.max(1);
+    if x.dims().last() != Some(&k) || rows == 0 {
+        return Ok(None);
+    }
+    let y = with_f32(x, |x| {
+        with_f32(w, |w| match layer.bias() {
+            Some(b) => with_f32(b, |b| {
+                Ok(fused_linear(Rows::dense(x, rows), w, out, Some(b), act))
+            }),
+            None => Ok(Some(fused_linear(Rows::dense(x, rows), w, out, None, act))),
+        })
+    })?;
+    let Some(Some(Some(y))) = y else {
+        return Ok(None);
+    };
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Tensor::from_vec(y, dims, x.device()).map(Some)
+}
+
+/// `f` on the contiguous f32 CPU data of `t`; `None` when it is not contiguous on the CPU.
+fn with_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<Option<R>> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    f(&cpu.as_slice::<f32>()?[a..b]).map(Some)
 }
 
 fn widened(layer: &Linear, dtype: DType) -> candle_core::Result<Linear> {

@@ -21,11 +21,12 @@
 //! the pooler, so that each score belongs to one output token.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv1d, linear, Activation, Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{conv1d, linear, Activation, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
-use crate::attention::{apply, layer_norm, Attention, Product};
+use crate::attention::{apply, apply_then, layer_norm, Attention, Product};
 
 use crate::config::EncoderConfig;
+use crate::stem::Stem;
 use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
 
 /// `torch.finfo(torch.float16).max - 1000`: the reference clamps f16 activations to this.
@@ -130,8 +131,8 @@ impl EncoderLayer {
         };
         let x = (x + h)?;
         let h = self.final_layer_norm.forward(&x)?;
-        let h = apply(&self.fc1, &h)?;
-        let h = apply(&self.fc2, &self.activation.forward(&h)?)?;
+        let h = apply_then(&self.fc1, &h, self.activation)?;
+        let h = apply(&self.fc2, &h)?;
         let mut x = (x + h)?;
         if x.dtype() == DType::F16 {
             x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
@@ -163,8 +164,7 @@ impl KeyMask {
 
 /// The Whisper-style encoder of Qwen2-Audio with its average pool and final LayerNorm.
 pub struct Qwen2AudioEncoder {
-    conv1: Conv1d,
-    conv2: Conv1d,
+    stem: Stem,
     embed_positions: Tensor,
     layers: Vec<EncoderLayer>,
     layer_norm: LayerNorm,
@@ -222,8 +222,7 @@ impl Qwen2AudioEncoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let layer_norm = layer_norm(d, f.pp("layer_norm"))?;
         Ok(Self {
-            conv1,
-            conv2,
+            stem: Stem::new(conv1, conv2)?,
             embed_positions,
             layers,
             layer_norm,
@@ -260,19 +259,16 @@ impl Qwen2AudioEncoder {
                 actual: mel.valid_frames.to_string(),
             });
         }
-        let input = Tensor::from_slice(&mel.data, (1, mel.n_mels, mel.n_frames), &self.device)?;
         // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding 1), so
         // the short path keeps exactly the receptive field of the first T1 positions.
-        let (input, positions) = if opts.mode != EncoderMode::ValidFrames {
-            (input, self.cfg.max_source_positions)
+        let (input_frames, positions) = if opts.mode != EncoderMode::ValidFrames {
+            (frames, self.cfg.max_source_positions)
         } else {
-            let keep = (2 * t1 + 1).min(frames);
-            (input.narrow(2, 0, keep)?, t1)
+            ((2 * t1 + 1).min(frames), t1)
         };
-        let x = input.to_dtype(self.dtype)?;
-        let x = self.conv1.forward(&x)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
-        let x = x.narrow(2, 0, positions)?.transpose(1, 2)?;
+        let x = self
+            .stem
+            .forward(mel, input_frames, positions, self.dtype, &self.device)?;
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
 
         let valid = if opts.mode == EncoderMode::Window {

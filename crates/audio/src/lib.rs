@@ -23,6 +23,7 @@ pub mod encoder;
 mod error;
 mod mel;
 mod resample;
+mod stem;
 
 use std::path::Path;
 

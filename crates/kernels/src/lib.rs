@@ -7,9 +7,14 @@
 //!   output, and optionally the attention each key received), without the `(heads, queries,
 //!   keys)` probability tensors; prefix (padding) and causal (with an optional sliding window)
 //!   visibility, grouped-query heads, any row and head strides.
+//! - [`activation`]: GELU (the erf form) with a vectorised `erf`, in place.
+//! - [`linear`]: `x W^T + b` with the bias in the product and an optional GELU, for weights
+//!   stored in f32.
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 
+pub mod activation;
 pub mod attention;
+pub mod linear;
 pub mod peak;
 pub mod softmax;
 #[doc(hidden)]

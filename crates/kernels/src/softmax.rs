@@ -69,7 +69,7 @@ pub fn softmax_in_place(row: &mut [f32]) {
     softmax_at(best_level_cached(), row)
 }
 
-fn best_level_cached() -> Level {
+pub(crate) fn best_level_cached() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(best_level)
 }
@@ -100,13 +100,13 @@ fn softmax_portable(row: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{exp, HI, LN2_HI, LN2_LO, LO, LOG2E, P};
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp16(x: __m512) -> __m512 {
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
         // max(LO, x) and min(HI, .) keep a NaN in x (the second operand is returned on NaN).
         let x = _mm512_min_ps(_mm512_set1_ps(HI), _mm512_max_ps(_mm512_set1_ps(LO), x));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -162,7 +162,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(_mm256_set1_ps(HI), _mm256_max_ps(_mm256_set1_ps(LO), x));
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
@@ -227,11 +227,11 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Every level this CPU can run, the portable one included.
-    fn levels() -> Vec<Level> {
+    pub(crate) fn levels() -> Vec<Level> {
         let mut v = vec![Level::Portable];
         #[cfg(target_arch = "x86_64")]
         {

@@ -18,6 +18,8 @@ use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use auris_kernels::linear::{linear_into, Rows};
+
 use crate::gemv::gemv;
 use crate::halfgemv::{gemv_half, widen_par, HalfKind};
 use crate::q4k::q4k_gemv;
@@ -208,6 +210,9 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => match self.forward_one_row(xs, w)? {
                 Some(ys) => Ok(ys),
+                None if xs.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                    self.rows_via_f32(xs, usize::MAX, |start, len| Ok(w.narrow(0, start, len)?))
+                }
                 None => Ok(candle_nn::Linear::new(w.clone(), self.bias.clone()).forward(xs)?),
             },
             Weight::Half { bits, kind } => self.forward_half(xs, bits, *kind),
@@ -358,7 +363,9 @@ impl Linear {
     }
 
     /// `xs · wᵀ (+ bias)` with the weight rows `start..start + len` given in f32 by `widen`,
-    /// `chunk_weights / in` rows at a time, so one chunk at most is alive.
+    /// `chunk_weights / in` rows at a time, so one chunk at most is alive. On the CPU each
+    /// chunk's product is written by [`linear_into`] straight into its columns of one output
+    /// that starts as the bias rows (no per-chunk tensors, no concatenation, no bias pass).
     fn rows_via_f32(
         &self,
         xs: &Tensor,
@@ -369,6 +376,23 @@ impl Linear {
         let m = xs.elem_count() / k.max(1);
         let x2 = xs.reshape((m, k))?;
         let rows_per_chunk = (chunk_weights / k.max(1)).max(1);
+        let mut dims = xs.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        if let Some(mut y) = self.bias_rows(&x2, m)? {
+            for start in (0..n).step_by(rows_per_chunk) {
+                let len = rows_per_chunk.min(n - start);
+                let w = widen(start, len)?.contiguous()?;
+                with_cpu_slices::<f32, f32, _>(&x2, &w, |x, w| {
+                    linear_into(&mut y, n, start, Rows::dense(x, m), w)
+                })?
+                .ok_or(LlmError::Candle(candle_core::Error::Msg(
+                    "a widened weight chunk is not on the CPU".into(),
+                )))?;
+            }
+            return Ok(Tensor::from_vec(y, dims, xs.device())?);
+        }
         let mut parts = Vec::with_capacity(n.div_ceil(rows_per_chunk));
         for start in (0..n).step_by(rows_per_chunk) {
             let len = rows_per_chunk.min(n - start);
@@ -379,11 +403,20 @@ impl Linear {
         } else {
             Tensor::cat(&parts, 1)?
         };
-        let mut dims = xs.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
         self.add_bias(ys.reshape(dims)?)
+    }
+
+    /// The `(m, out)` output of a CPU product initialised with the bias in every row (zeros
+    /// without a bias); `None` when `x2` is not contiguous f32 CPU data, or the bias not on
+    /// the CPU.
+    fn bias_rows(&self, x2: &Tensor, m: usize) -> Result<Option<Vec<f32>>, LlmError> {
+        if !x2.device().is_cpu() || x2.dtype() != DType::F32 || !x2.is_contiguous() || m == 0 {
+            return Ok(None);
+        }
+        Ok(match &self.bias {
+            Some(b) => cpu_vec::<f32>(b)?.map(|b| b.repeat(m)),
+            None => Some(vec![0.0; m * self.out_dim]),
+        })
     }
 
     /// The bias as host values, for the single-row kernels (`None` without a bias, or when it
