@@ -238,29 +238,21 @@ impl KeepSamples {
     }
 }
 
-/// Runs the benchmark and reports progress on stderr through `log`.
-pub fn run(
-    pipeline: &Pipeline,
-    opts: &BenchOptions,
-    log: &mut dyn FnMut(&str),
-) -> Result<BenchReport, Error> {
-    if opts.repeat == 0 {
-        return Err(Error::Usage("--repeat must be at least 1".to_string()));
-    }
-    let policies: Vec<Policy> = opts
-        .keeps
-        .iter()
-        .map(|&keep| {
-            let strategy = if keep >= 1.0 {
-                Strategy::None
-            } else {
-                opts.strategy
-            };
-            let policy = Policy { strategy, keep };
-            policy.validate().map(|_| policy)
-        })
-        .collect::<Result<_, _>>()?;
-    // Greedy, no stop ids: every run generates `new_tokens` tokens.
+/// The stage samples of every timed run.
+#[derive(Default)]
+struct Measured {
+    decode: Vec<f64>,
+    mel: Vec<f64>,
+    encoder: Vec<f64>,
+    encoder_scores: Vec<f64>,
+    per_keep: Vec<KeepSamples>,
+    duration_s: f64,
+    window_tokens: Vec<usize>,
+}
+
+/// One request per keep ratio (1 means no pruning), greedy with no stop ids, so that every
+/// run generates `new_tokens` tokens.
+fn requests(opts: &BenchOptions) -> Result<Vec<Request>, Error> {
     let generate = GenerateOptions {
         max_new_tokens: opts.new_tokens,
         stop_ids: Vec::new(),
@@ -272,24 +264,43 @@ pub fn run(
             seed: 0,
         },
     };
-    let requests: Vec<Request> = policies
+    opts.keeps
         .iter()
-        .map(|&policy| Request {
-            audio: opts.audio.clone(),
-            prompt: opts.prompt.clone(),
-            policy,
-            generate: generate.clone(),
-            score_choices: None,
-            inspect: false,
-            prompt_only: false,
-            context: ContextFit::default(),
+        .map(|&keep| {
+            let strategy = if keep >= 1.0 {
+                Strategy::None
+            } else {
+                opts.strategy
+            };
+            let policy = Policy { strategy, keep };
+            policy.validate()?;
+            Ok(Request {
+                audio: opts.audio.clone(),
+                prompt: opts.prompt.clone(),
+                policy,
+                generate: generate.clone(),
+                score_choices: None,
+                inspect: false,
+                prompt_only: false,
+                context: ContextFit::default(),
+            })
         })
-        .collect();
+        .collect()
+}
 
-    let (mut decode, mut mel, mut enc, mut enc_scores) = (vec![], vec![], vec![], vec![]);
-    let mut per_keep: Vec<KeepSamples> = policies.iter().map(|_| KeepSamples::default()).collect();
-    let mut duration_s = 0.0;
-    let mut window_tokens: Vec<usize> = Vec::new();
+/// Runs the warm-ups and the timed runs. The audio is decoded and encoded (without and with
+/// scores) once per run; each keep ratio then runs the pipeline's own request path on it (the
+/// plain encoding without pruning, the scored one with it), which times its stages.
+fn measure(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    requests: &[Request],
+    log: &mut dyn FnMut(&str),
+) -> Result<Measured, Error> {
+    let mut m = Measured {
+        per_keep: requests.iter().map(|_| KeepSamples::default()).collect(),
+        ..Measured::default()
+    };
     for run in 0..opts.warmup + opts.repeat {
         let timed = run >= opts.warmup;
         let (what, i, of) = if timed {
@@ -299,23 +310,21 @@ pub fn run(
         };
         log(&format!("bench: {what} {i}/{of}"));
         let audio = pipeline.load_audio(&opts.audio)?;
-        duration_s = audio.duration_s();
+        m.duration_s = audio.duration_s();
         let start = Instant::now();
         let plain = pipeline.encode(&audio, false)?;
         let t_enc = ms(start);
         let start = Instant::now();
         let scored = pipeline.encode(&audio, true)?;
         let t_enc_scores = ms(start);
-        window_tokens = plain.iter().map(EncoderOutput::len).collect();
+        m.window_tokens = plain.iter().map(EncoderOutput::len).collect();
         if timed {
-            decode.push(audio.decode_ms);
-            mel.push(audio.mel_ms);
-            enc.push(t_enc);
-            enc_scores.push(t_enc_scores);
+            m.decode.push(audio.decode_ms);
+            m.mel.push(audio.mel_ms);
+            m.encoder.push(t_enc);
+            m.encoder_scores.push(t_enc_scores);
         }
-        // Each keep ratio runs the pipeline's own request path on the encoded window (the
-        // plain encoding without pruning, the scored one with it), which times its stages.
-        for (request, samples) in requests.iter().zip(per_keep.iter_mut()) {
+        for (request, samples) in requests.iter().zip(m.per_keep.iter_mut()) {
             let (encoded, t_encoder) = match request.policy.strategy {
                 Strategy::None => (&plain, t_enc),
                 _ => (&scored, t_enc_scores),
@@ -330,6 +339,28 @@ pub fn run(
             samples.prompt_tokens = response.prompt_token_ids.len();
         }
     }
+    Ok(m)
+}
+
+/// Runs the benchmark and reports progress on stderr through `log`.
+pub fn run(
+    pipeline: &Pipeline,
+    opts: &BenchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<BenchReport, Error> {
+    if opts.repeat == 0 {
+        return Err(Error::Usage("--repeat must be at least 1".to_string()));
+    }
+    let requests = requests(opts)?;
+    let Measured {
+        decode,
+        mel,
+        encoder: enc,
+        encoder_scores: enc_scores,
+        per_keep,
+        duration_s,
+        window_tokens,
+    } = measure(pipeline, opts, &requests, log)?;
 
     let encoder = Stat::of(enc);
     let encoder_with_scores = Stat::of(enc_scores);
@@ -342,8 +373,9 @@ pub fn run(
     let (peak_flops, fma_level) = auris_kernels::peak::fma_peak_flops(20_000_000, 3);
     let peak = peak_flops / 1e9;
     let cfg = pipeline.config();
-    let keeps = policies
+    let keeps = requests
         .iter()
+        .map(|r| r.policy)
         .zip(per_keep)
         .map(|(policy, s)| {
             let flop = prefill_flop(&cfg.text_config, s.prompt_tokens);
