@@ -17,5 +17,5 @@ if [[ ! -f "$DATA/manifest.jsonl" ]]; then
   echo "hint: make it with scripts/make_projector_data.sh" >&2
   exit 2
 fi
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false \
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" PYTHONHASHSEED=0 PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false \
   "$PY" "$ROOT/scripts/train_projector.py" --data "$DATA" "$@"
