@@ -2,20 +2,22 @@
 # auris-mini on real recorded speech nobody here synthesised: WER of `auris eval transcribe`
 # (greedy, "Transcribe the audio.", the WER normaliser of eval asr-pruning) on the LibriVox
 # utterances of Debian pocketsphinx-testdata and a spread subset of the Debian asterisk prompts,
-# compared with real-mini (random projector), then the pruning sweep on auris-mini.
+# compared with real-mini (random projector, on the 9 speech clips of the parity check), then the
+# pruning sweep on auris-mini (those 9 clips).
 #
 #   scripts/eval_auris_mini.sh                    # WER of both models, then the sweep
 #   scripts/eval_auris_mini.sh --every 8          # asterisk subset: every 8th prompt (default 16)
 #   scripts/eval_auris_mini.sh --no-sweep         # WER only
 #
 # Needs models/auris-mini (scripts/build_auris_mini.sh) and models/real-mini. Writes
-# bench/work/alm/manifest.jsonl, bench/auris_mini_wer.{json,md} (both models, no pruning) and
+# bench/work/alm/{manifest,core}.jsonl, bench/auris_mini_wer.{json,md} (no pruning) and
 # bench/auris_mini_pruning.{json,md,svg} (segmentwise, topk, bottomk, random, uniform,
 # visionzip at 0.5/0.25/0.1). Predictions go to bench/work/alm/*.jsonl, so a rerun resumes.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/real_common.sh"
 
 EVERY=16
+MAX_NEW=64
 SWEEP=1
 BIN="${AURIS_BIN:-}"
 while (($#)); do
@@ -35,14 +37,7 @@ done
 
 ensure_ref_venv
 fetch_clip_packages
-(
-  cd "$CACHE"
-  spec="asterisk-core-sounds-en=1.6.1-1"; name="${spec%%=*}"
-  if ! compgen -G "${name}_*.deb" >/dev/null; then
-    apt-get download "$spec" 2>/dev/null || apt-get download "$name"
-  fi
-  [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
-)
+fetch_debs "asterisk-core-sounds-en=1.6.1-1"
 X="$CACHE/x"
 ALM="$ROOT/bench/work/alm"
 mkdir -p "$ALM"
@@ -69,6 +64,10 @@ for r in rows:
         k += 1
     out.append(r)
 Path(sys.argv[2]).write_text("".join(json.dumps(r) + "\n" for r in out))
+# the 9 speech clips of the parity check (every LibriVox utterance, 4 asterisk prompts): the
+# random-projector baseline and the pruning sweep
+core = [r for r in out if r["source"] == "librivox" or Path(r["audio"]).name in named]
+Path(sys.argv[2]).with_name("core.jsonl").write_text("".join(json.dumps(r) + "\n" for r in core))
 print(f"{len(out)} clips ({sum(r['source'] == 'librivox' for r in out)} LibriVox), "
       f"{sum(r['duration_s'] for r in out) / 60:.1f} min", file=sys.stderr)
 PYEOF
@@ -78,17 +77,23 @@ if [[ -z "$BIN" ]]; then
   cargo build --quiet --bin auris
   BIN="$ROOT/target/debug/auris"
 fi
+# both models on the 9 clips, auris-mini on the whole set (one predictions file per model: the
+# sweep below resumes auris-mini's unpruned predictions)
 for m in auris-mini real-mini; do
-  "$BIN" eval transcribe --model "models/$m" --manifest "$ALM/manifest.jsonl" --keeps 1 \
-    --max-new-tokens 64 --predictions "$ALM/$m.jsonl" --out "$ALM/$m-wer.json" --markdown "$ALM/$m-wer.md"
+  "$BIN" eval transcribe --model "models/$m" --manifest "$ALM/core.jsonl" --keeps 1 \
+    --max-new-tokens "$MAX_NEW" --predictions "$ALM/$m.jsonl" --out "$ALM/$m-core.json" --markdown "$ALM/$m-core.md"
 done
+"$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" --keeps 1 \
+  --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" --out "$ALM/auris-mini-wer.json" \
+  --markdown "$ALM/auris-mini-wer.md"
 "$PY" - "$ALM" <<'PYEOF'
 import json, sys
 from pathlib import Path
 alm = Path(sys.argv[1])
-out = {m: json.loads((alm / f"{m}-wer.json").read_text()) for m in ("auris-mini", "real-mini")}
+out = {f"{m} ({s})": json.loads((alm / f"{m}-{s}.json").read_text())
+       for m, s in (("auris-mini", "wer"), ("auris-mini", "core"), ("real-mini", "core"))}
 Path("bench/auris_mini_wer.json").write_text(json.dumps(out, indent=1) + "\n")
-lines = ["| model | clips | WER | WER LibriVox | WER asterisk | TTFT ms |", "|---|---|---|---|---|---|"]
+lines = ["| model (clips) | clips | WER | WER LibriVox | WER asterisk | TTFT ms |", "|---|---|---|---|---|---|"]
 for m, r in out.items():
     row = r["results"][0]
     src = row.get("groups", {}).get("source", {})
@@ -98,8 +103,8 @@ Path("bench/auris_mini_wer.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
 if ((SWEEP)); then
-  "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" \
+  "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/core.jsonl" \
     --strategies segmentwise,topk,bottomk,random,uniform,visionzip --keeps 0.5,0.25,0.1 \
-    --max-new-tokens 64 --predictions "$ALM/auris-mini.jsonl" \
+    --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" \
     --out bench/auris_mini_pruning.json --markdown bench/auris_mini_pruning.md --plot bench/auris_mini_pruning.svg
 fi

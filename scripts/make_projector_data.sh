@@ -34,18 +34,8 @@ while (($#)); do
   esac
 done
 
-mkdir -p "$CACHE/x"
-(
-  cd "$CACHE"
-  for spec in "fortunes-min=1:1.99.1-7.3" "fortunes=1:1.99.1-7.3" "asterisk-core-sounds-en=1.6.1-1" \
-              "pocketsphinx-testdata=0.8+5prealpha+1-15"; do
-    name="${spec%%=*}"
-    if ! compgen -G "${name}_*.deb" >/dev/null; then
-      apt-get download "$spec" 2>/dev/null || apt-get download "$name"
-    fi
-    [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
-  done
-)
+fetch_debs "fortunes-min=1:1.99.1-7.3" "fortunes=1:1.99.1-7.3" "asterisk-core-sounds-en=1.6.1-1" \
+           "pocketsphinx-testdata=0.8+5prealpha+1-15"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"

@@ -45,6 +45,26 @@ fetch_clip_packages() {
   )
 }
 
+# fetch_debs NAME=VERSION...: Debian packages downloaded into scripts/.cache/ and extracted under
+# scripts/.cache/x/<name>/, each once (the current version when the pinned one has left the archive).
+fetch_debs() {
+  mkdir -p "$CACHE/x"
+  (
+    cd "$CACHE"
+    local spec name
+    for spec in "$@"; do
+      name="${spec%%=*}"
+      if ! compgen -G "${name}_*.deb" >/dev/null; then
+        if ! apt-get download "$spec" 2>/dev/null; then
+          echo "warning: $spec not in the archive; taking the current $name" >&2
+          apt-get download "$name"
+        fi
+      fi
+      [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
+    done
+  )
+}
+
 # fetch_wheels SPEC...: PyPI wheels (name==version, pure Python) downloaded into $CACHE/real and
 # extracted under $CACHE/real/x/, each once.
 fetch_wheels() {

@@ -261,6 +261,25 @@ pub(crate) struct SweepItem {
     pub(crate) choices: Vec<String>,
 }
 
+/// Items asking the same instruction about each `(id, audio)`.
+pub(crate) fn instruction_items(
+    clips: impl IntoIterator<Item = (String, PathBuf)>,
+    instruction: &str,
+) -> Vec<SweepItem> {
+    clips
+        .into_iter()
+        .map(|(id, audio)| SweepItem {
+            id,
+            audio,
+            prompt: PromptSpec::Instruction {
+                text: instruction.to_string(),
+                system: None,
+            },
+            choices: Vec::new(),
+        })
+        .collect()
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct SweepOptions {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use auris::{Error, PromptSpec};
+use auris::Error;
 
 use super::asr::ManifestEntry;
 use super::sweep::{by_config, Config, Prediction, Row, SweepItem};
@@ -35,18 +35,10 @@ fn item_id(entry: &ManifestEntry) -> String {
 
 /// The sweep's items: the same instruction for every clip.
 pub(crate) fn sweep_items(entries: &[ManifestEntry], instruction: &str) -> Vec<SweepItem> {
-    entries
-        .iter()
-        .map(|e| SweepItem {
-            id: item_id(e),
-            audio: e.audio.clone(),
-            prompt: PromptSpec::Instruction {
-                text: instruction.to_string(),
-                system: None,
-            },
-            choices: Vec::new(),
-        })
-        .collect()
+    super::sweep::instruction_items(
+        entries.iter().map(|e| (item_id(e), e.audio.clone())),
+        instruction,
+    )
 }
 
 /// Corpus WER per configuration, overall (`wer`) and per source (group `source`).
