@@ -77,15 +77,15 @@ if [[ -z "$BIN" ]]; then
   cargo build --quiet --bin auris
   BIN="$ROOT/target/debug/auris"
 fi
-# both models on the 9 clips, auris-mini on the whole set (one predictions file per model: the
-# sweep below resumes auris-mini's unpruned predictions)
+# auris-mini on the whole set, then rescored on the 9 clips (resumed from its predictions file,
+# nothing is run again); real-mini on the 9 clips
+"$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" --keeps 1 \
+  --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" --out "$ALM/auris-mini-wer.json" \
+  --markdown "$ALM/auris-mini-wer.md"
 for m in auris-mini real-mini; do
   "$BIN" eval transcribe --model "models/$m" --manifest "$ALM/core.jsonl" --keeps 1 \
     --max-new-tokens "$MAX_NEW" --predictions "$ALM/$m.jsonl" --out "$ALM/$m-core.json" --markdown "$ALM/$m-core.md"
 done
-"$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" --keeps 1 \
-  --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" --out "$ALM/auris-mini-wer.json" \
-  --markdown "$ALM/auris-mini-wer.md"
 "$PY" - "$ALM" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -105,6 +105,6 @@ PYEOF
 if ((SWEEP)); then
   "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/core.jsonl" \
     --strategies segmentwise,topk,bottomk,random,uniform,visionzip --keeps 0.5,0.25,0.1 \
-    --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" \
+    --max-new-tokens 32 --predictions "$ALM/auris-mini-sweep.jsonl" \
     --out bench/auris_mini_pruning.json --markdown bench/auris_mini_pruning.md --plot bench/auris_mini_pruning.svg
 fi

@@ -226,6 +226,8 @@ def main() -> None:
     steps.add_argument("--minutes", type=float, help="time budget for the steps: sized from a measurement")
     ap.add_argument("--stop-after-minutes", type=float,
                     help="a hard wall-clock stop for the training loop (the projector so far is saved)")
+    ap.add_argument("--stop-at-step", type=int,
+                    help="stop after this many steps of a --steps schedule (reproduces a run that the wall clock stopped)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -338,6 +340,9 @@ def main() -> None:
     stopped_early = False
     seen = 0
     for step in range(total):
+        if args.stop_at_step is not None and step >= args.stop_at_step:
+            stopped_early = True
+            break
         if args.stop_after_minutes and time.time() - t_train > args.stop_after_minutes * 60:
             stopped_early = True
             log(f"stopping at step {step}: --stop-after-minutes {args.stop_after_minutes} reached")
@@ -361,7 +366,9 @@ def main() -> None:
 
     facts = {
         "command": " ".join(["scripts/train_projector.py", *sys.argv[1:]]),
-        "reproduce_with": f"--steps {total}" + (f" (stopped after {steps_done})" if stopped_early else ""),
+        "reproduce_with": f"--clips {len(manifest)} --steps {total} --warmup {args.warmup} --lr {args.lr} --batch {args.batch} "
+                          f"--dtype {args.dtype} --seed {args.seed}"
+                          + (f" --stop-at-step {steps_done}" if stopped_early else ""),
         "data_manifest_sha256": manifest_sha, "clips": len(manifest), "clips_option": args.clips, "train_clips": len(train_idx),
         "val_clips": len(val_idx), "seed": args.seed, "batch": args.batch, "lr": args.lr, "lr_floor": args.lr_floor,
         "warmup": args.warmup, "weight_decay": args.weight_decay, "dtype": args.dtype, "threads": args.threads,
