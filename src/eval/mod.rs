@@ -1,6 +1,6 @@
 //! Evaluation harnesses of the `auris` binary (`auris eval ...`): not library API.
 //!
-//! One module, three tasks. The shared machinery:
+//! One module, four tasks. The shared machinery:
 //! - this file: reading manifests (JSON, JSON Lines), resolving their audio paths, the progress
 //!   bar, the list of skipped items;
 //! - [`sweep`]: the strategy x keep-ratio sweep over a Qwen2-Audio-style pipeline (each clip
@@ -14,7 +14,9 @@
 //! - [`mmau`]: multiple-choice accuracy on MMAU with its authors' answer matching
 //!   (`auris eval mmau`);
 //! - [`captions`] with [`caption_metrics`]: CIDEr-D, BLEU-4 and ROUGE-L on Clotho-style
-//!   captions (`auris eval captions`).
+//!   captions (`auris eval captions`);
+//! - [`transcribe`] with [`wer`]: an audio-language model's transcriptions, pruned after the
+//!   pooler (`auris eval transcribe`).
 
 pub(crate) mod asr;
 pub(crate) mod caption_metrics;
@@ -23,6 +25,7 @@ pub(crate) mod mmau;
 pub(crate) mod plot;
 pub(crate) mod report;
 pub(crate) mod sweep;
+pub(crate) mod transcribe;
 pub(crate) mod wer;
 
 use std::io::{BufRead, IsTerminal};

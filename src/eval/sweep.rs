@@ -102,6 +102,10 @@ pub(crate) struct Prediction {
     pub(crate) n_kept: usize,
     /// Prompt prefill, milliseconds.
     pub(crate) prefill_ms: f64,
+    /// Time to the first token: decoding, log-mel, encoder, pruning and projection, prefill
+    /// (the first token comes from the prefill's logits), milliseconds.
+    #[serde(default)]
+    pub(crate) ttft_ms: f64,
     /// What one request takes end to end: decoding, log-mel and encoder (shared by the
     /// configurations of an item, counted in full for each) plus pruning, prefill and
     /// generation, milliseconds.
@@ -255,6 +259,25 @@ pub(crate) struct SweepItem {
     pub(crate) prompt: PromptSpec,
     /// The answer choices ([`Mode::ScoreChoices`] ranks them).
     pub(crate) choices: Vec<String>,
+}
+
+/// Items asking the same instruction about each `(id, audio)`.
+pub(crate) fn instruction_items(
+    clips: impl IntoIterator<Item = (String, PathBuf)>,
+    instruction: &str,
+) -> Vec<SweepItem> {
+    clips
+        .into_iter()
+        .map(|(id, audio)| SweepItem {
+            id,
+            audio,
+            prompt: PromptSpec::Instruction {
+                text: instruction.to_string(),
+                system: None,
+            },
+            choices: Vec::new(),
+        })
+        .collect()
 }
 
 /// What to run.
@@ -421,6 +444,7 @@ fn predict(
         n_audio_tokens: r.n_audio_tokens,
         n_kept: r.n_kept,
         prefill_ms: round(r.timings.prefill, 3),
+        ttft_ms: round(shared + r.timings.projector + r.timings.prefill, 3),
         end_to_end_ms: round(end_to_end_ms, 3),
         settings: opts.settings.clone(),
     })
@@ -463,6 +487,8 @@ pub(crate) struct Row {
     pub(crate) kept_tokens: f64,
     /// Mean prompt prefill, milliseconds.
     pub(crate) prefill_ms: f64,
+    /// Mean time to the first token, milliseconds.
+    pub(crate) ttft_ms: f64,
     /// Mean end-to-end time per request, milliseconds.
     pub(crate) end_to_end_ms: f64,
 }
@@ -480,6 +506,7 @@ impl Row {
             groups: BTreeMap::new(),
             kept_tokens: round(mean(|p| p.n_kept as f64), 1),
             prefill_ms: round(mean(|p| p.prefill_ms), 1),
+            ttft_ms: round(mean(|p| p.ttft_ms), 1),
             end_to_end_ms: round(mean(|p| p.end_to_end_ms), 1),
         }
     }
@@ -568,10 +595,10 @@ impl SweepReport {
         for (_, k) in &groups {
             let _ = write!(s, " {k} |");
         }
-        let _ = writeln!(s, " audio tokens | prefill ms | end-to-end ms |");
+        let _ = writeln!(s, " audio tokens | prefill ms | TTFT ms | end-to-end ms |");
         let _ = writeln!(
             s,
-            "|---|---|{}---|---|---|",
+            "|---|---|{}---|---|---|---|",
             "---|".repeat(metrics.len() + groups.len())
         );
         for r in &self.results {
@@ -589,8 +616,8 @@ impl SweepReport {
             }
             let _ = writeln!(
                 s,
-                " {:.1} | {:.1} | {:.1} |",
-                r.kept_tokens, r.prefill_ms, r.end_to_end_ms
+                " {:.1} | {:.1} | {:.1} | {:.1} |",
+                r.kept_tokens, r.prefill_ms, r.ttft_ms, r.end_to_end_ms
             );
         }
         s

@@ -222,6 +222,10 @@ fn help_output_is_stable() {
     );
     help_snapshot(&["eval", "mmau", "--help"], "help_eval_mmau.txt");
     help_snapshot(&["eval", "captions", "--help"], "help_eval_captions.txt");
+    help_snapshot(
+        &["eval", "transcribe", "--help"],
+        "help_eval_transcribe.txt",
+    );
 }
 
 fn prompt_of(model: &std::path::Path, extra: &[&str]) -> String {

@@ -273,6 +273,51 @@ fn eval_captions_on_clotho_csv_and_json_lines() {
 }
 
 #[test]
+fn eval_transcribe_wer_per_source_and_timings() {
+    let dir = scratch("transcribe");
+    let out = run(auris()
+        .args(["eval", "transcribe", "--model"])
+        .arg(model_dir("tiny-chat"))
+        .arg("--manifest")
+        .arg(fixture("eval/transcribe_mini.jsonl"))
+        .args(["--strategies", "uniform", "--keeps", "1,0.5", "--quiet"])
+        .args(["--max-new-tokens", "3", "--out"])
+        .arg(dir.join("t.json"))
+        .arg("--markdown")
+        .arg(dir.join("t.md")));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j = read_json(&dir.join("t.json"));
+    assert_eq!(j["task"], "transcribe");
+    assert_eq!(j["metric"], "wer");
+    assert_eq!(j["scored"], 2, "{j}");
+    assert_eq!(j["parameters"]["prompt"], "Transcribe the audio.");
+    let results = j["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "baseline and uniform at 0.5");
+    for r in results {
+        // 8 + 8 reference words after normalisation ("ill-disposed" is two words)
+        assert_eq!(r["metrics"]["words"], 16.0, "{r}");
+        let wer = r["metrics"]["wer"].as_f64().unwrap();
+        let errors = r["metrics"]["errors"].as_f64().unwrap();
+        assert!(
+            (wer - (errors / 16.0 * 1e4).round() / 1e4).abs() < 1e-9,
+            "{r}"
+        );
+        let sources = r["groups"]["source"].as_object().unwrap();
+        assert_eq!(sources.len(), 2, "{r}");
+        let ttft = r["ttft_ms"].as_f64().unwrap();
+        assert!(
+            ttft >= r["prefill_ms"].as_f64().unwrap() && ttft > 0.0,
+            "{r}"
+        );
+    }
+    assert!(results[1]["kept_tokens"].as_f64() < results[0]["kept_tokens"].as_f64());
+    let md = std::fs::read_to_string(dir.join("t.md")).unwrap();
+    assert!(md.contains("| TTFT ms |"), "{md}");
+    assert!(md.contains("| fixture | librivox |"), "{md}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn eval_rejects_bad_input() {
     let dir = scratch("bad");
     let out = eval(
