@@ -582,18 +582,22 @@ impl Pipeline {
         audio
             .windows
             .iter()
-            .map(|w| {
-                self.encoder
-                    .forward(
-                        w,
-                        EncodeOptions {
-                            scores,
-                            mode: EncoderMode::ValidFrames,
-                        },
-                    )
-                    .map_err(Error::from)
-            })
+            .map(|w| self.encode_window(w, scores))
             .collect()
+    }
+
+    /// Runs the encoder on one window. A last window of 320 samples or fewer (2 mel frames)
+    /// yields no token, which the encoder refuses: it gets an empty output instead.
+    fn encode_window(&self, mel: &LogMel, scores: bool) -> Result<EncoderOutput, Error> {
+        if auris_audio::audio_token_count(mel.valid_frames) == 0 {
+            let d = self.encoder.config().d_model;
+            return Ok(EncoderOutput {
+                hidden: Tensor::zeros((0, d), DType::F32, &self.device)?,
+                scores: scores.then(Vec::new),
+            });
+        }
+        let mode = EncoderMode::ValidFrames;
+        Ok(self.encoder.forward(mel, EncodeOptions { scores, mode })?)
     }
 
     /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
@@ -685,8 +689,12 @@ impl Pipeline {
             let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
             Ok(self.decoder.embed_tokens(&ids_t)?.squeeze(0)?)
         };
-        let before = (span.start > 0).then(|| embed(&ids[..span.start])).transpose()?;
-        let after = (span.end < ids.len()).then(|| embed(&ids[span.end..])).transpose()?;
+        let before = (span.start > 0)
+            .then(|| embed(&ids[..span.start]))
+            .transpose()?;
+        let after = (span.end < ids.len())
+            .then(|| embed(&ids[span.end..]))
+            .transpose()?;
         let dtype = before.as_ref().or(after.as_ref()).map(Tensor::dtype);
         let audio = match dtype {
             Some(dtype) => audio_rows.to_dtype(dtype)?,
@@ -1032,7 +1040,11 @@ impl Pipeline {
             .ok_or(Error::Invariant("the audio produced no window"))?;
         let input_features =
             Tensor::from_slice(&first.data, (first.n_mels, first.n_frames), &Device::Cpu)?;
-        let hidden: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
+        let hidden: Vec<Tensor> = encoded
+            .iter()
+            .filter(|w| !w.is_empty())
+            .map(|w| w.hidden.clone())
+            .collect();
         let audio_embeds = Tensor::cat(&hidden, 0)?.to_dtype(DType::F32)?;
         let scores = scores.unwrap_or_default();
         let n = scores.len();

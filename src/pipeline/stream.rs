@@ -117,8 +117,10 @@ fn gather_rows(
 ) -> Result<Tensor, Error> {
     let hidden = &window.hidden;
     Ok(match &selection.merged {
-        Some(merged) => Tensor::from_slice(merged, (selection.len(), hidden.dim(1)?), hidden.device())?
-            .to_dtype(hidden.dtype())?,
+        Some(merged) => {
+            Tensor::from_slice(merged, (selection.len(), hidden.dim(1)?), hidden.device())?
+                .to_dtype(hidden.dtype())?
+        }
         None => {
             let idx: Vec<u32> = selection.indices.iter().map(|&i| i as u32).collect();
             let idx = Tensor::from_vec(idx, selection.len(), hidden.device())?;
@@ -185,10 +187,6 @@ impl Pipeline {
     ) -> Result<AudioTokens, Error> {
         let mut reader = auris_audio::WindowReader::open(path, self.mel.config().n_samples)?;
         let mut gatherer = TokenGatherer::new(*policy);
-        let options = EncodeOptions {
-            scores,
-            mode: EncoderMode::ValidFrames,
-        };
         loop {
             let start = Instant::now();
             let Some(samples) = reader.next_window()? else {
@@ -200,7 +198,7 @@ impl Pipeline {
             drop(samples);
             timings.mel += ms(start);
             let start = Instant::now();
-            let encoded = self.encoder.forward(&mel, options)?;
+            let encoded = self.encode_window(&mel, scores)?;
             timings.encoder += ms(start);
             let start = Instant::now();
             gatherer.push(&encoded)?;
@@ -236,7 +234,9 @@ mod tests {
         let inputs: Vec<WindowInput<'_>> = windows
             .iter()
             .zip(&vectors)
-            .map(|(w, v)| WindowInput::with_vectors(w.scores.as_deref().unwrap(), v, w.hidden.dim(1).unwrap()))
+            .map(|(w, v)| {
+                WindowInput::with_vectors(w.scores.as_deref().unwrap(), v, w.hidden.dim(1).unwrap())
+            })
             .collect();
         let selections: Vec<Selection> = auris_prune::select_windows(policy, &inputs)?;
         let lengths: Vec<usize> = windows.iter().map(EncoderOutput::len).collect();
@@ -296,10 +296,14 @@ mod tests {
                     match (batch(&policy, &windows), streamed(&policy, &windows)) {
                         (Ok((kept, rows)), Ok(tokens)) => {
                             assert_eq!(tokens.kept_indices, kept, "{what}");
-                            let got: Vec<f32> = tokens.rows.flatten_all().unwrap().to_vec1().unwrap();
+                            let got: Vec<f32> =
+                                tokens.rows.flatten_all().unwrap().to_vec1().unwrap();
                             assert!(
                                 got.len() == rows.len()
-                                    && got.iter().zip(&rows).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    && got
+                                        .iter()
+                                        .zip(&rows)
+                                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                                 "{what}"
                             );
                             assert_eq!(tokens.n_audio_tokens, lengths.iter().sum::<usize>());

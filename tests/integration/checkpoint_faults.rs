@@ -153,7 +153,12 @@ fn index_placing_a_tensor_in_the_wrong_shard_is_named() {
     write_index(BIAS, &name(&other));
     assert_names(
         &load_error(&dir),
-        &["model.safetensors.index.json", BIAS, &name(&other), &name(&home)],
+        &[
+            "model.safetensors.index.json",
+            BIAS,
+            &name(&other),
+            &name(&home),
+        ],
     );
     // A tensor the index names that no shard stores.
     write_index(BIAS, &name(&home));

@@ -102,7 +102,9 @@ fn streamed_run_equals_the_whole_file_run() {
             let policy = Policy::new(strategy, keep).unwrap();
             let r = request(&p, &wav, policy);
             let streamed = p.run(&r, &mut |_| true).unwrap();
-            let whole = p.run_encoded(&r, &audio, &encoded, 0.0, &mut |_| true).unwrap();
+            let whole = p
+                .run_encoded(&r, &audio, &encoded, 0.0, &mut |_| true)
+                .unwrap();
             assert_same(&format!("{strategy:?} keep {keep}"), &streamed, &whole);
             assert_eq!(streamed.n_audio_tokens, 750 + 750 + 25);
         }
@@ -121,7 +123,9 @@ fn a_recording_ending_in_a_window_without_tokens_runs() {
         assert_eq!(streamed.n_audio_tokens, 750, "{strategy:?}");
         let audio = p.load_audio(&wav).unwrap();
         let encoded = p.encode(&audio, true).unwrap();
-        let whole = p.run_encoded(&r, &audio, &encoded, 0.0, &mut |_| true).unwrap();
+        let whole = p
+            .run_encoded(&r, &audio, &encoded, 0.0, &mut |_| true)
+            .unwrap();
         assert_same(&format!("{strategy:?}"), &streamed, &whole);
     }
 }

@@ -85,11 +85,19 @@ impl PcmStream {
     }
 
     /// Like [`PcmStream::open`] for in-memory audio, as [`decode_bytes`] takes it.
-    pub fn from_bytes(bytes: Vec<u8>, hint_ext: Option<&str>, name: &str) -> Result<Self, AudioError> {
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        hint_ext: Option<&str>,
+        name: &str,
+    ) -> Result<Self, AudioError> {
         Self::from_source(Cursor::new(bytes), hint_ext, PathBuf::from(name))
     }
 
-    fn from_source<R>(mut source: R, hint_ext: Option<&str>, path: PathBuf) -> Result<Self, AudioError>
+    fn from_source<R>(
+        mut source: R,
+        hint_ext: Option<&str>,
+        path: PathBuf,
+    ) -> Result<Self, AudioError>
     where
         R: Read + Seek + Send + Sync + 'static,
     {
@@ -219,7 +227,8 @@ impl PcmStream {
                     return Ok(false);
                 }
                 Err(SymError::ResetRequired) => {
-                    return Err(unsupported(&self.path, 
+                    return Err(unsupported(
+                        &self.path,
                         "stream parameters change mid-file (chained stream)".to_string(),
                     ))
                 }
@@ -263,10 +272,13 @@ impl PcmStream {
         match self.layout {
             None => self.layout = Some((spec.rate, n_channels)),
             Some(first) if first != (spec.rate, n_channels) => {
-                return Err(unsupported(&self.path, format!(
+                return Err(unsupported(
+                    &self.path,
+                    format!(
                     "sample rate or channel count changes mid-stream ({} Hz x {} -> {} Hz x {})",
                     first.0, first.1, spec.rate, n_channels
-                )))
+                ),
+                ))
             }
             Some(_) => {}
         }
@@ -319,7 +331,6 @@ impl PcmStream {
         }
         Ok(())
     }
-
 }
 
 fn corrupt(path: &Path, source: SymError) -> AudioError {
@@ -354,7 +365,9 @@ impl<R: Read> Read for Skipped<R> {
 impl<R: Seek> Seek for Skipped<R> {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
         let at = match pos {
-            SeekFrom::Start(n) => self.inner.seek(SeekFrom::Start(self.start.saturating_add(n)))?,
+            SeekFrom::Start(n) => self
+                .inner
+                .seek(SeekFrom::Start(self.start.saturating_add(n)))?,
             other => self.inner.seek(other)?,
         };
         if at < self.start {

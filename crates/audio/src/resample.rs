@@ -314,10 +314,16 @@ mod tests {
                         r.push(p, &mut out).unwrap();
                     }
                     r.finish(&mut out).unwrap();
-                    assert_eq!(out.len(), whole.len(), "{from} Hz, {len} samples, pieces of {piece}");
+                    assert_eq!(
+                        out.len(),
+                        whole.len(),
+                        "{from} Hz, {len} samples, pieces of {piece}"
+                    );
                     // Bit for bit: the filter sees the same chunks whatever the pieces.
                     assert!(
-                        out.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        out.iter()
+                            .zip(&whole)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{from} Hz, {len} samples, pieces of {piece}"
                     );
                 }

@@ -131,7 +131,10 @@ mod tests {
 
     #[test]
     fn window_lengths_cover_the_signal() {
-        assert_eq!(window_lengths(0, 10).collect::<Vec<_>>(), Vec::<usize>::new());
+        assert_eq!(
+            window_lengths(0, 10).collect::<Vec<_>>(),
+            Vec::<usize>::new()
+        );
         assert_eq!(window_lengths(10, 10).collect::<Vec<_>>(), [10]);
         assert_eq!(window_lengths(25, 10).collect::<Vec<_>>(), [10, 10, 5]);
         assert_eq!(window_lengths(3, 10).collect::<Vec<_>>(), [3]);

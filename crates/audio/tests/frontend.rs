@@ -243,7 +243,10 @@ fn window_reader_gives_the_samples_of_load_audio_16k() {
         let info = auris_audio::scan(path).unwrap();
         let pcm = decode_file(path).unwrap();
         assert_eq!(info.samples_16k, whole.len(), "{}", path.display());
-        assert_eq!((info.sample_rate, info.channels), (pcm.sample_rate, pcm.channels));
+        assert_eq!(
+            (info.sample_rate, info.channels),
+            (pcm.sample_rate, pcm.channels)
+        );
         assert_eq!(info.frames, pcm.samples.len() as u64);
         for window in [480_000, 7_919, 160] {
             let mut reader = auris_audio::WindowReader::open(path, window).unwrap();
@@ -254,18 +257,38 @@ fn window_reader_gives_the_samples_of_load_audio_16k() {
                 joined.extend(w);
             }
             let expected: Vec<usize> = auris_audio::window_lengths(whole.len(), window).collect();
-            assert_eq!(lengths, expected, "{} in windows of {window}", path.display());
+            assert_eq!(
+                lengths,
+                expected,
+                "{} in windows of {window}",
+                path.display()
+            );
             assert!(
-                joined.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
+                joined
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} in windows of {window}",
                 path.display()
             );
         }
     }
-    for name in ["empty.wav", "zero_samples.wav", "truncated_header.wav", "nan_samples.wav"] {
+    for name in [
+        "empty.wav",
+        "zero_samples.wav",
+        "truncated_header.wav",
+        "nan_samples.wav",
+    ] {
         let path = bad(name);
-        let (a, b) = (load_audio_16k(&path).unwrap_err(), auris_audio::scan(&path).unwrap_err());
-        assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "{name}: {a} / {b}");
+        let (a, b) = (
+            load_audio_16k(&path).unwrap_err(),
+            auris_audio::scan(&path).unwrap_err(),
+        );
+        assert_eq!(
+            std::mem::discriminant(&a),
+            std::mem::discriminant(&b),
+            "{name}: {a} / {b}"
+        );
         assert!(b.to_string().contains(name), "{b}");
     }
 }
