@@ -21,7 +21,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ ${#TARGETS[@]} -eq 0 ]]; then
-  TARGETS=(audio_decode configs safetensors chat_template)
+  TARGETS=(audio_decode configs safetensors chat_template server_request)
 fi
 
 cd "$ROOT/fuzz"
@@ -54,6 +54,17 @@ for f in "$MODEL"/model-0000[12]-of-00004.safetensors; do
 done
 mkdir -p "$CORPUS/chat_template"
 { echo "Describe the audio."; cat "$MODEL/chat_template.jinja"; } > "$CORPUS/chat_template/seed-own"
+# Request bodies: input_audio, a data: URL, text only with every sampling and pruning field.
+mkdir -p "$CORPUS/server_request"
+b64=$(base64 -w0 "$FIX/short_0p2s_16k.wav")
+printf '{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"%s","format":"wav"}},{"type":"text","text":"What is this?"}]}],"max_tokens":8}' \
+  "$b64" > "$CORPUS/server_request/seed-input-audio"
+printf '{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"audio_url","audio_url":{"url":"data:audio/x-wav;base64,%s"}}]}],"stream":true,"stream_options":{"include_usage":true}}' \
+  "$b64" > "$CORPUS/server_request/seed-data-url"
+printf '%s' '{"messages":[{"role":"user","content":[{"type":"audio_url","audio_url":{"url":"file:///tmp/auris-fuzz-media/clip.wav"}}]}]}' \
+  > "$CORPUS/server_request/seed-file-url"
+printf '%s' '{"messages":[{"role":"user","content":"hi"}],"temperature":0.7,"top_p":0.9,"seed":3,"stop":["a","b"],"prune":"visionzip","keep":0.5,"segments":4,"n":1}' \
+  > "$CORPUS/server_request/seed-fields"
 
 # No sanitizer: the code under test is safe Rust (panics, hangs and allocations are what is
 # looked for), and the build stays affordable.

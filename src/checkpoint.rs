@@ -274,7 +274,23 @@ impl WeightStore {
     /// A missing or truncated file, a malformed header and a tensor stored in two files are
     /// errors naming the file.
     pub fn open(paths: &[PathBuf]) -> Result<Self, Error> {
+        Self::open_indexed(paths, None)
+    }
+
+    /// [`WeightStore::open`] on a model's weights, checking that its
+    /// `model.safetensors.index.json` (when sharded) places every tensor in the shard that
+    /// holds it: a misplaced or missing tensor is an error naming the index, the tensor and
+    /// the files.
+    pub fn open_model(files: &ModelFiles) -> Result<Self, Error> {
+        Self::open_indexed(&files.weights, files.weight_index.as_deref())
+    }
+
+    fn open_indexed(paths: &[PathBuf], index: Option<&Path>) -> Result<Self, Error> {
         let tensors = Shards::open(paths)?;
+        if let Some(index_path) = index {
+            let index: ShardIndex = read_json(index_path)?;
+            tensors.check_index(&index, index_path)?;
+        }
         Ok(Self {
             inner: Arc::new(Recorder {
                 tensors,

@@ -29,7 +29,9 @@ use crate::prompt::{
 use crate::Error;
 
 mod chat;
+mod stream;
 pub use chat::{ChatRequest, ChatResponse};
+pub use stream::TokenGatherer;
 
 /// The instruction used by `caption` on a chat model when the user gives none.
 pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
@@ -419,7 +421,7 @@ impl Pipeline {
             }),
         };
 
-        let store = WeightStore::open(&files.weights)?;
+        let store = WeightStore::open_model(files)?;
         let infos = store.infos();
         let place = opts
             .weights
@@ -580,18 +582,22 @@ impl Pipeline {
         audio
             .windows
             .iter()
-            .map(|w| {
-                self.encoder
-                    .forward(
-                        w,
-                        EncodeOptions {
-                            scores,
-                            mode: EncoderMode::ValidFrames,
-                        },
-                    )
-                    .map_err(Error::from)
-            })
+            .map(|w| self.encode_window(w, scores))
             .collect()
+    }
+
+    /// Runs the encoder on one window. A last window of 320 samples or fewer (2 mel frames)
+    /// yields no token, which the encoder refuses: it gets an empty output instead.
+    fn encode_window(&self, mel: &LogMel, scores: bool) -> Result<EncoderOutput, Error> {
+        if auris_audio::audio_token_count(mel.valid_frames) == 0 {
+            let d = self.encoder.config().d_model;
+            return Ok(EncoderOutput {
+                hidden: Tensor::zeros((0, d), DType::F32, &self.device)?,
+                scores: scores.then(Vec::new),
+            });
+        }
+        let mode = EncoderMode::ValidFrames;
+        Ok(self.encoder.forward(mel, EncodeOptions { scores, mode })?)
     }
 
     /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
@@ -677,17 +683,24 @@ impl Pipeline {
                 rows,
             });
         }
-        let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let text = self.decoder.embed_tokens(&ids_t)?.squeeze(0)?;
-        let audio = audio_rows.to_dtype(text.dtype())?;
-        let mut parts = Vec::with_capacity(3);
-        if span.start > 0 {
-            parts.push(text.narrow(0, 0, span.start)?);
-        }
-        parts.push(audio);
-        if span.end < ids.len() {
-            parts.push(text.narrow(0, span.end, ids.len() - span.end)?);
-        }
+        // Only the text around the span is embedded: the placeholders' rows would be thrown
+        // away, and on long audio they are most of the prompt.
+        let embed = |ids: &[u32]| -> Result<Tensor, Error> {
+            let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+            Ok(self.decoder.embed_tokens(&ids_t)?.squeeze(0)?)
+        };
+        let before = (span.start > 0)
+            .then(|| embed(&ids[..span.start]))
+            .transpose()?;
+        let after = (span.end < ids.len())
+            .then(|| embed(&ids[span.end..]))
+            .transpose()?;
+        let dtype = before.as_ref().or(after.as_ref()).map(Tensor::dtype);
+        let audio = match dtype {
+            Some(dtype) => audio_rows.to_dtype(dtype)?,
+            None => audio_rows.clone(),
+        };
+        let parts: Vec<Tensor> = [before, Some(audio), after].into_iter().flatten().collect();
         Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
     }
 
@@ -699,8 +712,11 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
+        if !request.inspect {
+            return self.run_streamed(request, on_token);
+        }
         let audio = self.load_audio(&request.audio)?;
-        let plan = self.plan(request, &audio)?;
+        let plan = self.plan(request, &audio_token_counts(&audio))?;
         let start = Instant::now();
         let want_scores = request.inspect || !matches!(plan.policy.strategy, Strategy::None);
         let encoded = self.encode(&audio, want_scores)?;
@@ -719,15 +735,16 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
-        let plan = self.plan(request, audio)?;
+        let plan = self.plan(request, &audio_token_counts(audio))?;
         self.run_planned(request, audio, encoded, encoder_ms, plan, on_token)
     }
 
-    /// The prompt of `request` and the pruning policy that fits the model's context.
-    fn plan(&self, request: &Request, audio: &AudioInput) -> Result<Plan, Error> {
+    /// The prompt of `request` and the pruning policy that fits the model's context, for
+    /// audio of `window_tokens` tokens per window.
+    fn plan(&self, request: &Request, window_tokens: &[usize]) -> Result<Plan, Error> {
         let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
         let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
-        let (policy, context) = self.plan_context(audio, &ids, request)?;
+        let (policy, context) = self.fit_context(window_tokens, &ids, request)?;
         Ok(Plan {
             prompt_text,
             ids,
@@ -745,12 +762,6 @@ impl Pipeline {
         plan: Plan,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        let Plan {
-            prompt_text,
-            ids,
-            policy,
-            context,
-        } = plan;
         let mut timings = Timings {
             decode_audio: audio.decode_ms,
             mel: audio.mel_ms,
@@ -758,43 +769,87 @@ impl Pipeline {
             ..Timings::default()
         };
         let start = Instant::now();
-        let tokens = self.select(encoded, &policy)?;
-        let projected = self.project(&tokens)?;
+        let tokens = self.select(encoded, &plan.policy)?;
         timings.projector = ms(start);
+        let selected = Selected {
+            audio: AudioSummary {
+                duration_s: audio.duration_s(),
+                sample_rate: audio.sample_rate,
+            },
+            tokens,
+            timings,
+        };
+        self.run_selected(request, selected, plan, Some((audio, encoded)), on_token)
+    }
 
-        let expanded = prompt::expand(&ids, &[tokens.kept_indices.len()], &self.special)?;
+    /// The rest of a request once its audio tokens are selected: projection, prompt merge,
+    /// prefill and generation. `inspect` is the audio and its encoder output, which
+    /// `request.inspect` needs.
+    fn run_selected(
+        &self,
+        request: &Request,
+        selected: Selected,
+        plan: Plan,
+        inspect: Option<(&AudioInput, &[EncoderOutput])>,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
+        let Plan {
+            prompt_text,
+            ids,
+            policy,
+            context,
+        } = plan;
+        let Selected {
+            audio,
+            tokens,
+            mut timings,
+        } = selected;
+        let start = Instant::now();
+        let projected = self.project(&tokens)?;
+        // The encoder rows are not needed past the projection.
+        let AudioTokens {
+            n_audio_tokens,
+            kept_indices,
+            scores,
+            ..
+        } = tokens;
+        timings.projector += ms(start);
+
+        let expanded = prompt::expand(&ids, &[kept_indices.len()], &self.special)?;
         let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
         let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
+        // On long audio the projected rows and the prompt embeddings are hundreds of MB: each
+        // goes as soon as nothing reads it.
+        let projected = request.inspect.then_some(projected);
 
         let start = Instant::now();
         let mut cache = self.decoder.new_cache();
-        // `inspect` keeps the logits of every prompt position; a plain request computes the
-        // output head on the last one only.
-        let all_logits = if request.inspect {
-            Some(self.decoder.forward_embeds_all(&embeds, &mut cache)?)
-        } else {
-            None
-        };
-        let logits = match &all_logits {
-            Some(all) => all.i((.., all.dim(1)? - 1))?,
-            None => self.decoder.forward_embeds(&embeds, &mut cache)?,
-        };
+        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.inspect)?;
+        drop(embeds);
         timings.prefill = ms(start);
 
-        let inspection = match &all_logits {
-            Some(all) => Some(self.inspection(audio, encoded, &tokens, &projected, all)?),
-            None => None,
+        let inspection = match (&all_logits, inspect, &projected) {
+            (Some(all), Some((audio, encoded)), Some(projected)) => {
+                Some(self.inspection(audio, encoded, scores, projected, all)?)
+            }
+            (None, _, _) => None,
+            _ => {
+                return Err(Error::Invariant(
+                    "inspect needs the audio windows and their encoder output",
+                ))
+            }
         };
+        drop(projected);
 
-        let mut response = Response {
+        let response = Response {
             audio: request.audio.clone(),
-            duration_s: audio.duration_s(),
+            duration_s: audio.duration_s,
             sample_rate: audio.sample_rate,
-            n_audio_tokens: tokens.n_audio_tokens,
-            n_kept: tokens.kept_indices.len(),
-            kept_indices: tokens.kept_indices.clone(),
+            n_audio_tokens,
+            n_kept: kept_indices.len(),
+            kept_indices,
             prompt: prompt_text,
-            prompt_token_ids: expanded.ids.clone(),
+            prompt_token_ids: expanded.ids,
             output_token_ids: Vec::new(),
             text: String::new(),
             stopped_on: None,
@@ -804,20 +859,32 @@ impl Pipeline {
             policy,
             context,
         };
+        self.answer(request, response, &mut cache, &logits, on_token)
+    }
+
+    /// Completes `response` after the prefill: nothing more (`prompt_only`), the choices'
+    /// log-likelihoods, or the generated text.
+    fn answer(
+        &self,
+        request: &Request,
+        mut response: Response,
+        cache: &mut KvCache,
+        logits: &Tensor,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
         if request.prompt_only {
             return Ok(response);
         }
         if let Some(choices) = &request.score_choices {
             let start = Instant::now();
-            response.choice_logprobs = Some(self.score_choices(&mut cache, &logits, choices)?);
+            response.choice_logprobs = Some(self.score_choices(cache, logits, choices)?);
             response.timings.generate = ms(start);
             return Ok(response);
         }
-
         let generation = self.generate(
-            &mut cache,
-            &logits,
-            &expanded.ids,
+            cache,
+            logits,
+            &response.prompt_token_ids,
             &request.generate,
             on_token,
             &mut response.timings,
@@ -828,6 +895,23 @@ impl Pipeline {
         Ok(response)
     }
 
+    /// Runs the prompt `embeds` through the decoder into `cache`: the logits at the last
+    /// position, and with `all` those of every position (`inspect`; a plain request computes
+    /// the output head on the last one only).
+    fn prefill(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        all: bool,
+    ) -> Result<(Tensor, Option<Tensor>), Error> {
+        if all {
+            let all = self.decoder.forward_embeds_all(embeds, cache)?;
+            let last = all.i((.., all.dim(1)? - 1))?;
+            return Ok((last, Some(all)));
+        }
+        Ok((self.decoder.forward_embeds(embeds, cache)?, None))
+    }
+
     /// The policy `request` runs with on `audio` and the context it uses (see
     /// [`crate::budget::plan`]); `ids` is the prompt before placeholder expansion.
     pub fn plan_context(
@@ -836,11 +920,20 @@ impl Pipeline {
         ids: &[u32],
         request: &Request,
     ) -> Result<(Policy, ContextUse), Error> {
-        let tokens = crate::budget::window_tokens(audio.windows.iter().map(|w| w.valid_frames));
+        self.fit_context(&audio_token_counts(audio), ids, request)
+    }
+
+    /// [`Pipeline::plan_context`] for audio of `tokens` tokens per window.
+    fn fit_context(
+        &self,
+        tokens: &[usize],
+        ids: &[u32],
+        request: &Request,
+    ) -> Result<(Policy, ContextUse), Error> {
         // The placeholder becomes the audio, wrapped in <|audio_bos|>/<|audio_eos|> if needed.
         let text = prompt::expand(ids, &[0], &self.special)?.ids.len();
         crate::budget::plan(
-            &tokens,
+            tokens,
             text,
             request.generate.max_new_tokens,
             self.config.text_config.max_position_embeddings,
@@ -937,7 +1030,7 @@ impl Pipeline {
         &self,
         audio: &AudioInput,
         encoded: &[EncoderOutput],
-        tokens: &AudioTokens,
+        scores: Option<Vec<f32>>,
         projected: &Tensor,
         logits: &Tensor,
     ) -> Result<Inspection, Error> {
@@ -947,9 +1040,13 @@ impl Pipeline {
             .ok_or(Error::Invariant("the audio produced no window"))?;
         let input_features =
             Tensor::from_slice(&first.data, (first.n_mels, first.n_frames), &Device::Cpu)?;
-        let hidden: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
+        let hidden: Vec<Tensor> = encoded
+            .iter()
+            .filter(|w| !w.is_empty())
+            .map(|w| w.hidden.clone())
+            .collect();
         let audio_embeds = Tensor::cat(&hidden, 0)?.to_dtype(DType::F32)?;
-        let scores = tokens.scores.clone().unwrap_or_default();
+        let scores = scores.unwrap_or_default();
         let n = scores.len();
         Ok(Inspection {
             input_features,
@@ -960,6 +1057,24 @@ impl Pipeline {
             all_logits: logits.squeeze(0)?.to_dtype(DType::F32)?,
         })
     }
+}
+
+/// Audio tokens of each window of `audio`.
+fn audio_token_counts(audio: &AudioInput) -> Vec<usize> {
+    crate::budget::window_tokens(audio.windows.iter().map(|w| w.valid_frames))
+}
+
+/// The audio of a request as the response reports it.
+struct AudioSummary {
+    duration_s: f64,
+    sample_rate: u32,
+}
+
+/// A request's audio tokens after selection, with the stage timings so far.
+struct Selected {
+    audio: AudioSummary,
+    tokens: AudioTokens,
+    timings: Timings,
 }
 
 /// What a request resolves to before its audio is encoded: the rendered prompt, its token ids
@@ -1067,72 +1182,11 @@ fn check_front_end(mel: &MelConfig, audio: &EncoderConfig) -> Result<(), Error> 
 /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
 /// order; kept indices count tokens across windows.
 pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
-    let n_audio_tokens: usize = encoded.iter().map(EncoderOutput::len).sum();
-    let all_scores: Option<Vec<f32>> = encoded
-        .iter()
-        .map(|w| w.scores.clone())
-        .collect::<Option<Vec<_>>>()
-        .map(|v| v.concat());
-    if matches!(policy.strategy, Strategy::None) {
-        let rows: Vec<Tensor> = encoded.iter().map(|w| w.hidden.clone()).collect();
-        return Ok(AudioTokens {
-            rows: Tensor::cat(&rows, 0)?,
-            n_audio_tokens,
-            kept_indices: (0..n_audio_tokens).collect(),
-            scores: all_scores,
-        });
+    let mut gatherer = TokenGatherer::new(*policy);
+    for window in encoded {
+        gatherer.push(window)?;
     }
-    let needs_vectors = matches!(policy.strategy, Strategy::VisionZip { .. });
-    let mut scores = Vec::with_capacity(encoded.len());
-    let mut vectors = Vec::with_capacity(encoded.len());
-    for w in encoded {
-        scores.push(w.scores.as_deref().ok_or(Error::Invariant(
-            "pruning needs the encoder's attention scores",
-        ))?);
-        vectors.push(if needs_vectors {
-            Some(
-                w.hidden
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            )
-        } else {
-            None
-        });
-    }
-    let inputs: Vec<WindowInput<'_>> = encoded
-        .iter()
-        .zip(&scores)
-        .zip(&vectors)
-        .map(|((w, s), v)| match v {
-            Some(v) => WindowInput::with_vectors(s, v, w.hidden.dims()[1]),
-            None => WindowInput::new(s),
-        })
-        .collect();
-    let selections = auris_prune::select_windows(policy, &inputs)?;
-    let lengths: Vec<usize> = encoded.iter().map(EncoderOutput::len).collect();
-    let kept_indices = auris_prune::global_indices(&lengths, &selections)?;
-    let mut rows = Vec::with_capacity(encoded.len());
-    for (window, selection) in encoded.iter().zip(&selections) {
-        let d = window.hidden.dim(1)?;
-        rows.push(match &selection.merged {
-            Some(merged) => {
-                Tensor::from_slice(merged, (selection.len(), d), window.hidden.device())?
-                    .to_dtype(window.hidden.dtype())?
-            }
-            None => {
-                let idx: Vec<u32> = selection.indices.iter().map(|&i| i as u32).collect();
-                let idx = Tensor::from_vec(idx, selection.len(), window.hidden.device())?;
-                window.hidden.index_select(&idx, 0)?
-            }
-        });
-    }
-    Ok(AudioTokens {
-        rows: Tensor::cat(&rows, 0)?,
-        n_audio_tokens,
-        kept_indices,
-        scores: all_scores,
-    })
+    gatherer.finish()
 }
 
 #[cfg(test)]

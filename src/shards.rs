@@ -65,6 +65,32 @@ impl Shards {
         Ok(Self { files, route })
     }
 
+    /// Checks that `index` (read from `index_path`) places every tensor it names in the shard
+    /// that stores it; a loader trusting the index would otherwise read a tensor from the
+    /// wrong file, or look for it where it is not.
+    pub(crate) fn check_index(&self, index: &ShardIndex, index_path: &Path) -> Result<(), Error> {
+        let mut names: Vec<&String> = index.weight_map.keys().collect();
+        names.sort();
+        for name in names {
+            let file = &index.weight_map[name];
+            let reason = match self.route.get(name).map(|&i| &self.files[i].0) {
+                Some(path) if path.ends_with(file) => continue,
+                Some(path) => format!(
+                    "weight_map places tensor {name} in {file}, but {} stores it",
+                    path.display()
+                ),
+                None => format!(
+                    "weight_map places tensor {name} in {file}, which does not store it (no shard does)"
+                ),
+            };
+            return Err(Error::BadFile {
+                path: index_path.to_path_buf(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
     /// The tensor called `name`, if a shard holds it.
     pub(crate) fn get(&self, name: &str) -> Option<Stored<'_>> {
         let (path, file) = &self.files[*self.route.get(name)?];

@@ -21,7 +21,7 @@ pub fn load(source: &ModelSource, device: &Device, progress: bool) -> Result<Tra
         context: format!("loading {}", files.tokenizer.display()),
         source,
     })?;
-    let store = WeightStore::open(&files.weights)?;
+    let store = WeightStore::open_model(&files)?;
     let untied_head = store.names().iter().any(|n| n == "proj_out.weight");
     let transcriber = Transcriber::new(
         &config,

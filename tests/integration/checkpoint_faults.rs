@@ -135,3 +135,41 @@ fn tokenizer_without_the_audio_tokens_is_named() {
         &["tokenizer.json", "<|AUDIO|>", "audio special tokens"],
     );
 }
+
+#[test]
+fn index_placing_a_tensor_in_the_wrong_shard_is_named() {
+    let dir = copy_model("tiny-chat", "fault-index-wrong-shard");
+    let home = shard_of(&dir, BIAS);
+    let other = shard_of(&dir, "language_model.model.embed_tokens.weight");
+    assert_ne!(home, other);
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let path = dir.join("model.safetensors.index.json");
+    let write_index = |tensor: &str, shard: &str| {
+        let mut index: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        index["weight_map"][tensor] = Value::from(shard);
+        std::fs::write(&path, index.to_string()).unwrap();
+    };
+    write_index(BIAS, &name(&other));
+    assert_names(
+        &load_error(&dir),
+        &[
+            "model.safetensors.index.json",
+            BIAS,
+            &name(&other),
+            &name(&home),
+        ],
+    );
+    // A tensor the index names that no shard stores.
+    write_index(BIAS, &name(&home));
+    write_index("audio_tower.no_such.weight", &name(&home));
+    assert_names(
+        &load_error(&dir),
+        &[
+            "model.safetensors.index.json",
+            "audio_tower.no_such.weight",
+            &name(&home),
+            "does not store it",
+        ],
+    );
+}

@@ -15,4 +15,5 @@ mod hub_server;
 mod parity;
 mod real_mini;
 mod serve;
+mod streaming;
 mod weights;

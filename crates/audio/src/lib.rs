@@ -7,6 +7,10 @@
 //! 2. [`resample`]: rubato windowed sinc to 16 kHz, time-aligned, `ceil(L · to / from)`
 //!    samples. [`to_16k`] resamples a [`Pcm`] and validates it (non-empty, finite, at least
 //!    one encoder token); [`load_audio_16k`] chains decoding and [`to_16k`].
+//!    For long files, [`scan`] measures a file without keeping it and [`WindowReader`] hands
+//!    out one 30 s window of 16 kHz samples at a time ([`PcmStream`] decoding packet by packet,
+//!    [`StreamResampler`] resampling in fixed chunks): memory bounded by a window, whatever the
+//!    length, and the same samples.
 //! 3. [`MelExtractor`]: `WhisperFeatureExtractor`'s log-mel, one [`LogMel`] of shape
 //!    `(n_mels, 3000)` per 30 s window (`n_mels` 128 for Qwen2-Audio, 80 for older Whisper).
 //!    Samples are right-padded with zeros to 480 000; `valid_frames = ceil(min(L, 480000) / 160)`.
@@ -24,13 +28,15 @@ mod error;
 mod mel;
 mod resample;
 mod stem;
+mod stream;
 
 use std::path::Path;
 
-pub use decode::{decode_bytes, decode_file, Pcm, FORMATS_READ};
+pub use decode::{decode_bytes, decode_file, Pcm, PcmStream, FORMATS_READ};
 pub use error::AudioError;
 pub use mel::{LogMel, MelConfig, MelExtractor};
-pub use resample::{resample, RATE_RANGE_HZ};
+pub use resample::{resample, StreamResampler, RATE_RANGE_HZ};
+pub use stream::{scan, window_lengths, AudioInfo, WindowReader};
 
 /// Sample rate of the features, in Hz.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -69,27 +75,38 @@ pub fn to_16k(pcm: &Pcm, path: &Path) -> Result<Vec<f32>, AudioError> {
             value,
         });
     }
-    if !RATE_RANGE_HZ.contains(&pcm.sample_rate) {
-        return Err(AudioError::Unsupported {
-            path: path.to_path_buf(),
-            what: format!(
-                "sample rate {} Hz (auris resamples {}..={} Hz)",
-                pcm.sample_rate,
-                RATE_RANGE_HZ.start(),
-                RATE_RANGE_HZ.end()
-            ),
-        });
-    }
+    check_rate(pcm.sample_rate, path)?;
     let samples = resample(&pcm.samples, pcm.sample_rate, SAMPLE_RATE)?;
-    let frames = samples.len().div_ceil(HOP_LENGTH);
+    check_length(samples.len(), path)?;
+    Ok(samples)
+}
+
+/// [`AudioError::Unsupported`] naming `path` when `rate` lies outside [`RATE_RANGE_HZ`].
+fn check_rate(rate: u32, path: &Path) -> Result<(), AudioError> {
+    if RATE_RANGE_HZ.contains(&rate) {
+        return Ok(());
+    }
+    Err(AudioError::Unsupported {
+        path: path.to_path_buf(),
+        what: format!(
+            "sample rate {rate} Hz (auris resamples {}..={} Hz)",
+            RATE_RANGE_HZ.start(),
+            RATE_RANGE_HZ.end()
+        ),
+    })
+}
+
+/// [`AudioError::TooShort`] naming `path` when `samples` at 16 kHz give no encoder token.
+fn check_length(samples: usize, path: &Path) -> Result<(), AudioError> {
+    let frames = samples.div_ceil(HOP_LENGTH);
     if audio_token_count(frames) == 0 {
         return Err(AudioError::TooShort {
             path: path.to_path_buf(),
-            samples: samples.len(),
+            samples,
             frames,
         });
     }
-    Ok(samples)
+    Ok(())
 }
 
 /// Valid mel frames of one window holding `n_samples` samples at 16 kHz:

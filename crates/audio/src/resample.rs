@@ -35,83 +35,208 @@ pub const RATE_RANGE_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 ///
 /// Returns a copy when the rates are equal. The output has `ceil(len · to_hz / from_hz)`
 /// samples and is time-aligned with the input (no leading delay). Errors when a rate lies
-/// outside [`RATE_RANGE_HZ`].
+/// outside [`RATE_RANGE_HZ`]. The same as feeding `samples` to a [`StreamResampler`] in any
+/// pieces.
 pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, AudioError> {
-    for (field, hz) in [("from_hz", from_hz), ("to_hz", to_hz)] {
-        if !RATE_RANGE_HZ.contains(&hz) {
-            return Err(AudioError::InvalidConfig {
-                field: field.to_string(),
-                value: hz.to_string(),
-                reason: format!(
-                    "sample rate must lie in {}..={} Hz",
-                    RATE_RANGE_HZ.start(),
-                    RATE_RANGE_HZ.end()
-                ),
-            });
-        }
-    }
-    if from_hz == to_hz {
-        return Ok(samples.to_vec());
-    }
-    let out_len = output_len(samples.len(), from_hz, to_hz);
-    if out_len == 0 {
-        return Ok(Vec::new());
-    }
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| AudioError::Resample {
-        from_hz,
-        to_hz,
-        source,
-    };
+    let mut resampler = StreamResampler::new(from_hz, to_hz)?;
+    let mut out = Vec::with_capacity(output_len(samples.len(), from_hz, to_hz));
+    resampler.push(samples, &mut out)?;
+    resampler.finish(&mut out)?;
+    Ok(out)
+}
 
-    let ratio = f64::from(to_hz) / f64::from(from_hz);
-    // rubato's filter taps are counted at the input rate; when downsampling, stretch the
-    // filter so it keeps SINC_LEN taps at the output rate (the same transition band for
-    // every ratio), and take rubato's fitted cutoff for that length.
-    let stretch = from_hz.div_ceil(to_hz).max(1) as usize;
-    let params = SincInterpolationParameters {
-        sinc_len: SINC_LEN * stretch,
-        f_cutoff: rubato::calculate_cutoff(SINC_LEN, WindowFunction::BlackmanHarris2),
-        interpolation: SincInterpolationType::Linear,
-        oversampling_factor: 256,
-        window: WindowFunction::BlackmanHarris2,
-    };
-    let mut resampler =
-        SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| fail(Box::new(e)))?;
-    let (lead, delay) = alignment(from_hz, to_hz);
-    let wanted = out_len + delay;
+/// [`resample`] for a signal that arrives in pieces: [`StreamResampler::push`] each piece,
+/// then [`StreamResampler::finish`]. The output is the same, sample for sample, as
+/// [`resample`] on the whole signal (the sinc filter sees the same fixed input chunks), and
+/// memory stays bounded by one chunk and the filter, whatever the length.
+pub struct StreamResampler {
+    from_hz: u32,
+    to_hz: u32,
+    /// Input samples pushed so far (the leading zeros excluded).
+    pushed: usize,
+    /// Output samples handed out so far.
+    emitted: usize,
+    /// `None` when the rates are equal.
+    sinc: Option<Sinc>,
+}
 
-    let mut out = Vec::with_capacity(wanted + resampler.output_frames_max());
-    let mut wave_out = resampler.output_buffer_allocate(true);
-    let mut chunk = vec![0.0f32; CHUNK];
-    // Position in the input, counting `lead` leading zeros.
-    let mut pos = 0usize;
-    // Every call consumes CHUNK frames and yields about CHUNK · ratio; the bound only guards
-    // against a resampler that stops producing output.
-    let max_calls = (wanted as f64 / (CHUNK as f64 * ratio)).ceil() as usize + 4;
-    for _ in 0..max_calls {
-        if out.len() >= wanted {
-            break;
-        }
-        chunk.fill(0.0);
-        for (i, dst) in chunk.iter_mut().enumerate() {
-            if let Some(&s) = (pos + i).checked_sub(lead).and_then(|j| samples.get(j)) {
-                *dst = s;
+/// The windowed-sinc state of a [`StreamResampler`].
+struct Sinc {
+    resampler: SincFixedIn<f32>,
+    /// The next input chunk, filled up to `filled`.
+    chunk: Vec<f32>,
+    filled: usize,
+    wave_out: Vec<Vec<f32>>,
+    /// Leading outputs still to drop (the alignment delay).
+    skip: usize,
+    /// Outputs computed but not yet known to lie within the signal's length.
+    pending: Vec<f32>,
+    /// Outputs computed so far, the dropped ones included.
+    produced: usize,
+    delay: usize,
+}
+
+impl StreamResampler {
+    /// A resampler from `from_hz` to `to_hz`; errors when a rate lies outside
+    /// [`RATE_RANGE_HZ`].
+    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, AudioError> {
+        for (field, hz) in [("from_hz", from_hz), ("to_hz", to_hz)] {
+            if !RATE_RANGE_HZ.contains(&hz) {
+                return Err(AudioError::InvalidConfig {
+                    field: field.to_string(),
+                    value: hz.to_string(),
+                    reason: format!(
+                        "sample rate must lie in {}..={} Hz",
+                        RATE_RANGE_HZ.start(),
+                        RATE_RANGE_HZ.end()
+                    ),
+                });
             }
         }
-        pos += CHUNK;
-        let (_, written) = resampler
-            .process_into_buffer(&[chunk.as_slice()], &mut wave_out, None)
-            .map_err(|e| fail(Box::new(e)))?;
-        out.extend_from_slice(&wave_out[0][..written]);
+        let mut this = Self {
+            from_hz,
+            to_hz,
+            pushed: 0,
+            emitted: 0,
+            sinc: None,
+        };
+        if from_hz == to_hz {
+            return Ok(this);
+        }
+        let ratio = f64::from(to_hz) / f64::from(from_hz);
+        // rubato's filter taps are counted at the input rate; when downsampling, stretch the
+        // filter so it keeps SINC_LEN taps at the output rate (the same transition band for
+        // every ratio), and take rubato's fitted cutoff for that length.
+        let stretch = from_hz.div_ceil(to_hz).max(1) as usize;
+        let params = SincInterpolationParameters {
+            sinc_len: SINC_LEN * stretch,
+            f_cutoff: rubato::calculate_cutoff(SINC_LEN, WindowFunction::BlackmanHarris2),
+            interpolation: SincInterpolationType::Linear,
+            oversampling_factor: 256,
+            window: WindowFunction::BlackmanHarris2,
+        };
+        let resampler = SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1)
+            .map_err(|e| this.fail(Box::new(e)))?;
+        let (lead, delay) = alignment(from_hz, to_hz);
+        let wave_out = resampler.output_buffer_allocate(true);
+        this.sinc = Some(Sinc {
+            resampler,
+            chunk: vec![0.0; CHUNK],
+            filled: 0,
+            wave_out,
+            skip: delay,
+            pending: Vec::new(),
+            produced: 0,
+            delay,
+        });
+        // The leading zeros that align the output; they count as no input.
+        let zeros = [0.0f32; CHUNK];
+        let mut left = lead;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            this.feed(&zeros[..n])?;
+            left -= n;
+        }
+        Ok(this)
     }
-    if out.len() < wanted {
-        return Err(fail(
-            format!("resampler produced {} of {wanted} samples", out.len()).into(),
-        ));
+
+    /// Resamples the next piece of the signal, appending to `out` every output sample that is
+    /// final; the rest follows with later pieces or [`StreamResampler::finish`].
+    pub fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<(), AudioError> {
+        self.pushed += samples.len();
+        if self.sinc.is_none() {
+            out.extend_from_slice(samples);
+            self.emitted += samples.len();
+            return Ok(());
+        }
+        self.feed(samples)?;
+        // The signal is at least this long, so outputs below its output length are in.
+        self.emit(output_len(self.pushed, self.from_hz, self.to_hz), out);
+        Ok(())
     }
-    out.drain(..delay);
-    out.truncate(out_len);
-    Ok(out)
+
+    /// Ends the signal: pads it with zeros through the filter and appends the remaining
+    /// output, so that `out` received `ceil(len · to_hz / from_hz)` samples in all.
+    pub fn finish(mut self, out: &mut Vec<f32>) -> Result<(), AudioError> {
+        let out_len = output_len(self.pushed, self.from_hz, self.to_hz);
+        if let Some(delay) = self.sinc.as_ref().map(|s| s.delay) {
+            let wanted = out_len + delay;
+            let ratio = f64::from(self.to_hz) / f64::from(self.from_hz);
+            // Every call consumes CHUNK frames and yields about CHUNK · ratio; the bound only
+            // guards against a resampler that stops producing output.
+            let max_calls = (wanted as f64 / (CHUNK as f64 * ratio)).ceil() as usize + 4;
+            let zeros = [0.0f32; CHUNK];
+            let mut calls = 0;
+            while out_len > 0 && self.produced() < wanted {
+                if calls == max_calls {
+                    let produced = self.produced();
+                    return Err(self.fail(
+                        format!("resampler produced {produced} of {wanted} samples").into(),
+                    ));
+                }
+                calls += 1;
+                let room = CHUNK - self.sinc.as_ref().map_or(0, |s| s.filled);
+                self.feed(&zeros[..room])?;
+            }
+        }
+        self.emit(out_len, out);
+        Ok(())
+    }
+
+    /// Outputs computed so far, the dropped ones included.
+    fn produced(&self) -> usize {
+        self.sinc.as_ref().map_or(0, |s| s.produced)
+    }
+
+    /// Feeds input through the fixed chunks, keeping the outputs in `pending`.
+    fn feed(&mut self, mut samples: &[f32]) -> Result<(), AudioError> {
+        let (from_hz, to_hz) = (self.from_hz, self.to_hz);
+        let Some(sinc) = &mut self.sinc else {
+            return Ok(());
+        };
+        while !samples.is_empty() {
+            let n = (CHUNK - sinc.filled).min(samples.len());
+            sinc.chunk[sinc.filled..sinc.filled + n].copy_from_slice(&samples[..n]);
+            sinc.filled += n;
+            samples = &samples[n..];
+            if sinc.filled < CHUNK {
+                break;
+            }
+            sinc.filled = 0;
+            let (_, written) = sinc
+                .resampler
+                .process_into_buffer(&[sinc.chunk.as_slice()], &mut sinc.wave_out, None)
+                .map_err(|e| AudioError::Resample {
+                    from_hz,
+                    to_hz,
+                    source: Box::new(e),
+                })?;
+            sinc.produced += written;
+            let drop = sinc.skip.min(written);
+            sinc.skip -= drop;
+            sinc.pending
+                .extend_from_slice(&sinc.wave_out[0][drop..written]);
+        }
+        Ok(())
+    }
+
+    /// Moves pending outputs to `out` until `limit` outputs have been handed out in all.
+    fn emit(&mut self, limit: usize, out: &mut Vec<f32>) {
+        let Some(sinc) = &mut self.sinc else {
+            return;
+        };
+        let n = limit.saturating_sub(self.emitted).min(sinc.pending.len());
+        out.extend(sinc.pending.drain(..n));
+        self.emitted += n;
+    }
+
+    fn fail(&self, source: Box<dyn std::error::Error + Send + Sync>) -> AudioError {
+        AudioError::Resample {
+            from_hz: self.from_hz,
+            to_hz: self.to_hz,
+            source,
+        }
+    }
 }
 
 /// Leading zeros to feed and leading outputs to drop so that output `k` is the input at
@@ -137,7 +262,7 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 
 /// `ceil(len · to / from)`, in integers: the length `librosa.resample` and
 /// `scipy.signal.resample_poly` return.
-fn output_len(len: usize, from_hz: u32, to_hz: u32) -> usize {
+pub(crate) fn output_len(len: usize, from_hz: u32, to_hz: u32) -> usize {
     (len as u128 * u128::from(to_hz)).div_ceil(u128::from(from_hz)) as usize
 }
 
@@ -158,6 +283,66 @@ mod tests {
             den += f64::from(v);
         }
         num / den
+    }
+
+    /// A deterministic test signal: a chirp plus a little pseudo-random noise.
+    fn signal(len: usize) -> Vec<f32> {
+        let mut state = 0x2545_f491_u32;
+        (0..len)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let t = i as f32 / 1000.0;
+                (t * t * 40.0).sin() * 0.5 + (state as f32 / u32::MAX as f32 - 0.5) * 0.1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_output_equals_the_whole_signal_resampled() {
+        // Piece sizes around the chunk (4096) and odd ones; lengths from empty to several
+        // chunks, for down-, up- and same-rate conversion.
+        for from in [48_000u32, 44_100, 22_050, 8_000, 16_000, 32_000] {
+            for len in [0usize, 1, 333, 4096, 4097, 20_000] {
+                let x = signal(len);
+                let whole = resample(&x, from, 16_000).unwrap();
+                for piece in [1usize, 17, 4095, 4096, 10_000] {
+                    let mut r = StreamResampler::new(from, 16_000).unwrap();
+                    let mut out = Vec::new();
+                    for p in x.chunks(piece) {
+                        r.push(p, &mut out).unwrap();
+                    }
+                    r.finish(&mut out).unwrap();
+                    assert_eq!(
+                        out.len(),
+                        whole.len(),
+                        "{from} Hz, {len} samples, pieces of {piece}"
+                    );
+                    // Bit for bit: the filter sees the same chunks whatever the pieces.
+                    assert!(
+                        out.iter()
+                            .zip(&whole)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{from} Hz, {len} samples, pieces of {piece}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_output_never_runs_ahead_of_the_input() {
+        // After each piece, no more output than the input so far can give.
+        let x = signal(30_000);
+        let mut r = StreamResampler::new(44_100, 16_000).unwrap();
+        let mut out = Vec::new();
+        let mut pushed = 0;
+        for p in x.chunks(3000) {
+            r.push(p, &mut out).unwrap();
+            pushed += p.len();
+            assert!(out.len() <= output_len(pushed, 44_100, 16_000));
+        }
     }
 
     #[test]

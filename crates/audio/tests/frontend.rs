@@ -217,6 +217,82 @@ fn load_audio_16k_accepts_every_clip_but_the_two_frame_one() {
     }
 }
 
+/// Every clip `load_audio_16k` reads, read window by window instead: the same samples, bit for
+/// bit, and `scan` gives their count; files it refuses, `scan` refuses alike.
+#[test]
+fn window_reader_gives_the_samples_of_load_audio_16k() {
+    let mut paths: Vec<PathBuf> = clips()
+        .into_iter()
+        .map(|(_, meta)| fixtures().join(&meta.clip))
+        .collect();
+    paths.extend(["edge/dog_empty_id3v2.mp3", "edge/flac_named.wav"].map(edge));
+    for path in &paths {
+        let whole = match load_audio_16k(path) {
+            Ok(whole) => whole,
+            Err(err) => {
+                let scanned = auris_audio::scan(path).expect_err("scan accepted it");
+                assert_eq!(
+                    std::mem::discriminant(&scanned),
+                    std::mem::discriminant(&err),
+                    "{}: {scanned} / {err}",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        let info = auris_audio::scan(path).unwrap();
+        let pcm = decode_file(path).unwrap();
+        assert_eq!(info.samples_16k, whole.len(), "{}", path.display());
+        assert_eq!(
+            (info.sample_rate, info.channels),
+            (pcm.sample_rate, pcm.channels)
+        );
+        assert_eq!(info.frames, pcm.samples.len() as u64);
+        for window in [480_000, 7_919, 160] {
+            let mut reader = auris_audio::WindowReader::open(path, window).unwrap();
+            let mut joined = Vec::new();
+            let mut lengths = Vec::new();
+            while let Some(w) = reader.next_window().unwrap() {
+                lengths.push(w.len());
+                joined.extend(w);
+            }
+            let expected: Vec<usize> = auris_audio::window_lengths(whole.len(), window).collect();
+            assert_eq!(
+                lengths,
+                expected,
+                "{} in windows of {window}",
+                path.display()
+            );
+            assert!(
+                joined
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} in windows of {window}",
+                path.display()
+            );
+        }
+    }
+    for name in [
+        "empty.wav",
+        "zero_samples.wav",
+        "truncated_header.wav",
+        "nan_samples.wav",
+    ] {
+        let path = bad(name);
+        let (a, b) = (
+            load_audio_16k(&path).unwrap_err(),
+            auris_audio::scan(&path).unwrap_err(),
+        );
+        assert_eq!(
+            std::mem::discriminant(&a),
+            std::mem::discriminant(&b),
+            "{name}: {a} / {b}"
+        );
+        assert!(b.to_string().contains(name), "{b}");
+    }
+}
+
 fn bad(name: &str) -> PathBuf {
     fixtures().join("audio/bad").join(name)
 }

@@ -20,6 +20,8 @@
 //!
 //! Long audio is cut into 30 s windows, each pruned on its own with its own `N` and `K`:
 //! [`select_windows`], then [`global_indices`] to index the concatenated token sequence.
+//! Since no selection looks past its window, [`select_window`] prunes the windows one at a
+//! time as they arrive (what auris does for long audio, holding one window at a time).
 //!
 //! # Definitions
 //!
@@ -84,4 +86,4 @@ pub use policy::{
     DEFAULT_SEGMENTS, STRATEGY_NAMES,
 };
 pub use select::{budget, select, Selection};
-pub use window::{global_indices, select_windows, WindowInput};
+pub use window::{global_indices, select_window, select_windows, WindowInput};

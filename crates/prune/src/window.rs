@@ -29,7 +29,8 @@ impl<'a> WindowInput<'a> {
     }
 }
 
-/// Prunes every window on its own, with its own `N` and budget `K = budget(N, keep)`.
+/// Prunes every window on its own, with its own `N` and budget `K = budget(N, keep)`:
+/// [`select_window`] on each window in turn.
 ///
 /// `Random { seed }` uses `seed + w` (wrapping) for window `w`, so equal-length windows do
 /// not all keep the same positions while window 0 matches a single-window [`select`].
@@ -43,19 +44,31 @@ pub fn select_windows(
     windows
         .iter()
         .enumerate()
-        .map(|(w, window)| {
-            let mut policy = *policy;
-            if let Strategy::Random { seed } = policy.strategy {
-                policy.strategy = Strategy::Random {
-                    seed: seed.wrapping_add(w as u64),
-                };
-            }
-            select(&policy, window.scores, window.vectors).map_err(|source| PruneError::Window {
-                window: w,
-                source: Box::new(source),
-            })
-        })
+        .map(|(w, window)| select_window(policy, w, window))
         .collect()
+}
+
+/// Prunes window `w` of a longer input, as [`select_windows`] does for that window: a window's
+/// selection depends on its own scores (and vectors) and its index only, so windows can be
+/// pruned one at a time as they are encoded, holding one window's data.
+///
+/// # Errors
+/// The window's error, wrapped in [`PruneError::Window`] with its index.
+pub fn select_window(
+    policy: &Policy,
+    w: usize,
+    window: &WindowInput<'_>,
+) -> Result<Selection, PruneError> {
+    let mut policy = *policy;
+    if let Strategy::Random { seed } = policy.strategy {
+        policy.strategy = Strategy::Random {
+            seed: seed.wrapping_add(w as u64),
+        };
+    }
+    select(&policy, window.scores, window.vectors).map_err(|source| PruneError::Window {
+        window: w,
+        source: Box::new(source),
+    })
 }
 
 /// Turns per-window selections into indices over the concatenated audio tokens.
