@@ -144,6 +144,12 @@ pub(crate) fn split_rows<T: Sync>(
 /// weight chunk).
 pub(crate) fn widen_par(kind: HalfKind, w: &[u16]) -> Vec<f32> {
     let mut out = vec![0.0f32; w.len()];
+    widen_par_into(kind, w, &mut out);
+    out
+}
+
+/// [`widen_par`] into `out` (`out.len() == w.len()`), a buffer the caller reuses.
+pub(crate) fn widen_par_into(kind: HalfKind, w: &[u16], out: &mut [f32]) {
     out.par_chunks_mut(WIDEN_PAR_CHUNK)
         .zip(w.par_chunks(WIDEN_PAR_CHUNK))
         .for_each(|(out, w)| {
@@ -151,7 +157,6 @@ pub(crate) fn widen_par(kind: HalfKind, w: &[u16]) -> Vec<f32> {
                 *o = widen(kind, b);
             }
         });
-    out
 }
 
 /// Elements per task of [`widen_par`].
