@@ -140,15 +140,8 @@ pub(crate) fn split_rows<T: Sync>(
     }
 }
 
-/// Half-precision bits widened to f32, split over the rayon pool (a multi-row product's
-/// weight chunk).
-pub(crate) fn widen_par(kind: HalfKind, w: &[u16]) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.len()];
-    widen_par_into(kind, w, &mut out);
-    out
-}
-
-/// [`widen_par`] into `out` (`out.len() == w.len()`), a buffer the caller reuses.
+/// Half-precision bits widened to f32 into `out` (`out.len() == w.len()`, a buffer the caller
+/// reuses), split over the rayon pool: a multi-row product's weight chunk.
 pub(crate) fn widen_par_into(kind: HalfKind, w: &[u16], out: &mut [f32]) {
     out.par_chunks_mut(WIDEN_PAR_CHUNK)
         .zip(w.par_chunks(WIDEN_PAR_CHUNK))
@@ -159,7 +152,7 @@ pub(crate) fn widen_par_into(kind: HalfKind, w: &[u16], out: &mut [f32]) {
         });
 }
 
-/// Elements per task of [`widen_par`].
+/// Elements per task of [`widen_par_into`].
 const WIDEN_PAR_CHUNK: usize = 1 << 16;
 
 /// The single-threaded product over a block of rows.

@@ -21,7 +21,7 @@ use half::{bf16, f16};
 use auris_kernels::linear::{linear_into, Rows};
 
 use crate::gemv::gemv;
-use crate::halfgemv::{gemv_half, widen_par, widen_par_into, HalfKind};
+use crate::halfgemv::{gemv_half, widen_par_into, HalfKind};
 use crate::q4k::q4k_gemv;
 use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
@@ -314,8 +314,8 @@ impl Linear {
         self.half_rows(&xs, bits, WIDEN_CHUNK_WEIGHTS)
     }
 
-    /// `xs · widen(bits)ᵀ (+ bias)` by candle's matmul on `chunk_weights / in` weight rows at
-    /// a time widened to f32.
+    /// `xs · widen(bits)ᵀ (+ bias)` on `chunk_weights / in` weight rows at a time widened to
+    /// f32: [`Linear::half_rows_cpu`] on the CPU, candle's matmul elsewhere.
     fn half_rows(
         &self,
         xs: &Tensor,
@@ -329,21 +329,9 @@ impl Linear {
         if let Some(ys) = self.half_rows_cpu(xs, bits, kind, chunk_weights)? {
             return Ok(ys);
         }
-        let k = self.in_dim;
+        // Off the CPU: candle widens each chunk on the device.
         self.rows_via_f32(xs, chunk_weights, |start, len| {
-            let chunk = bits.narrow(0, start, len)?.contiguous()?;
-            let widened = match kind {
-                HalfKind::Bf16 => {
-                    with_cpu_slice::<bf16, _>(&chunk, |w| widen_par(kind, w.reinterpret_cast()))?
-                }
-                HalfKind::F16 => {
-                    with_cpu_slice::<f16, _>(&chunk, |w| widen_par(kind, w.reinterpret_cast()))?
-                }
-            };
-            Ok(match widened {
-                Some(w) => Tensor::from_vec(w, (len, k), chunk.device())?,
-                None => chunk.to_dtype(DType::F32)?,
-            })
+            Ok(bits.narrow(0, start, len)?.to_dtype(DType::F32)?)
         })
     }
 
@@ -391,11 +379,7 @@ impl Linear {
         if done.is_none() {
             return Ok(None);
         }
-        let mut dims = xs.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok(Some(Tensor::from_vec(y, dims, xs.device())?))
+        Ok(Some(Tensor::from_vec(y, out_dims(xs, n), xs.device())?))
     }
 
     /// `xs · dequantise(w)ᵀ (+ bias)` by candle's matmul on `chunk_weights / in` weight rows
@@ -430,10 +414,7 @@ impl Linear {
         let m = xs.elem_count() / k.max(1);
         let x2 = xs.reshape((m, k))?;
         let rows_per_chunk = (chunk_weights / k.max(1)).max(1);
-        let mut dims = xs.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
+        let dims = out_dims(xs, n);
         if let Some(mut y) = self.bias_rows(&x2, m)? {
             for start in (0..n).step_by(rows_per_chunk) {
                 let len = rows_per_chunk.min(n - start);
@@ -698,11 +679,17 @@ fn with_cpu_slices<X: WithDType, W: WithDType, R>(
 
 /// `out` shaped like `xs` with the last dim replaced by the output size.
 fn one_row_output(xs: &Tensor, out: Vec<f32>) -> Result<Tensor, LlmError> {
+    let dims = out_dims(xs, out.len());
+    Ok(Tensor::from_vec(out, dims, xs.device())?)
+}
+
+/// The dims of `xs` with the last replaced by `n`: a product's output shape.
+fn out_dims(xs: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = xs.dims().to_vec();
     if let Some(last) = dims.last_mut() {
-        *last = out.len();
+        *last = n;
     }
-    Ok(Tensor::from_vec(out, dims, xs.device())?)
+    dims
 }
 
 #[cfg(test)]
