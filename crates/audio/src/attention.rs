@@ -3,11 +3,12 @@
 //! `v_proj`, `out_proj`, queries scaled by `head_dim^-1/2`. Used by the encoder's self-attention
 //! and by a Whisper text decoder's self- and cross-attention.
 
-use auris_kernels::linear::{linear as fused_linear, Act, Rows};
-use candle_core::{DType, Module, Storage, Tensor};
+use auris_kernels::linear::{linear as fused_linear, Act, Rows, Weight};
+use candle_core::{DType, Module, Storage, Tensor, WithDType};
 use candle_nn::{
     linear, linear_no_bias, Activation, LayerNorm, LayerNormConfig, Linear, VarBuilder,
 };
+use half::{bf16, f16};
 
 /// How the projections multiply: both give `x W^T + b`, they differ in speed on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,8 +165,9 @@ pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `layer` applied to `x`; a layer stored in another dtype than `x` (bf16 weights of an f32
-/// encoder on the CPU) is widened for this product only, so the model keeps its compact weights
-/// and computes exactly what an f32 copy of them would.
+/// encoder on the CPU) is widened for this product only (on the CPU a block of rows at a time
+/// inside the product, elsewhere by candle), so the model keeps its compact weights and computes
+/// exactly what an f32 copy of them would.
 pub fn apply(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     match linear_cpu(layer, x, Act::Identity)? {
         Some(y) => Ok(y),
@@ -188,29 +190,31 @@ pub fn apply_then(
     activation.forward(&apply(layer, x)?)
 }
 
-/// `act(x W^T + b)` through [`auris_kernels::linear`] when `x`, the weight and the bias are
-/// contiguous f32 CPU data (the bias inside the product, the activation in place: no
-/// intermediate tensors); `None` otherwise.
+/// `act(x W^T + b)` through [`auris_kernels::linear`] when `x` is contiguous f32 CPU data and
+/// the weight contiguous f32, bf16 or f16 CPU data (a half weight is widened inside the
+/// product, a block of rows at a time; the bias inside the product, the activation in place:
+/// no intermediate tensors); `None` otherwise.
 fn linear_cpu(layer: &Linear, x: &Tensor, act: Act) -> candle_core::Result<Option<Tensor>> {
     let w = layer.weight();
     let (out, k) = w.dims2()?;
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(x) || !f32_cpu(w) || layer.bias().is_some_and(|b| !f32_cpu(b)) {
+    let on_cpu = x.device().is_cpu() && w.device().is_cpu();
+    if !on_cpu || x.dtype() != DType::F32 || layer.bias().is_some_and(|b| !b.device().is_cpu()) {
         return Ok(None);
     }
     let rows = x.elem_count() / k.max(1);
     if x.dims().last() != Some(&k) || rows == 0 {
         return Ok(None);
     }
-    let y = with_f32(x, |x| {
-        with_f32(w, |w| match layer.bias() {
-            Some(b) => with_f32(b, |b| {
-                Ok(fused_linear(Rows::dense(x, rows), w, out, Some(b), act))
-            }),
-            None => Ok(Some(fused_linear(Rows::dense(x, rows), w, out, None, act))),
+    let bias = layer
+        .bias()
+        .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+        .transpose()?;
+    let y = with_cpu_slice::<f32, _>(x, |x| {
+        with_weight(w, |w| {
+            fused_linear(Rows::dense(x, rows), w, out, bias.as_deref(), act)
         })
     })?;
-    let Some(Some(Some(y))) = y else {
+    let Some(Some(y)) = y else {
         return Ok(None);
     };
     let mut dims = x.dims().to_vec();
@@ -220,16 +224,31 @@ fn linear_cpu(layer: &Linear, x: &Tensor, act: Act) -> candle_core::Result<Optio
     Tensor::from_vec(y, dims, x.device()).map(Some)
 }
 
-/// `f` on the contiguous f32 CPU data of `t`; `None` when it is not contiguous on the CPU.
-fn with_f32<R>(
+/// `f` on the contiguous CPU data of `t` as `T`; `None` when it is not contiguous on the CPU
+/// or not of type `T`.
+fn with_cpu_slice<T: WithDType, R>(
     t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
 ) -> candle_core::Result<Option<R>> {
     let (storage, layout) = t.storage_and_layout();
     let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
         return Ok(None);
     };
-    f(&cpu.as_slice::<f32>()?[a..b]).map(Some)
+    match cpu.as_slice::<T>() {
+        Ok(values) => f(&values[a..b]).map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `f` on the weight `w` as stored (f32, bf16 or f16 on the CPU); `None` for another dtype or
+/// place.
+fn with_weight<R>(w: &Tensor, f: impl FnOnce(Weight) -> R) -> candle_core::Result<Option<R>> {
+    match w.dtype() {
+        DType::F32 => with_cpu_slice::<f32, _>(w, |w| Ok(f(Weight::F32(w)))),
+        DType::BF16 => with_cpu_slice::<bf16, _>(w, |w| Ok(f(Weight::Bf16(w)))),
+        DType::F16 => with_cpu_slice::<f16, _>(w, |w| Ok(f(Weight::F16(w)))),
+        _ => Ok(None),
+    }
 }
 
 fn widened(layer: &Linear, dtype: DType) -> candle_core::Result<Linear> {
@@ -248,4 +267,50 @@ pub fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
         ..Default::default()
     };
     candle_nn::layer_norm(d, config, vb)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn ramp(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) / 1000.0)
+            .collect()
+    }
+
+    /// A layer stored in bf16 or f16 (the kernel widens it block by block) gives the product
+    /// of an f32 layer holding the widened values, with and without GELU.
+    #[test]
+    fn half_weights_equal_their_widened_f32_layer() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (rows, k, out) = (7, 33, 45);
+        let x = Tensor::from_vec(ramp(rows * k, 1), (1, rows, k), &dev)?;
+        let w = Tensor::from_vec(ramp(out * k, 2), (out, k), &dev)?;
+        let b = Tensor::from_vec(ramp(out, 3), out, &dev)?;
+        for dtype in [DType::BF16, DType::F16] {
+            let half = Linear::new(w.to_dtype(dtype)?, Some(b.to_dtype(dtype)?));
+            let widened = Linear::new(
+                w.to_dtype(dtype)?.to_dtype(DType::F32)?,
+                Some(b.to_dtype(dtype)?.to_dtype(DType::F32)?),
+            );
+            for act in [Activation::GeluPytorchTanh, Activation::Gelu] {
+                let got = apply_then(&half, &x, act)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let want = apply_then(&widened, &x, act)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                for (g, v) in got.iter().zip(&want) {
+                    assert!(
+                        (g - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                        "{dtype:?}: {g} vs {v}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -105,7 +105,7 @@ fn cpu_stem(
         len: 3 * c,
         stride: c,
     };
-    linear_into(body, d, 0, windows, w1);
+    linear_into(body, d, 0, windows, &w1[..]);
     gelu_erf_in_place(body);
     // conv2 (stride 2): output t reads padded rows 2t..2t + 2.
     let mut out = b2.repeat(positions);
@@ -115,7 +115,7 @@ fn cpu_stem(
         len: 3 * d,
         stride: 2 * d,
     };
-    linear_into(&mut out, d, 0, windows, w2);
+    linear_into(&mut out, d, 0, windows, &w2[..]);
     gelu_erf_in_place(&mut out);
     out
 }

@@ -140,21 +140,6 @@ pub(crate) fn split_rows<T: Sync>(
     }
 }
 
-/// Half-precision bits widened to f32 into `out` (`out.len() == w.len()`, a buffer the caller
-/// reuses), split over the rayon pool: a multi-row product's weight chunk.
-pub(crate) fn widen_par_into(kind: HalfKind, w: &[u16], out: &mut [f32]) {
-    out.par_chunks_mut(WIDEN_PAR_CHUNK)
-        .zip(w.par_chunks(WIDEN_PAR_CHUNK))
-        .for_each(|(out, w)| {
-            for (o, &b) in out.iter_mut().zip(w) {
-                *o = widen(kind, b);
-            }
-        });
-}
-
-/// Elements per task of [`widen_par_into`].
-const WIDEN_PAR_CHUNK: usize = 1 << 16;
-
 /// The single-threaded product over a block of rows.
 fn rows(isa: Isa, kind: HalfKind, x: &[f32], w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -21,7 +21,7 @@ use half::{bf16, f16};
 use auris_kernels::linear::{linear_into, Rows};
 
 use crate::gemv::gemv;
-use crate::halfgemv::{gemv_half, widen_par_into, HalfKind};
+use crate::halfgemv::{gemv_half, HalfKind};
 use crate::q4k::q4k_gemv;
 use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
@@ -326,7 +326,7 @@ impl Linear {
             DType::BF16 => HalfKind::Bf16,
             _ => HalfKind::F16,
         };
-        if let Some(ys) = self.half_rows_cpu(xs, bits, kind, chunk_weights)? {
+        if let Some(ys) = self.half_rows_cpu(xs, bits, kind)? {
             return Ok(ys);
         }
         // Off the CPU: candle widens each chunk on the device.
@@ -335,46 +335,29 @@ impl Linear {
         })
     }
 
-    /// [`Linear::half_rows`] on the CPU: each chunk of weight rows is widened into one buffer
-    /// kept by the thread for the next call (at most `chunk_weights` f32 values), and its
-    /// product written into its columns of the output. A prefill widens every weight once per
-    /// chunk of positions; a fresh buffer each time cost as much again in page faults (the
-    /// prefill with bf16 weights took 1.3x its f32 time). `None` off the CPU.
+    /// [`Linear::half_rows`] on the CPU: [`linear_into`] widens the weight rows a block at a
+    /// time inside the product, onto an output that starts as the bias rows. `None` off the
+    /// CPU.
     fn half_rows_cpu(
         &self,
         xs: &Tensor,
         bits: &Tensor,
         kind: HalfKind,
-        chunk_weights: usize,
     ) -> Result<Option<Tensor>, LlmError> {
-        thread_local! {
-            static WIDENED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let (k, n) = (self.in_dim, self.out_dim);
         let m = xs.elem_count() / k.max(1);
         let x2 = xs.reshape((m, k))?;
         let Some(mut y) = self.bias_rows(&x2, m)? else {
             return Ok(None);
         };
-        let rows_per_chunk = (chunk_weights / k.max(1)).max(1);
         let bits = bits.contiguous()?;
-        let mut run = |x: &[f32], w: &[u16]| {
-            WIDENED.with_borrow_mut(|buf| {
-                for start in (0..n).step_by(rows_per_chunk) {
-                    let len = rows_per_chunk.min(n - start);
-                    buf.resize(len * k, 0.0);
-                    widen_par_into(kind, &w[start * k..(start + len) * k], buf);
-                    linear_into(&mut y, n, start, Rows::dense(x, m), buf);
-                }
-            })
-        };
         let done = match kind {
-            HalfKind::Bf16 => {
-                with_cpu_slices::<f32, bf16, _>(&x2, &bits, |x, w| run(x, w.reinterpret_cast()))?
-            }
-            HalfKind::F16 => {
-                with_cpu_slices::<f32, f16, _>(&x2, &bits, |x, w| run(x, w.reinterpret_cast()))?
-            }
+            HalfKind::Bf16 => with_cpu_slices::<f32, bf16, _>(&x2, &bits, |x, w| {
+                linear_into(&mut y, n, 0, Rows::dense(x, m), w)
+            })?,
+            HalfKind::F16 => with_cpu_slices::<f32, f16, _>(&x2, &bits, |x, w| {
+                linear_into(&mut y, n, 0, Rows::dense(x, m), w)
+            })?,
         };
         if done.is_none() {
             return Ok(None);
