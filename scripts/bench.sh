@@ -17,6 +17,9 @@
 #
 # On a fresh machine it makes, once, under bench/work/ (git-ignored):
 #   realistic/      the realistic-shape random-weight checkpoint (scripts/make_bench_model.py)
+#   realistic-bf16/ the same weights stored in bf16, as the hub stores Qwen2-Audio: auris runs the
+#                   audio stages on it too (`--dtype auto`: bf16 weights, f32 compute), and the
+#                   table gives those times against its f32 ones
 #   clip_29p9s.wav  and clip_10s.wav, cut from tests/fixtures/audio/long_42s_16k.wav
 #   gguf/           the checkpoint as f32 GGUF (text) + mmproj GGUF (audio tower + projector),
 #                   made by the convert_hf_to_gguf.py vendored in llama-cpp-python's sdist
@@ -46,6 +49,7 @@ PY="$VENV/bin/python"
 CACHE="$ROOT/scripts/.cache/bench"
 WORK="$ROOT/bench/work"
 MODEL="$WORK/realistic"
+MODEL_BF16="$WORK/realistic-bf16"
 CLIP30="$WORK/clip_29p9s.wav"
 CLIP10="$WORK/clip_10s.wav"
 GGUF="$WORK/gguf/realistic-f32.gguf"
@@ -118,6 +122,10 @@ ensure_inputs() {
   if [[ ! -f "$MODEL/model.safetensors.index.json" ]]; then
     log "writing the realistic-shape checkpoint to $MODEL"
     "$PY" scripts/make_bench_model.py "$MODEL"
+  fi
+  if [[ ! -f "$MODEL_BF16/model.safetensors.index.json" ]]; then
+    log "writing the bf16 copy of the realistic-shape checkpoint to $MODEL_BF16"
+    "$PY" scripts/make_bench_model.py "$MODEL_BF16" --dtype bf16
   fi
   if [[ ! -f "$CLIP30" || ! -f "$CLIP10" ]]; then
     "$PY" scripts/lib/bench_clips.py "$WORK"
@@ -216,6 +224,11 @@ main() {
   log "auris on the 10 s clip (encoder)"
   "$AURIS" bench --model "$MODEL" "$CLIP10" --keeps 1 --new-tokens 0 "${common[@]}" \
     --json >"$RUN/auris_10s.json"
+  log "auris with bf16 weights (the bf16 checkpoint, --dtype auto), both clips"
+  "$AURIS" bench --model "$MODEL_BF16" "$CLIP30" --keeps 1,0.25 --prune segmentwise \
+    --new-tokens "$NEW_TOKENS" "${common[@]}" --json >"$RUN/auris_bf16_30s.json"
+  "$AURIS" bench --model "$MODEL_BF16" "$CLIP10" --keeps 1 --new-tokens 0 "${common[@]}" \
+    --json >"$RUN/auris_bf16_10s.json"
 
   # The peers prefill as many tokens as auris's real prompts held (keep 1 and keep 0.25).
   local prefill
@@ -236,6 +249,7 @@ print(",".join(str(k["prompt_tokens"]) for k in sorted(r["keeps"], key=lambda k:
   local quick=()
   ((QUICK)) && quick=(--quick)
   "$PY" scripts/bench_report.py --auris30 "$RUN/auris_30s.json" --auris10 "$RUN/auris_10s.json" \
+    --auris30-bf16 "$RUN/auris_bf16_30s.json" --auris10-bf16 "$RUN/auris_bf16_10s.json" \
     --torch "$RUN/torch.json" --llamacpp "$RUN/llamacpp.json" --threads "$THREADS" \
     --warmup "$WARMUP" --repeat "$REPEAT" "${quick[@]}" --checkpoint bench/work/realistic \
     --load-start "$load_start" \

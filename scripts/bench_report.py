@@ -7,7 +7,8 @@ Run by scripts/bench.sh (seconds; no model is loaded here):
         --md bench/results.md
 
 --auris30 is `auris bench --json --keeps 1,0.25` on the 29.9 s clip, --auris10 `auris bench --json`
-on the 10 s clip; --torch and --llamacpp are written by scripts/bench_peers.py. A missing or
+on the 10 s clip; --auris30-bf16 and --auris10-bf16 the same on the checkpoint stored in bf16
+(auris keeps the bf16 weights and computes in f32), reported against auris' f32 times; --torch and --llamacpp are written by scripts/bench_peers.py. A missing or
 unreadable peer file leaves that engine with only a `notes` entry. The markdown table goes to
 stdout and to --md; ratios are auris / peer for times, and for decode the ratio of times per
 token (peer tok/s / auris tok/s), so below 1 always means auris is faster.
@@ -190,6 +191,7 @@ def markdown(results: dict) -> str:
                       f"{a['ttft_30s_seg25_s'] / a['ttft_30s_none_s']:.2f}x"
                   + (f", end to end {a['e2e_30s_seg25_s'] / a['e2e_30s_none_s']:.2f}x"
                      if a.get("e2e_30s_none_s") and a.get("e2e_30s_seg25_s") else "") + "."]
+    lines += bf16_table(eng, p800, p238)
     lines += machine_limit(eng)
     warning = busy_warning(results.get("load_average_at_start"))
     if warning:
@@ -200,6 +202,26 @@ def markdown(results: dict) -> str:
         for note in eng.get(name, {}).get("notes", []):
             lines.append(f"- {name}: {note}")
     return "\n".join(lines) + "\n"
+
+
+BF16_KEYS = ["encoder_30s_s", "encoder_10s_s", "prefill_800_s", "prefill_238_s",
+             "ttft_30s_none_s", "ttft_30s_seg25_s", "decode_tok_s", "peak_rss_mb"]
+
+
+def bf16_table(eng: dict, p800: int, p238: int) -> list[str]:
+    """auris with bf16 weights (f32 compute) against its f32 run."""
+    a, b = eng.get("auris", {}), eng.get("auris_bf16")
+    if not b:
+        return []
+    lines = ["", "auris with the checkpoint stored in bf16 (`--dtype auto`: bf16 weights, widened "
+                 "to f32 inside the products):", "",
+             "| work | auris f32 | auris bf16 | bf16 / f32 |", "|---|---|---|---|"]
+    for key in BF16_KEYS:
+        label = LABELS[key].format(p800=p800, p238=p238, n="")
+        f, h = a.get(key), b.get(key)
+        r = "-" if not f or not h else (f"{f / h:.2f}x" if key == "decode_tok_s" else f"{h / f:.2f}x")
+        lines.append(f"| {label} | {fmt(key, f)} | {fmt(key, h)} | {r} |")
+    return lines
 
 
 def machine_limit(eng: dict) -> list[str]:
@@ -258,6 +280,8 @@ def main() -> None:
     parser.add_argument("--auris10", type=Path)
     parser.add_argument("--torch", type=Path)
     parser.add_argument("--llamacpp", type=Path)
+    parser.add_argument("--auris30-bf16", type=Path)
+    parser.add_argument("--auris10-bf16", type=Path)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, help="timed runs (default: auris's report)")
@@ -274,6 +298,10 @@ def main() -> None:
         raise SystemExit(f"auris report {args.auris30}: {err}")
     r10, _ = read_json(args.auris10)
     engines = {"auris": ordered(auris_engine(r30, r10))}
+    b30, _ = read_json(args.auris30_bf16)
+    if b30 is not None:
+        b10, _ = read_json(args.auris10_bf16)
+        engines["auris_bf16"] = {**ordered(auris_engine(b30, b10)), "engine": "auris_bf16"}
     for name in PEERS:
         data, err = read_json(getattr(args, name))
         if data is None:

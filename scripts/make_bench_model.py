@@ -1,11 +1,12 @@
 """Write a Qwen2-Audio checkpoint of realistic shape with seeded random weights, for timing.
 
-    $VENV/bin/python scripts/make_bench_model.py OUT_DIR [--shape small|7b]
+    $VENV/bin/python scripts/make_bench_model.py OUT_DIR [--shape small|7b] [--dtype f32|bf16]
 
 `--shape small` (the default; needs torch and transformers): a Whisper-small-sized encoder
 (d_model 768, 12 layers, 12 heads, ffn 3072, 128 mel bins) and a Qwen2-0.5B-sized decoder
 (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936), written by
-transformers' `save_pretrained`.
+transformers' `save_pretrained`, in f32 (the default) or, with `--dtype bf16`, the same seeded
+weights rounded to bf16 (as the hub stores Qwen2-Audio), for timing the bf16 weight paths.
 
 `--shape 7b` (needs only numpy): Qwen2-Audio-7B's exact layout, as on the hub: the
 Whisper-large-v3-sized encoder (d_model 1280, 32 layers, 20 heads, ffn 5120), the 4096 x 1280
@@ -33,7 +34,7 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "processor_config.
                    "chat_template.jinja", "generation_config.json"]
 
 
-def write_small(out: Path, tiny_cfg: dict) -> None:
+def write_small(out: Path, tiny_cfg: dict, dtype: str = "f32") -> None:
     import torch
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
@@ -53,6 +54,9 @@ def write_small(out: Path, tiny_cfg: dict) -> None:
     )
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(cfg).eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+        model.config.torch_dtype = torch.bfloat16
     model.save_pretrained(out, safe_serialization=True, max_shard_size="1GB")
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {n / 1e6:.1f} M parameters")
@@ -191,13 +195,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--shape", choices=["small", "7b"], default="small")
+    parser.add_argument("--dtype", choices=["f32", "bf16"],
+                        help="storage: f32 (default) or bf16 for the small shape, bf16 for 7b")
     args = parser.parse_args()
+    if args.shape == "7b" and args.dtype == "f32":
+        parser.error("--shape 7b is written in bf16 only")
     args.out.mkdir(parents=True, exist_ok=True)
     tiny_cfg = json.loads((TINY / "config.json").read_text())
     if args.shape == "7b":
         write_7b(args.out, tiny_cfg)
     else:
-        write_small(args.out, tiny_cfg)
+        write_small(args.out, tiny_cfg, args.dtype or "f32")
     for name in TOKENIZER_FILES:
         shutil.copy(TINY / name, args.out / name)
 

@@ -30,8 +30,10 @@ use crate::{LlmError, WeightFormat};
 /// load never holds a whole tensor (the 7B's 156032 × 4096 head: 2.5 GB) in f32.
 pub(crate) const QUANTIZE_CHUNK_WEIGHTS: usize = 1 << 23;
 
-/// Weights widened to f32 at once by a multi-row product with half weights: 64 MiB of f32, a
-/// few times a layer's working set, so one such chunk at most is alive.
+/// Weights widened or dequantised to f32 at once by a multi-row product off the CPU (half
+/// weights) or with quantised weights: 64 MiB of f32, a few times a layer's working set, so one
+/// such chunk at most is alive. (Half weights on the CPU are widened a few MiB at a time inside
+/// the product: `auris_kernels::linear::WIDEN_BLOCK`.)
 const WIDEN_CHUNK_WEIGHTS: usize = 1 << 24;
 
 /// From this many rows on, a quantised product dequantises chunks of weight rows for gemm
@@ -293,8 +295,8 @@ impl Linear {
         out.map(|out| one_row_output(xs, out)).transpose()
     }
 
-    /// Half weights: one row through [`gemv_half`], several rows through candle's matmul on
-    /// chunks of rows widened to f32.
+    /// Half weights: one row through [`gemv_half`], several rows through [`Linear::half_rows`]
+    /// (on the CPU, `auris_kernels::linear` widening blocks of weight rows inside the product).
     fn forward_half(&self, xs: &Tensor, bits: &Tensor, kind: HalfKind) -> Result<Tensor, LlmError> {
         let k = self.in_dim;
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
