@@ -21,6 +21,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use crate::activation::gelu_erf_in_place;
+use crate::softmax::{best_level_cached, Level};
 
 /// What follows the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,21 +136,84 @@ impl<'a> Weight<'a> {
     fn widen_into(&self, out: &mut [f32]) {
         match *self {
             Weight::F32(w) => out.copy_from_slice(w),
-            Weight::Bf16(w) => out
-                .par_chunks_mut(WIDEN_TASK)
-                .zip(w.par_chunks(WIDEN_TASK))
-                .for_each(|(out, w)| {
-                    // Exact: a bf16 is the upper half of the f32 with the same value. A plain
-                    // shift (no NaN special case) so the loop vectorises.
-                    for (o, b) in out.iter_mut().zip(w) {
-                        *o = f32::from_bits(u32::from(b.to_bits()) << 16);
-                    }
-                }),
+            Weight::Bf16(w) => {
+                let level = best_level_cached();
+                out.par_chunks_mut(WIDEN_TASK)
+                    .zip(w.par_chunks(WIDEN_TASK))
+                    .for_each(|(out, w)| widen_bf16_at(level, w, out))
+            }
             Weight::F16(w) => out
                 .par_chunks_mut(WIDEN_TASK)
                 .zip(w.par_chunks(WIDEN_TASK))
                 .for_each(|(out, w)| w.convert_to_f32_slice(out)),
         }
+    }
+}
+
+/// `out[i] = w[i]` widened, exactly: a bf16 is the upper half of the f32 with the same value, so
+/// the bits shift left by 16 (no NaN special case). At the given level (the tests run every
+/// level this CPU has); the vector paths read 16 or 8 values per instruction, the portable loop
+/// 4 (SSE2), and the widening of a block is bound by reading the weights from memory.
+pub fn widen_bf16_at(level: Level, w: &[bf16], out: &mut [f32]) {
+    assert_eq!(
+        w.len(),
+        out.len(),
+        "widen: {} values into {}",
+        w.len(),
+        out.len()
+    );
+    match level {
+        // SAFETY: the level is only chosen (or tested) on CPUs that have these features.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { x86::widen_bf16_avx512(w, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { x86::widen_bf16_avx2(w, out) },
+        _ => widen_bf16_portable(w, out),
+    }
+}
+
+fn widen_bf16_portable(w: &[bf16], out: &mut [f32]) {
+    for (o, b) in out.iter_mut().zip(w) {
+        *o = f32::from_bits(u32::from(b.to_bits()) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    /// # Safety
+    /// The CPU has AVX-512F; `w` and `out` have the same length.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn widen_bf16_avx512(w: &[bf16], out: &mut [f32]) {
+        let n = w.len() / 16 * 16;
+        for i in (0..n).step_by(16) {
+            // SAFETY: i + 16 <= n <= len of both; unaligned loads and stores.
+            unsafe {
+                let bits = _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i);
+                let wide = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, wide);
+            }
+        }
+        super::widen_bf16_portable(&w[n..], &mut out[n..]);
+    }
+
+    /// # Safety
+    /// The CPU has AVX2; `w` and `out` have the same length.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn widen_bf16_avx2(w: &[bf16], out: &mut [f32]) {
+        let n = w.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= len of both; unaligned loads and stores.
+            unsafe {
+                let bits = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
+                let wide = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits));
+                _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, wide);
+            }
+        }
+        super::widen_bf16_portable(&w[n..], &mut out[n..]);
     }
 }
 
@@ -405,6 +469,22 @@ mod tests {
             Act::GeluErf,
         );
         assert_eq!(got, want);
+    }
+
+    /// Every level widens every bf16 (normal, subnormal, zero, infinite, NaN) to the f32 of the
+    /// same bits, on lengths that cut the vector widths.
+    #[test]
+    fn bf16_widening_is_exact_at_every_level() {
+        let w: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+        for level in crate::softmax::tests::levels() {
+            for len in [0, 1, 7, 8, 15, 16, 17, 33, w.len()] {
+                let mut out = vec![0.0f32; len];
+                widen_bf16_at(level, &w[..len], &mut out);
+                for (b, o) in w[..len].iter().zip(&out) {
+                    assert_eq!(o.to_bits(), u32::from(b.to_bits()) << 16, "{level:?} {len}");
+                }
+            }
+        }
     }
 
     /// bf16 and f16 weights give the f32 product of their widened values, over several
