@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::budget::ContextFit;
-use crate::pipeline::{Pipeline, PromptSpec, Request, Timings};
+use crate::pipeline::{Pipeline, PromptSpec, Request, Task, Timings};
 use crate::Error;
 
 /// What to measure.
@@ -279,9 +279,7 @@ fn requests(opts: &BenchOptions) -> Result<Vec<Request>, Error> {
                 prompt: opts.prompt.clone(),
                 policy,
                 generate: generate.clone(),
-                score_choices: None,
-                inspect: false,
-                prompt_only: false,
+                task: Task::Generate,
                 context: ContextFit::default(),
             })
         })

@@ -205,14 +205,34 @@ pub struct Request {
     pub policy: Policy,
     /// Decoding parameters.
     pub generate: GenerateOptions,
-    /// Answer choices to score by log-likelihood instead of generating (`ask --score-choices`).
-    pub score_choices: Option<Vec<String>>,
-    /// Keep the intermediate tensors (`auris inspect`).
-    pub inspect: bool,
-    /// Stop after the prompt logits (no generation).
-    pub prompt_only: bool,
+    /// What to do once the prompt is prefilled.
+    pub task: Task,
     /// What to do when the prompt would not fit the model's context.
     pub context: ContextFit,
+}
+
+/// What a [`Request`] does after the prompt is prefilled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Task {
+    /// Generate text (`caption`, `ask`): [`Response::text`] and [`Response::output_token_ids`].
+    #[default]
+    Generate,
+    /// Score each answer choice by log-likelihood instead of generating (`ask
+    /// --score-choices`): [`Response::choice_logprobs`].
+    ScoreChoices(Vec<String>),
+    /// Keep the intermediate tensors ([`Response::inspection`], `auris inspect`), then stop
+    /// at the prompt logits, or with `generate` go on as [`Task::Generate`] does.
+    Inspect {
+        /// Generate after the prompt too.
+        generate: bool,
+    },
+}
+
+impl Task {
+    /// True for [`Task::Inspect`]: the run keeps the intermediate tensors.
+    pub fn inspects(&self) -> bool {
+        matches!(self, Task::Inspect { .. })
+    }
 }
 
 /// Stage timings of one request, in milliseconds.
@@ -279,11 +299,11 @@ pub struct Response {
     pub text: String,
     /// The stop id that ended generation, if any.
     pub stopped_on: Option<u32>,
-    /// Log-likelihood of each answer choice, when scored.
+    /// Log-likelihood of each answer choice: `Some` for [`Task::ScoreChoices`].
     pub choice_logprobs: Option<Vec<f32>>,
     /// Stage timings.
     pub timings: Timings,
-    /// Intermediate tensors, when asked for.
+    /// Intermediate tensors: `Some` for [`Task::Inspect`].
     pub inspection: Option<Inspection>,
     /// The policy applied (its keep ratio lowered when the context asked for it).
     pub policy: Policy,
@@ -712,14 +732,23 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
-        if !request.inspect {
-            return self.run_streamed(request, on_token);
+        match request.task {
+            Task::Generate | Task::ScoreChoices(_) => self.run_streamed(request, on_token),
+            Task::Inspect { .. } => self.run_inspected(request, on_token),
         }
+    }
+
+    /// [`Pipeline::run`] keeping the whole audio and its encoder output, which the
+    /// inspection reports (with the attention scores whatever the policy).
+    fn run_inspected(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
         let audio = self.load_audio(&request.audio)?;
         let plan = self.plan(request, &audio_token_counts(&audio))?;
         let start = Instant::now();
-        let want_scores = request.inspect || !matches!(plan.policy.strategy, Strategy::None);
-        let encoded = self.encode(&audio, want_scores)?;
+        let encoded = self.encode(&audio, true)?;
         self.run_planned(request, &audio, &encoded, ms(start), plan, on_token)
     }
 
@@ -784,7 +813,7 @@ impl Pipeline {
 
     /// The rest of a request once its audio tokens are selected: projection, prompt merge,
     /// prefill and generation. `inspect` is the audio and its encoder output, which
-    /// `request.inspect` needs.
+    /// [`Task::Inspect`] needs.
     fn run_selected(
         &self,
         request: &Request,
@@ -820,11 +849,11 @@ impl Pipeline {
         let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
         // On long audio the projected rows and the prompt embeddings are hundreds of MB: each
         // goes as soon as nothing reads it.
-        let projected = request.inspect.then_some(projected);
+        let projected = request.task.inspects().then_some(projected);
 
         let start = Instant::now();
         let mut cache = self.decoder.new_cache();
-        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.inspect)?;
+        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.task.inspects())?;
         drop(embeds);
         timings.prefill = ms(start);
 
@@ -862,8 +891,8 @@ impl Pipeline {
         self.answer(request, response, &mut cache, &logits, on_token)
     }
 
-    /// Completes `response` after the prefill: nothing more (`prompt_only`), the choices'
-    /// log-likelihoods, or the generated text.
+    /// Completes `response` after the prefill as `request.task` asks: nothing more (an
+    /// inspection without generation), the choices' log-likelihoods, or the generated text.
     fn answer(
         &self,
         request: &Request,
@@ -872,15 +901,29 @@ impl Pipeline {
         logits: &Tensor,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        if request.prompt_only {
-            return Ok(response);
+        match &request.task {
+            Task::Inspect { generate: false } => Ok(response),
+            Task::ScoreChoices(choices) => {
+                let start = Instant::now();
+                response.choice_logprobs = Some(self.score_choices(cache, logits, choices)?);
+                response.timings.generate = ms(start);
+                Ok(response)
+            }
+            Task::Generate | Task::Inspect { generate: true } => {
+                self.generate_text(request, response, cache, logits, on_token)
+            }
         }
-        if let Some(choices) = &request.score_choices {
-            let start = Instant::now();
-            response.choice_logprobs = Some(self.score_choices(cache, logits, choices)?);
-            response.timings.generate = ms(start);
-            return Ok(response);
-        }
+    }
+
+    /// Generates after the prompt and puts the text and ids into `response`.
+    fn generate_text(
+        &self,
+        request: &Request,
+        mut response: Response,
+        cache: &mut KvCache,
+        logits: &Tensor,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
         let generation = self.generate(
             cache,
             logits,

@@ -36,9 +36,11 @@ pub(super) fn run(
         prompt: spec,
         policy,
         generate: generate_options(p, &common.generation)?,
-        score_choices: score_choices.then(|| choices.to_vec()),
-        inspect: false,
-        prompt_only: false,
+        task: if score_choices {
+            Task::ScoreChoices(choices.to_vec())
+        } else {
+            Task::Generate
+        },
         context: common.prune.context(),
     };
     let r = match p.run(&request, &mut |_| true) {

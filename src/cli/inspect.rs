@@ -13,9 +13,7 @@ pub(super) fn run(audio: PathBuf, out: &std::path::Path, common: &Common) -> Res
         prompt: prompt_spec(&common.prompt, p.default_caption_instruction()),
         policy,
         generate: generate_options(p, &common.generation)?,
-        score_choices: None,
-        inspect: true,
-        prompt_only: true,
+        task: Task::Inspect { generate: false },
         context: common.prune.context(),
     };
     let r = match p.run(&request, &mut |_| true) {

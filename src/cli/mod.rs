@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use auris::checkpoint::ModelSource;
 use auris::pipeline::Response;
 use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
-use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Weights};
+use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Task, Weights};
 use auris_llm::WeightFormat;
 use candle_core::{DType, Device};
 use clap::Parser;
