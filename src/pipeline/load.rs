@@ -199,35 +199,8 @@ impl Pipeline {
         let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
         let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
         check_front_end(&mel_config, &config.audio_config)?;
-        let tokenizer =
-            Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
-                context: format!("loading {}", files.tokenizer.display()),
-                source,
-            })?;
-        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)
-            .map_err(|e| match e {
-                Error::MissingToken { token } => Error::BadFile {
-                    path: files.tokenizer.clone(),
-                    reason: format!("no {token} token: an audio model's tokenizer needs the audio special tokens"),
-                },
-                e => e,
-            })?;
-        let own_template = ChatTemplate::from_model_files(
-            files.chat_template.as_deref(),
-            files.processor_config.as_deref(),
-            files.tokenizer_config.as_deref(),
-        )?;
-        let chat_template = match opts.prompt_format {
-            PromptFormat::Base => None,
-            PromptFormat::Chat => {
-                Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
-            }
-            PromptFormat::Auto => own_template.or_else(|| {
-                let instruct = name.to_lowercase().contains("instruct")
-                    && tokenizer.token_to_id("<|im_start|>").is_some();
-                instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
-            }),
-        };
+        let (tokenizer, special) = load_tokenizer(files, config.audio_token_index)?;
+        let chat_template = chat_template(files, opts.prompt_format, name, &tokenizer)?;
 
         let store = WeightStore::open_model(files)?;
         let infos = store.infos();
@@ -253,17 +226,7 @@ impl Pipeline {
             config.text_config.hidden_size,
             vb.pp("multi_modal_projector"),
         )?;
-        let llm_vb = store
-            .var_builder(place.llm_read, &opts.device)
-            .pp("language_model");
-        let decoder = match place.llm_format {
-            None => Qwen2Decoder::load(&config.text_config, llm_vb)?,
-            Some(weights) => Qwen2Decoder::load_with(
-                &config.text_config,
-                llm_vb,
-                &auris_llm::LoadOptions { weights },
-            )?,
-        };
+        let decoder = load_decoder(&config, &store, &place, &opts.device)?;
         store.check_coverage(&["language_model.lm_head.weight"])?;
 
         let stop_ids = stop_ids(&generation, &config, &tokenizer);
@@ -283,6 +246,74 @@ impl Pipeline {
             name: name.to_string(),
         })
     }
+}
+
+/// The tokenizer and the ids of its audio special tokens (a tokenizer without them is not an
+/// audio model's).
+fn load_tokenizer(
+    files: &ModelFiles,
+    audio_token_index: u32,
+) -> Result<(Tokenizer, SpecialTokens), Error> {
+    let tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
+        context: format!("loading {}", files.tokenizer.display()),
+        source,
+    })?;
+    let special =
+        SpecialTokens::from_tokenizer(&tokenizer, audio_token_index).map_err(|e| match e {
+            Error::MissingToken { token } => Error::BadFile {
+                path: files.tokenizer.clone(),
+                reason: format!(
+                    "no {token} token: an audio model's tokenizer needs the audio special tokens"
+                ),
+            },
+            e => e,
+        })?;
+    Ok((tokenizer, special))
+}
+
+/// The chat template `format` asks for: the model's own, else the built-in one (always for
+/// [`PromptFormat::Chat`]; under [`PromptFormat::Auto`] for a model named `*instruct*` whose
+/// tokenizer has `<|im_start|>`); `None` means the base prompt.
+fn chat_template(
+    files: &ModelFiles,
+    format: PromptFormat,
+    name: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Option<ChatTemplate>, Error> {
+    let own_template = ChatTemplate::from_model_files(
+        files.chat_template.as_deref(),
+        files.processor_config.as_deref(),
+        files.tokenizer_config.as_deref(),
+    )?;
+    Ok(match format {
+        PromptFormat::Base => None,
+        PromptFormat::Chat => {
+            Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
+        }
+        PromptFormat::Auto => own_template.or_else(|| {
+            let instruct = name.to_lowercase().contains("instruct")
+                && tokenizer.token_to_id("<|im_start|>").is_some();
+            instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
+        }),
+    })
+}
+
+/// The language model, its weights read and kept as `place` says.
+fn load_decoder(
+    config: &ModelConfig,
+    store: &WeightStore,
+    place: &Placement,
+    device: &Device,
+) -> Result<Qwen2Decoder, Error> {
+    let vb = store
+        .var_builder(place.llm_read, device)
+        .pp("language_model");
+    Ok(match place.llm_format {
+        None => Qwen2Decoder::load(&config.text_config, vb)?,
+        Some(weights) => {
+            Qwen2Decoder::load_with(&config.text_config, vb, &auris_llm::LoadOptions { weights })?
+        }
+    })
 }
 
 /// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s

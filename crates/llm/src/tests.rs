@@ -131,7 +131,8 @@ fn to_vec1(t: &Tensor) -> Vec<f64> {
 
 /// A scalar, f64, loop-per-formula transcription of `Qwen2ForCausalLM` for one sequence
 /// (no cache), to check the tensor code's layouts: weight orientation, RoPE halves, GQA head
-/// mapping, mask and norm placement.
+/// mapping, mask and norm placement. One function on purpose (over 80 lines): it reads top to
+/// bottom as the model's formulas and shares no helper with the code it checks.
 fn naive_logits(cfg: &Qwen2Config, w: &HashMap<String, Tensor>, xs: &Tensor) -> Vec<Vec<f64>> {
     let get2 = |n: &str| to_vec2(&w[&format!("{PREFIX}.{n}")]);
     let get1 = |n: &str| to_vec1(&w[&format!("{PREFIX}.{n}")]);
