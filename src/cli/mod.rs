@@ -438,6 +438,15 @@ fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, 
     result
 }
 
+/// Runs `request` to the end; a failure is reported as [`report_failure`] does and gives
+/// `None`.
+fn run_or_report(p: &Pipeline, request: &Request, json: bool) -> Result<Option<Response>> {
+    match p.run(request, &mut |_| true) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => report_failure(&request.audio, &e, json).map(|()| None),
+    }
+}
+
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
     let message = err.to_string();
     // Audio errors name the file themselves.

@@ -504,32 +504,20 @@ impl Pipeline {
                 Ok(response)
             }
             Task::Generate | Task::Inspect { generate: true } => {
-                self.generate_text(request, response, cache, logits, on_token)
+                let generation = self.generate(
+                    cache,
+                    logits,
+                    &response.prompt_token_ids,
+                    &request.generate,
+                    on_token,
+                    &mut response.timings,
+                )?;
+                response.text = self.decode(&generation.tokens)?;
+                response.output_token_ids = generation.tokens;
+                response.stopped_on = generation.stopped_on;
+                Ok(response)
             }
         }
-    }
-
-    /// Generates after the prompt and puts the text and ids into `response`.
-    fn generate_text(
-        &self,
-        request: &Request,
-        mut response: Response,
-        cache: &mut KvCache,
-        logits: &Tensor,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
-        let generation = self.generate(
-            cache,
-            logits,
-            &response.prompt_token_ids,
-            &request.generate,
-            on_token,
-            &mut response.timings,
-        )?;
-        response.text = self.decode(&generation.tokens)?;
-        response.output_token_ids = generation.tokens;
-        response.stopped_on = generation.stopped_on;
-        Ok(response)
     }
 
     /// Runs the prompt `embeds` through the decoder into `cache`: the logits at the last
@@ -609,12 +597,7 @@ impl Pipeline {
 
     /// Detokenizes, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|source| Error::Tokenizer {
-                context: "decoding token ids".to_string(),
-                source,
-            })
+        decode_ids(&self.tokenizer, ids)
     }
 
     /// Log-likelihood of each choice's continuation `"(L) text"` after the prompt, reusing the
@@ -723,6 +706,16 @@ struct Plan {
     context: ContextUse,
 }
 
+/// Detokenizes `ids` with `tokenizer`, skipping special tokens.
+fn decode_ids(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, Error> {
+    tokenizer
+        .decode(ids, true)
+        .map_err(|source| Error::Tokenizer {
+            context: "decoding token ids".to_string(),
+            source,
+        })
+}
+
 /// Turns generated ids into text pieces as they arrive, holding back a piece while it ends in
 /// an incomplete UTF-8 sequence (a byte-level BPE token can carry part of a character).
 pub struct TextStream<'a> {
@@ -744,13 +737,7 @@ impl<'a> TextStream<'a> {
     /// Adds one id; returns the new text, if any is complete.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, Error> {
         self.ids.push(id);
-        let text = self
-            .tokenizer
-            .decode(&self.ids, true)
-            .map_err(|source| Error::Tokenizer {
-                context: "decoding token ids".to_string(),
-                source,
-            })?;
+        let text = decode_ids(self.tokenizer, &self.ids)?;
         if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
             return Ok(None);
         }
