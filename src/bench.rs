@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::budget::ContextFit;
-use crate::pipeline::{Pipeline, PromptSpec, Request, Timings};
+use crate::pipeline::{Pipeline, PromptSpec, Request, Task, Timings};
 use crate::Error;
 
 /// What to measure.
@@ -279,9 +279,7 @@ fn requests(opts: &BenchOptions) -> Result<Vec<Request>, Error> {
                 prompt: opts.prompt.clone(),
                 policy,
                 generate: generate.clone(),
-                score_choices: None,
-                inspect: false,
-                prompt_only: false,
+                task: Task::Generate,
                 context: ContextFit::default(),
             })
         })
@@ -342,6 +340,40 @@ fn measure(
     Ok(m)
 }
 
+/// The report of each keep ratio from its samples; `peak` is the FMA peak in GFLOP/s.
+fn keep_reports(
+    text: &Qwen2Config,
+    requests: &[Request],
+    per_keep: Vec<KeepSamples>,
+    peak: f64,
+) -> Vec<KeepReport> {
+    requests
+        .iter()
+        .map(|r| r.policy)
+        .zip(per_keep)
+        .map(|(policy, s)| {
+            let flop = prefill_flop(text, s.prompt_tokens);
+            let prefill = Stat::of(s.prefill);
+            let (gflops, pct) = achieved(flop, prefill.min_ms, peak);
+            KeepReport {
+                keep: policy.keep,
+                strategy: policy.strategy.name().to_string(),
+                n_audio_tokens: s.n_audio_tokens,
+                n_kept: s.n_kept,
+                prompt_tokens: s.prompt_tokens,
+                select_project: Stat::of(s.select_project),
+                prefill,
+                ttft: Stat::of(s.ttft),
+                e2e: Stat::of(s.e2e),
+                decode_tok_s: Stat::of(s.tok_s).median_ms,
+                prefill_gflop: flop / 1e9,
+                prefill_gflops: gflops,
+                prefill_peak_pct: pct,
+            }
+        })
+        .collect()
+}
+
 /// Runs the benchmark and reports progress on stderr through `log`.
 pub fn run(
     pipeline: &Pipeline,
@@ -373,31 +405,7 @@ pub fn run(
     let (peak_flops, fma_level) = auris_kernels::peak::fma_peak_flops(20_000_000, 3);
     let peak = peak_flops / 1e9;
     let cfg = pipeline.config();
-    let keeps = requests
-        .iter()
-        .map(|r| r.policy)
-        .zip(per_keep)
-        .map(|(policy, s)| {
-            let flop = prefill_flop(&cfg.text_config, s.prompt_tokens);
-            let prefill = Stat::of(s.prefill);
-            let (gflops, pct) = achieved(flop, prefill.min_ms, peak);
-            KeepReport {
-                keep: policy.keep,
-                strategy: policy.strategy.name().to_string(),
-                n_audio_tokens: s.n_audio_tokens,
-                n_kept: s.n_kept,
-                prompt_tokens: s.prompt_tokens,
-                select_project: Stat::of(s.select_project),
-                prefill,
-                ttft: Stat::of(s.ttft),
-                e2e: Stat::of(s.e2e),
-                decode_tok_s: Stat::of(s.tok_s).median_ms,
-                prefill_gflop: flop / 1e9,
-                prefill_gflops: gflops,
-                prefill_peak_pct: pct,
-            }
-        })
-        .collect();
+    let keeps = keep_reports(&cfg.text_config, &requests, per_keep, peak);
     let encoder_flops = encoder_flop(&cfg.audio_config, &window_tokens);
     let (encoder_gflops, encoder_peak_pct) = achieved(encoder_flops, encoder.min_ms, peak);
     Ok(BenchReport {

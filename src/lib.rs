@@ -27,7 +27,7 @@ pub mod whisper;
 use std::path::Path;
 
 pub use error::Error;
-pub use pipeline::{LoadOptions, Pipeline, PromptSpec, Request, Response, Weights};
+pub use pipeline::{LoadOptions, Pipeline, PromptSpec, Request, Response, Task, Weights};
 
 /// Default cap on generated tokens.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
@@ -55,9 +55,7 @@ pub fn caption(
             keep: 1.0,
         },
         generate,
-        score_choices: None,
-        inspect: false,
-        prompt_only: false,
+        task: pipeline::Task::Generate,
         context: budget::ContextFit::default(),
     };
     pipeline.run(&request, &mut |_| true)

@@ -32,21 +32,19 @@ pub(super) fn run(
         },
     };
     let request = Request {
-        audio: audio.clone(),
+        audio,
         prompt: spec,
         policy,
         generate: generate_options(p, &common.generation)?,
-        score_choices: score_choices.then(|| choices.to_vec()),
-        inspect: false,
-        prompt_only: false,
+        task: if score_choices {
+            Task::ScoreChoices(choices.to_vec())
+        } else {
+            Task::Generate
+        },
         context: common.prune.context(),
     };
-    let r = match p.run(&request, &mut |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            report_failure(&audio, &e, common.json)?;
-            return Ok(ExitCode::from(1));
-        }
+    let Some(r) = run_or_report(p, &request, common.json)? else {
+        return Ok(ExitCode::from(1));
     };
     log_done(&session, &r);
     let answer = match &r.choice_logprobs {

@@ -17,9 +17,7 @@ pub(super) fn run(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
             prompt: spec.clone(),
             policy,
             generate: generate.clone(),
-            score_choices: None,
-            inspect: false,
-            prompt_only: false,
+            task: Task::Generate,
             context: common.prune.context(),
         };
         let result = if common.json {

@@ -9,21 +9,15 @@ pub(super) fn run(audio: PathBuf, out: &std::path::Path, common: &Common) -> Res
     let session = load(&common.model, common.prompt.prompt_format, common.quiet)?;
     let p = &session.pipeline;
     let request = Request {
-        audio: audio.clone(),
+        audio,
         prompt: prompt_spec(&common.prompt, p.default_caption_instruction()),
         policy,
         generate: generate_options(p, &common.generation)?,
-        score_choices: None,
-        inspect: true,
-        prompt_only: true,
+        task: Task::Inspect { generate: false },
         context: common.prune.context(),
     };
-    let r = match p.run(&request, &mut |_| true) {
-        Ok(r) => r,
-        Err(e) => {
-            report_failure(&audio, &e, common.json)?;
-            return Ok(ExitCode::from(1));
-        }
+    let Some(r) = run_or_report(p, &request, common.json)? else {
+        return Ok(ExitCode::from(1));
     };
     let inspection = r
         .inspection

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use auris::checkpoint::ModelSource;
 use auris::pipeline::Response;
 use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
-use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Weights};
+use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Task, Weights};
 use auris_llm::WeightFormat;
 use candle_core::{DType, Device};
 use clap::Parser;
@@ -436,6 +436,15 @@ fn stream_run(p: &Pipeline, request: &Request) -> std::result::Result<Response, 
         let _ = writeln!(stdout);
     }
     result
+}
+
+/// Runs `request` to the end; a failure is reported as [`report_failure`] does and gives
+/// `None`.
+fn run_or_report(p: &Pipeline, request: &Request, json: bool) -> Result<Option<Response>> {
+    match p.run(request, &mut |_| true) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => report_failure(&request.audio, &e, json).map(|()| None),
+    }
 }
 
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {

@@ -19,7 +19,7 @@ use super::report::AsrReport;
 use super::wer::ErrorCount;
 use auris::pipeline::select_tokens;
 use auris::Error;
-use auris_whisper::Transcriber;
+use auris_whisper::{EncodedClip, Transcriber};
 
 /// One clip of the speech set: a line of the JSON Lines manifest.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,14 +88,12 @@ fn keep_label(keep: f32) -> String {
     format!("{keep}")
 }
 
-/// Runs the evaluation over `clips`.
-pub(crate) fn asr_pruning(
-    model: &Transcriber,
-    clips: &[ManifestEntry],
-    opts: &AsrEvalOptions,
-) -> Result<AsrReport, Error> {
-    let start = Instant::now();
-    let policies: Vec<(String, String, Policy)> = opts
+/// A policy with the strategy name and keep label it is reported under.
+type Labelled = (String, String, Policy);
+
+/// Every strategy at every keep ratio.
+fn policy_grid(opts: &AsrEvalOptions) -> Result<Vec<Labelled>, Error> {
+    Ok(opts
         .strategies
         .iter()
         .flat_map(|s| {
@@ -103,16 +101,11 @@ pub(crate) fn asr_pruning(
                 .iter()
                 .map(move |&k| Policy::new(*s, k).map(|p| (s.name().to_string(), keep_label(k), p)))
         })
-        .collect::<Result<_, _>>()?;
-    let mut details = match &opts.details {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?,
-        )),
-        None => None,
-    };
+        .collect::<Result<_, _>>()?)
+}
+
+/// A report with no clip counted yet.
+fn empty_report(opts: &AsrEvalOptions) -> AsrReport {
     let mut report = AsrReport {
         clips: 0,
         words: 0,
@@ -131,15 +124,65 @@ pub(crate) fn asr_pruning(
     };
     report.parameters["scope"] = json!(opts.scope.name());
     report.parameters["max_new_tokens"] = json!(opts.max_new_tokens);
+    report
+}
+
+/// The per-clip JSON Lines file of `--details`.
+struct Details {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Details {
+    /// Creates the file at `path`, when there is one.
+    fn create(path: Option<&Path>) -> Result<Option<Self>, Error> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let file = std::fs::File::create(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::new(file),
+        }))
+    }
+
+    /// Writes one clip's record as a line.
+    fn write(&mut self, record: &Value) -> Result<(), Error> {
+        writeln!(self.out, "{record}").map_err(|source| self.io_error(source))
+    }
+
+    /// Flushes what is still buffered.
+    fn finish(mut self) -> Result<(), Error> {
+        self.out.flush().map_err(|source| self.io_error(source))
+    }
+
+    fn io_error(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Runs the evaluation over `clips`.
+pub(crate) fn asr_pruning(
+    model: &Transcriber,
+    clips: &[ManifestEntry],
+    opts: &AsrEvalOptions,
+) -> Result<AsrReport, Error> {
+    let start = Instant::now();
+    let policies = policy_grid(opts)?;
+    let mut details = Details::create(opts.details.as_deref())?;
+    let mut report = empty_report(opts);
     let clips = &clips[..opts.limit.unwrap_or(clips.len()).min(clips.len())];
     let bar = super::progress_bar(clips.len(), opts.progress, "clips");
     for clip in clips {
         bar.inc(1);
-        let (encoded, samples, duration_s) = match model.encode_file(&clip.audio) {
-            Ok(e) => {
-                let seconds = e.seconds();
-                (e.output, e.samples, seconds)
-            }
+        let encoded = match model.encode_file(&clip.audio) {
+            Ok(e) => e,
             Err(e) => {
                 if opts.progress {
                     bar.suspend(|| eprintln!("auris: skipping {}: {e}", clip.audio.display()));
@@ -148,56 +191,15 @@ pub(crate) fn asr_pruning(
                 continue;
             }
         };
-        // All transcriptions of the clip in one batch: one pass over the weights per step.
-        let audio_frames = match opts.scope {
-            PruneScope::Window => None,
-            PruneScope::Audio => Some(audio_positions(samples)),
-        };
-        let mut frames = vec![encoded.hidden.clone()];
-        for (_, _, policy) in &policies {
-            frames.push(prune_frames(&encoded, policy, audio_frames)?);
-        }
-        let mut transcripts = model
-            .transcribe_batch(&frames, opts.max_new_tokens)?
-            .into_iter();
-        let full = transcripts.next().ok_or(Error::Invariant(
-            "a batch of transcriptions came back empty",
-        ))?;
-        let none = ErrorCount::of(&clip.text, &full.text);
-        report.none.add(none);
-        let mut record = json!({
-            "audio": clip.audio,
-            "reference": clip.text,
-            "none": {"text": full.text, "errors": none.errors},
-        });
-        for ((name, keep, _), t) in policies.iter().zip(transcripts) {
-            let count = ErrorCount::of(&clip.text, &t.text);
-            report
-                .pruned
-                .entry(name.clone())
-                .or_default()
-                .entry(keep.clone())
-                .or_default()
-                .add(count);
-            record[format!("{name}@{keep}")] = json!({"text": t.text, "errors": count.errors});
-        }
-        report.clips += 1;
-        report.words += none.words;
-        report.audio_s += duration_s;
-        if let Some(out) = details.as_mut() {
-            writeln!(out, "{record}").map_err(|source| Error::Io {
-                path: opts.details.clone().unwrap_or_default(),
-                source,
-            })?;
+        let record = transcribe_clip(model, clip, &encoded, &policies, opts, &mut report)?;
+        if let Some(details) = details.as_mut() {
+            details.write(&record)?;
         }
         bar.set_message(format!("running WER none {:.3}", report.none.rate()));
     }
     bar.finish_and_clear();
-    if let Some(mut out) = details {
-        out.flush().map_err(|source| Error::Io {
-            path: opts.details.clone().unwrap_or_default(),
-            source,
-        })?;
+    if let Some(details) = details {
+        details.finish()?;
     }
     if report.clips == 0 {
         return Err(Error::Usage(format!(
@@ -207,6 +209,55 @@ pub(crate) fn asr_pruning(
     }
     report.runtime_s = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Transcribes one encoded clip from all its frames and from those each policy keeps, adds
+/// the errors to `report` and returns the clip's record for `--details`.
+fn transcribe_clip(
+    model: &Transcriber,
+    clip: &ManifestEntry,
+    encoded: &EncodedClip,
+    policies: &[Labelled],
+    opts: &AsrEvalOptions,
+    report: &mut AsrReport,
+) -> Result<Value, Error> {
+    // All transcriptions of the clip in one batch: one pass over the weights per step.
+    let audio_frames = match opts.scope {
+        PruneScope::Window => None,
+        PruneScope::Audio => Some(audio_positions(encoded.samples)),
+    };
+    let mut frames = vec![encoded.output.hidden.clone()];
+    for (_, _, policy) in policies {
+        frames.push(prune_frames(&encoded.output, policy, audio_frames)?);
+    }
+    let mut transcripts = model
+        .transcribe_batch(&frames, opts.max_new_tokens)?
+        .into_iter();
+    let full = transcripts.next().ok_or(Error::Invariant(
+        "a batch of transcriptions came back empty",
+    ))?;
+    let none = ErrorCount::of(&clip.text, &full.text);
+    report.none.add(none);
+    let mut record = json!({
+        "audio": clip.audio,
+        "reference": clip.text,
+        "none": {"text": full.text, "errors": none.errors},
+    });
+    for ((name, keep, _), t) in policies.iter().zip(transcripts) {
+        let count = ErrorCount::of(&clip.text, &t.text);
+        report
+            .pruned
+            .entry(name.clone())
+            .or_default()
+            .entry(keep.clone())
+            .or_default()
+            .add(count);
+        record[format!("{name}@{keep}")] = json!({"text": t.text, "errors": count.errors});
+    }
+    report.clips += 1;
+    report.words += none.words;
+    report.audio_s += encoded.seconds();
+    Ok(record)
 }
 
 /// The frames a policy keeps (VisionZip: dominant frames plus merged contextual ones).

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use auris::pipeline::AudioInput;
-use auris::{Error, Pipeline, PromptSpec, Request};
+use auris::{Error, Pipeline, PromptSpec, Request, Task};
 use auris_audio::encoder::EncoderOutput;
 use auris_llm::GenerateOptions;
 use auris_prune::{Policy, Strategy};
@@ -409,9 +409,11 @@ fn predict(
         prompt: item.prompt.clone(),
         policy: config.policy,
         generate: opts.generate.clone(),
-        score_choices: (opts.mode == Mode::ScoreChoices).then(|| item.choices.clone()),
-        inspect: false,
-        prompt_only: false,
+        task: if opts.mode == Mode::ScoreChoices {
+            Task::ScoreChoices(item.choices.clone())
+        } else {
+            Task::Generate
+        },
         // An item too long for the model's context is an error, as in `auris ask`.
         context: Default::default(),
     };

@@ -1,6 +1,8 @@
 //! Chat requests: a conversation with any number of audio inputs, in order, rendered through
 //! the model's chat template (what `auris serve` runs for `/v1/chat/completions`).
 
+use auris_prune::Strategy;
+
 use super::*;
 
 /// A conversation to answer. Each [`Part::Audio`] of `messages`, in order, stands for the

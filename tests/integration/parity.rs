@@ -4,7 +4,7 @@
 //! 1e-4 of the reference's largest magnitude; attention scores within 1e-5 absolute (they are
 //! probabilities of about 1/T1); greedy ids identical.
 
-use auris::pipeline::{PromptSpec, Request};
+use auris::pipeline::{PromptSpec, Request, Task};
 use auris_audio::encoder::{EncodeOptions, EncoderMode};
 use auris_prune::{Policy, Remainder, Strategy};
 use candle_core::{Device, Tensor};
@@ -26,9 +26,7 @@ fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
         prompt: PromptSpec::Raw(case.json["prompt"].as_str().unwrap().to_string()),
         policy,
         generate,
-        score_choices: None,
-        inspect: true,
-        prompt_only: false,
+        task: Task::Inspect { generate: true },
         context: Default::default(),
     }
 }
@@ -153,7 +151,7 @@ fn long_audio_first_window_matches_reference_and_keeps_every_window() {
     );
     // The whole file goes to the model: one placeholder span of 750 + 300 tokens.
     let mut req = greedy_request(&p, &case, no_pruning());
-    req.prompt_only = true;
+    req.task = Task::Inspect { generate: false };
     let r = p.run(&req, &mut |_| true).unwrap();
     assert_eq!(r.n_audio_tokens, 1050);
     let audio_id = case.json["audio_token_id"].as_u64().unwrap() as u32;
@@ -335,7 +333,7 @@ fn choice_scores_match_reference() {
         })
         .collect();
     let mut req = greedy_request(&p, &case, no_pruning());
-    req.score_choices = Some(choices);
+    req.task = Task::ScoreChoices(choices);
     let r = p.run(&req, &mut |_| true).unwrap();
     let ours = r.choice_logprobs.unwrap();
     let theirs: Vec<f32> = case.json["choice_logprobs"]

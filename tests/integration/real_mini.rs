@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use auris::checkpoint::ModelSource;
-use auris::pipeline::{PromptSpec, Request};
+use auris::pipeline::{PromptSpec, Request, Task};
 use auris::{LoadOptions, Pipeline};
 use auris_prune::{Policy, Strategy};
 use candle_core::{Device, Tensor};
@@ -104,9 +104,7 @@ fn real_mini_matches_transformers_on_librivox() {
                 keep: 1.0,
             },
             generate,
-            score_choices: None,
-            inspect: true,
-            prompt_only: false,
+            task: Task::Inspect { generate: true },
             context: Default::default(),
         };
         let r = p.run(&request, &mut |_| true).unwrap();

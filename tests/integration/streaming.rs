@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use auris::pipeline::{PromptSpec, Request, Response};
+use auris::pipeline::{PromptSpec, Request, Response, Task};
 use auris::Pipeline;
 use auris_prune::{Policy, Remainder, Strategy};
 
@@ -58,9 +58,7 @@ fn request(p: &Pipeline, audio: &Path, policy: Policy) -> Request {
         },
         policy,
         generate,
-        score_choices: None,
-        inspect: false,
-        prompt_only: false,
+        task: Task::Generate,
         context: Default::default(),
     }
 }

@@ -112,6 +112,13 @@ fn try_load(
     Qwen2Decoder::load(cfg, vb.pp(PREFIX))
 }
 
+/// The tiny configuration and a model of it in f32, its weights drawn from `seed`.
+fn tiny_model(seed: u64) -> (Qwen2Config, Qwen2Decoder) {
+    let cfg = tiny_cfg();
+    let model = load(&cfg, &weights(&cfg, seed), DType::F32);
+    (cfg, model)
+}
+
 fn embeds(cfg: &Qwen2Config, b: usize, s: usize, seed: u64) -> Tensor {
     Rng(seed | 1).tensor(&[b, s, cfg.hidden_size], 1.0, 0.0)
 }
@@ -131,7 +138,8 @@ fn to_vec1(t: &Tensor) -> Vec<f64> {
 
 /// A scalar, f64, loop-per-formula transcription of `Qwen2ForCausalLM` for one sequence
 /// (no cache), to check the tensor code's layouts: weight orientation, RoPE halves, GQA head
-/// mapping, mask and norm placement.
+/// mapping, mask and norm placement. One function on purpose (over 80 lines): it reads top to
+/// bottom as the model's formulas and shares no helper with the code it checks.
 fn naive_logits(cfg: &Qwen2Config, w: &HashMap<String, Tensor>, xs: &Tensor) -> Vec<Vec<f64>> {
     let get2 = |n: &str| to_vec2(&w[&format!("{PREFIX}.{n}")]);
     let get1 = |n: &str| to_vec1(&w[&format!("{PREFIX}.{n}")]);
@@ -343,8 +351,7 @@ fn matches_naive_with_sliding_window_and_explicit_head_dim() {
 
 #[test]
 fn prefill_plus_decode_equals_full_forward() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 3), DType::F32);
+    let (cfg, model) = tiny_model(3);
     let xs = embeds(&cfg, 1, 9, 13);
     let full = model.forward_embeds(&xs, &mut model.new_cache()).unwrap();
     assert_eq!(full.dims(), &[1, cfg.vocab_size]);
@@ -374,8 +381,7 @@ fn prefill_plus_decode_equals_full_forward() {
 
 #[test]
 fn all_positions_agree_with_last_position() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 4), DType::F32);
+    let (cfg, model) = tiny_model(4);
     let xs = embeds(&cfg, 1, 5, 14);
     let all = model
         .forward_embeds_all(&xs, &mut model.new_cache())
@@ -391,8 +397,7 @@ fn all_positions_agree_with_last_position() {
 
 #[test]
 fn truncate_and_clone_reuse_the_prompt() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 5), DType::F32);
+    let (cfg, model) = tiny_model(5);
     let prompt = embeds(&cfg, 1, 6, 15);
     let cont_a = embeds(&cfg, 1, 3, 16);
     let cont_b = embeds(&cfg, 1, 2, 17);
@@ -423,8 +428,7 @@ fn truncate_and_clone_reuse_the_prompt() {
 
 #[test]
 fn batch_rows_are_independent() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 6), DType::F32);
+    let (cfg, model) = tiny_model(6);
     let xs = embeds(&cfg, 2, 4, 18);
     let mut cache = model.new_cache();
     let both = model.forward_embeds(&xs, &mut cache).unwrap();
@@ -564,8 +568,7 @@ fn every_listed_tensor_is_read_and_exists() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 11), DType::F32);
+    let (cfg, model) = tiny_model(11);
     let mut cache = model.new_cache();
     let wrong_width = Tensor::zeros((1, 2, 5), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(
@@ -664,8 +667,7 @@ fn naive_greedy(
 
 #[test]
 fn greedy_generate_matches_uncached_decoding() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 13), DType::F32);
+    let (_, model) = tiny_model(13);
     let ctx = [3u32, 7, 7, 1];
     let prompt = model
         .embed_tokens(&Tensor::new(&[ctx], &Device::Cpu).unwrap())
@@ -742,8 +744,7 @@ fn greedy_generate_matches_uncached_decoding() {
 
 #[test]
 fn sampled_generate_is_reproducible() {
-    let cfg = tiny_cfg();
-    let model = load(&cfg, &weights(&cfg, 14), DType::F32);
+    let (cfg, model) = tiny_model(14);
     let prompt = embeds(&cfg, 1, 3, 23);
     let opts = GenerateOptions {
         max_new_tokens: 10,
@@ -780,12 +781,7 @@ fn storage_cfg() -> Qwen2Config {
         vocab_size: 48,
         hidden_size: 64,
         intermediate_size: 96,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 128,
-        ..Default::default()
+        ..tiny_cfg()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use auris_llm::{generate, GenerateOptions, Qwen2Config, Qwen2Decoder, SamplingParams};
+use auris_llm::{generate, GenerateOptions, Generation, Qwen2Config, Qwen2Decoder, SamplingParams};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::Value;
@@ -137,6 +137,34 @@ fn prompt_embeds(f: &Fixture) -> (Vec<u32>, Tensor) {
     (input_ids, embeds)
 }
 
+/// Greedy generation after `embeds` with the case's `generation` settings (max new tokens,
+/// repetition penalty), stopping on `stop_ids`.
+fn greedy(
+    f: &Fixture,
+    embeds: &Tensor,
+    input_ids: &[u32],
+    generation: &Value,
+    stop_ids: Vec<u32>,
+) -> Generation {
+    let opts = GenerateOptions {
+        max_new_tokens: generation["max_new_tokens"].as_u64().unwrap() as usize,
+        stop_ids,
+        sampling: SamplingParams {
+            repetition_penalty: generation["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
+            ..Default::default()
+        },
+    };
+    generate(
+        &f.model,
+        &mut f.model.new_cache(),
+        embeds,
+        input_ids,
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap()
+}
+
 fn check_greedy(model: &str, case: &str) {
     let f = fixture(model, case);
     let (input_ids, embeds) = prompt_embeds(&f);
@@ -162,23 +190,13 @@ fn check_greedy(model: &str, case: &str) {
     );
 
     let generation = &f.case["generation"];
-    let opts = GenerateOptions {
-        max_new_tokens: generation["max_new_tokens"].as_u64().unwrap() as usize,
-        stop_ids: ids(&f.case["eos_token_ids"]),
-        sampling: SamplingParams {
-            repetition_penalty: generation["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-            ..Default::default()
-        },
-    };
-    let out = generate(
-        &f.model,
-        &mut f.model.new_cache(),
+    let out = greedy(
+        &f,
         &embeds,
         &input_ids,
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap();
+        generation,
+        ids(&f.case["eos_token_ids"]),
+    );
     assert_eq!(out.tokens, ids(&f.case["greedy_ids"]), "{model}/{case}");
     for (a, b) in out.margins.iter().zip(floats(&f.case["greedy_margins"])) {
         assert!(
@@ -264,23 +282,13 @@ fn tiny_chat_pruned_prompt_matches_transformers() {
         1,
     )
     .unwrap();
-    let opts = GenerateOptions {
-        max_new_tokens: f.case["generation"]["max_new_tokens"].as_u64().unwrap() as usize,
-        stop_ids: ids(&generation_config("tiny-chat")["eos_token_id"]),
-        sampling: SamplingParams {
-            repetition_penalty: f.case["generation"]["repetition_penalty"].as_f64().unwrap() as f32,
-            ..Default::default()
-        },
-    };
-    let out = generate(
-        &f.model,
-        &mut f.model.new_cache(),
+    let out = greedy(
+        &f,
         &embeds,
         &input_ids,
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap();
+        &f.case["generation"],
+        ids(&generation_config("tiny-chat")["eos_token_id"]),
+    );
     assert_eq!(out.tokens, ids(&f.case["pruned_greedy_ids"]));
     for (a, b) in out
         .margins

@@ -4,142 +4,44 @@
 //! [`Pipeline`] holds the loaded stages and no per-request state; each [`Request`] is run on its
 //! own KV cache. Data flows one way through the stages; shapes are checked between stages when
 //! the model is loaded.
+//!
+//! - `load`: [`LoadOptions`], [`Weights`], loading a checkpoint into a [`Pipeline`];
+//! - `request`: [`Request`] and its [`Task`], [`Response`], [`Timings`];
+//! - `tokens`: the encoder's output and scores -> the kept audio tokens ([`select_tokens`]);
+//! - `stream`: long audio one 30 s window at a time;
+//! - `chat`: conversations with any number of audio inputs ([`ChatRequest`]);
+//! - this module: the stages and the run of a request through them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use auris_audio::config::EncoderConfig;
 use auris_audio::encoder::{EncodeOptions, EncoderMode, EncoderOutput, Qwen2AudioEncoder};
-use auris_audio::{LogMel, MelConfig, MelExtractor};
-use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams, WeightFormat};
+use auris_audio::{LogMel, MelExtractor};
+use auris_llm::{GenerateOptions, KvCache, Qwen2Decoder, SamplingParams};
 use auris_projector::MultiModalProjector;
-use auris_prune::{Policy, Strategy, WindowInput};
+use auris_prune::Policy;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::budget::{ContextFit, ContextUse};
-use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
+use crate::budget::ContextUse;
 use crate::config::{GenerationConfig, ModelConfig};
-use crate::memory::{self, Placement};
-use crate::prompt::{
-    self, ChatTemplate, Message, Part, PromptFormat, SpecialTokens, AUDIO_TOKEN,
-    BUILTIN_CHAT_TEMPLATE,
-};
+use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens, AUDIO_TOKEN};
 use crate::Error;
 
 mod chat;
+mod load;
+mod request;
 mod stream;
+mod tokens;
 pub use chat::{ChatRequest, ChatResponse};
-pub use stream::TokenGatherer;
+pub use load::{LoadOptions, Weights, DEFAULT_CONTEXT};
+pub use request::{Inspection, PromptSpec, Request, Response, Task, Timings};
+pub use tokens::{select_tokens, AudioTokens, TokenGatherer};
 
 /// The instruction used by `caption` on a chat model when the user gives none.
 pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
 /// The instruction used by `caption` on a base model (the model card's captioning prompt).
 pub const DEFAULT_BASE_CAPTION: &str = "Generate the caption in English:";
-
-/// How to load a model.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Where the tensors live and the computation runs.
-    pub device: Device,
-    /// Compute dtype of the encoder and projector (f32 on CPU by default), and of the language
-    /// model under [`Weights::Compute`].
-    pub dtype: DType,
-    /// How the language model keeps its weights.
-    pub weights: Weights,
-    /// Show download progress on stderr.
-    pub progress: bool,
-    /// Chat template or base prompt.
-    pub prompt_format: PromptFormat,
-    /// Estimate the resident memory before reading any weight and fail with
-    /// [`Error::InsufficientMemory`] when it exceeds the memory available.
-    pub memory_check: bool,
-    /// Positions (prompt and generated tokens) the memory estimate reserves KV cache for.
-    pub context: usize,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            dtype: DType::F32,
-            weights: Weights::Checkpoint,
-            progress: false,
-            prompt_format: PromptFormat::Auto,
-            memory_check: true,
-            context: DEFAULT_CONTEXT,
-        }
-    }
-}
-
-/// The context [`LoadOptions::context`] assumes by default: one 30 s window of audio tokens,
-/// a prompt and [`crate::DEFAULT_MAX_NEW_TOKENS`] new tokens.
-pub const DEFAULT_CONTEXT: usize = 750 + 128 + crate::DEFAULT_MAX_NEW_TOKENS;
-
-/// How the language model keeps its weights; the encoder and projector always use
-/// [`LoadOptions::dtype`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Weights {
-    /// Converted to the compute dtype, which is also the dtype of every activation (the GPU
-    /// default, and `--dtype f32`).
-    Compute,
-    /// Kept in the checkpoint's precision (bf16 and f16 stay as they are on disk, anything
-    /// else becomes f32), computing in f32: the CPU default. No whole-model f32 copy.
-    Checkpoint,
-    /// Stored in the given format (bf16, f16, or quantised at load to q8_0, q4_0, q4_k),
-    /// computing in f32.
-    Format(WeightFormat),
-}
-
-impl Weights {
-    /// Where the language model's weights go for a checkpoint stored in `checkpoint` (the
-    /// dtype of its language-model tensors), with `compute` for the other stages.
-    pub fn placement(self, compute: DType, checkpoint: DType) -> Placement {
-        let (llm_read, llm_format) = match self {
-            Weights::Compute => (compute, None),
-            Weights::Checkpoint => match checkpoint {
-                DType::BF16 => (DType::BF16, Some(WeightFormat::Bf16)),
-                DType::F16 => (DType::F16, Some(WeightFormat::F16)),
-                _ => (DType::F32, Some(WeightFormat::F32)),
-            },
-            Weights::Format(f) => {
-                let read = match f {
-                    WeightFormat::F32 => DType::F32,
-                    WeightFormat::Bf16 => DType::BF16,
-                    WeightFormat::F16 => DType::F16,
-                    // Quantised straight from the checkpoint's own values.
-                    _ if matches!(checkpoint, DType::BF16 | DType::F16) => checkpoint,
-                    _ => DType::F32,
-                };
-                (read, Some(f))
-            }
-        };
-        // The encoder keeps a half-precision checkpoint's linear weights whenever the
-        // language model does not compute in the compute dtype (the CPU modes).
-        let half = matches!(checkpoint, DType::BF16 | DType::F16);
-        let audio_linear = match llm_format {
-            Some(f) if f != WeightFormat::F32 && half => checkpoint,
-            _ => compute,
-        };
-        Placement {
-            compute,
-            audio_linear,
-            llm_read,
-            llm_format,
-        }
-    }
-
-    /// The options a user would type for this choice (`--dtype bf16`, `--quant q8_0`).
-    pub fn flag(self) -> String {
-        match self {
-            Weights::Compute => "--dtype f32".to_string(),
-            Weights::Checkpoint => "--dtype auto".to_string(),
-            Weights::Format(f) if f.is_quantized() => format!("--quant {f}"),
-            Weights::Format(f) => format!("--dtype {f}"),
-        }
-    }
-}
 
 /// A decoded audio file, cut into 30 s windows of log-mel features.
 #[derive(Debug, Clone)]
@@ -167,130 +69,6 @@ impl AudioInput {
     }
 }
 
-/// The audio tokens handed to the language model, after pruning.
-#[derive(Debug, Clone)]
-pub struct AudioTokens {
-    /// `(n_kept, d_audio)` encoder rows in time order.
-    pub rows: Tensor,
-    /// Tokens the encoder produced over all windows.
-    pub n_audio_tokens: usize,
-    /// Indices of the kept tokens, counted across windows.
-    pub kept_indices: Vec<usize>,
-    /// Attention scores of every token (all windows), when computed.
-    pub scores: Option<Vec<f32>>,
-}
-
-/// What to put around the audio.
-#[derive(Debug, Clone)]
-pub enum PromptSpec {
-    /// An instruction placed in the model's prompt format (chat template or base prompt).
-    Instruction {
-        /// The instruction text.
-        text: String,
-        /// A system message (chat models only).
-        system: Option<String>,
-    },
-    /// The complete prompt text, used verbatim; each `<|AUDIO|>` is expanded.
-    Raw(String),
-}
-
-/// One run of the pipeline on one audio file.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The audio file.
-    pub audio: PathBuf,
-    /// The prompt.
-    pub prompt: PromptSpec,
-    /// Which audio tokens to keep.
-    pub policy: Policy,
-    /// Decoding parameters.
-    pub generate: GenerateOptions,
-    /// Answer choices to score by log-likelihood instead of generating (`ask --score-choices`).
-    pub score_choices: Option<Vec<String>>,
-    /// Keep the intermediate tensors (`auris inspect`).
-    pub inspect: bool,
-    /// Stop after the prompt logits (no generation).
-    pub prompt_only: bool,
-    /// What to do when the prompt would not fit the model's context.
-    pub context: ContextFit,
-}
-
-/// Stage timings of one request, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    /// Model loading (filled in by the caller, shared by every file of a call).
-    pub load: f64,
-    /// Decoding and resampling the audio.
-    pub decode_audio: f64,
-    /// Log-mel features.
-    pub mel: f64,
-    /// Encoder, scores included.
-    pub encoder: f64,
-    /// Pruning and projection.
-    pub projector: f64,
-    /// Prompt prefill up to the first logits.
-    pub prefill: f64,
-    /// Generating the new tokens.
-    pub generate: f64,
-    /// New tokens per second of `generate`.
-    pub tokens_per_s: f64,
-}
-
-/// Intermediate tensors of a request (`auris inspect`).
-#[derive(Debug, Clone)]
-pub struct Inspection {
-    /// `(n_mels, frames)` log-mel of the first window.
-    pub input_features: Tensor,
-    /// `(N, d_audio)` encoder output of all windows, valid rows.
-    pub audio_embeds: Tensor,
-    /// `(N,)` attention scores.
-    pub audio_scores: Tensor,
-    /// `(n_kept, hidden)` rows fed to the LLM.
-    pub projected: Tensor,
-    /// `(vocab,)` logits at the last prompt position.
-    pub prompt_logits: Tensor,
-    /// `(prompt tokens, vocab)` logits at every prompt position (the next-token distribution
-    /// after each prefix), f32.
-    pub all_logits: Tensor,
-}
-
-/// The result of one request.
-#[derive(Debug, Clone)]
-pub struct Response {
-    /// The audio file.
-    pub audio: PathBuf,
-    /// Duration in seconds.
-    pub duration_s: f64,
-    /// The file's sample rate.
-    pub sample_rate: u32,
-    /// Tokens the encoder produced.
-    pub n_audio_tokens: usize,
-    /// Tokens given to the LLM.
-    pub n_kept: usize,
-    /// Indices of the kept tokens across windows.
-    pub kept_indices: Vec<usize>,
-    /// Prompt text before placeholder expansion.
-    pub prompt: String,
-    /// Prompt ids after expansion.
-    pub prompt_token_ids: Vec<u32>,
-    /// Generated ids (stop token excluded).
-    pub output_token_ids: Vec<u32>,
-    /// Generated text.
-    pub text: String,
-    /// The stop id that ended generation, if any.
-    pub stopped_on: Option<u32>,
-    /// Log-likelihood of each answer choice, when scored.
-    pub choice_logprobs: Option<Vec<f32>>,
-    /// Stage timings.
-    pub timings: Timings,
-    /// Intermediate tensors, when asked for.
-    pub inspection: Option<Inspection>,
-    /// The policy applied (its keep ratio lowered when the context asked for it).
-    pub policy: Policy,
-    /// How the prompt uses the model's context.
-    pub context: ContextUse,
-}
-
 /// A loaded model: every stage, the tokenizer and the prompt format.
 pub struct Pipeline {
     config: ModelConfig,
@@ -307,175 +85,11 @@ pub struct Pipeline {
     name: String,
 }
 
-/// The dtype of the language model's tensors in the checkpoint (that of its embedding table,
-/// else f32).
-fn llm_checkpoint_dtype(infos: &[TensorInfo]) -> DType {
-    infos
-        .iter()
-        .find(|i| i.name == "language_model.model.embed_tokens.weight")
-        .and_then(|i| i.dtype)
-        .unwrap_or(DType::F32)
-}
-
-/// The weight choices a user can switch to on this device, cheapest last.
-fn alternatives(device: &Device) -> Vec<Weights> {
-    let mut all = vec![Weights::Compute, Weights::Checkpoint];
-    if device.is_cpu() {
-        all.extend(
-            [WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4K].map(Weights::Format),
-        );
-    }
-    all
-}
-
-/// Fails with [`Error::InsufficientMemory`] when the load would not fit `available` (see
-/// [`crate::memory`]); passes when the system does not report its memory.
-fn check_memory(
-    cfg: &ModelConfig,
-    infos: &[TensorInfo],
-    opts: &LoadOptions,
-    name: &str,
-    available: Option<memory::Available>,
-) -> Result<(), Error> {
-    let Some(available) = available else {
-        return Ok(());
-    };
-    let checkpoint = llm_checkpoint_dtype(infos);
-    let need = |w: Weights| {
-        memory::estimate(
-            cfg,
-            infos,
-            &w.placement(opts.dtype, checkpoint),
-            opts.context,
-        )
-        .total()
-    };
-    let needed = need(opts.weights);
-    if needed <= available.bytes {
-        return Ok(());
-    }
-    // Two choices that place the weights alike (auto and bf16 on a bf16 checkpoint) are one.
-    let place = |w: Weights| w.placement(opts.dtype, checkpoint);
-    let mut seen = vec![place(opts.weights)];
-    let mut fits: Vec<(String, u64)> = Vec::new();
-    for w in alternatives(&opts.device) {
-        let bytes = need(w);
-        if bytes <= available.bytes && !seen.contains(&place(w)) {
-            seen.push(place(w));
-            fits.push((w.flag(), bytes));
-        }
-    }
-    Err(Error::InsufficientMemory(Box::new(memory::Shortfall {
-        model: name.to_string(),
-        mode: opts.weights.flag(),
-        needed,
-        available,
-        fits,
-    })))
-}
-
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
 impl Pipeline {
-    /// Loads a model from a folder or the hub.
-    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self, Error> {
-        let files = checkpoint::resolve(source, opts.progress)?;
-        Self::from_files(&files, &source.display(), opts)
-    }
-
-    /// Loads a model whose files are already resolved.
-    pub fn from_files(files: &ModelFiles, name: &str, opts: &LoadOptions) -> Result<Self, Error> {
-        let config = ModelConfig::from_file(&files.config)?;
-        let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
-        let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
-        check_front_end(&mel_config, &config.audio_config)?;
-        let tokenizer =
-            Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
-                context: format!("loading {}", files.tokenizer.display()),
-                source,
-            })?;
-        let special = SpecialTokens::from_tokenizer(&tokenizer, config.audio_token_index)
-            .map_err(|e| match e {
-                Error::MissingToken { token } => Error::BadFile {
-                    path: files.tokenizer.clone(),
-                    reason: format!("no {token} token: an audio model's tokenizer needs the audio special tokens"),
-                },
-                e => e,
-            })?;
-        let own_template = ChatTemplate::from_model_files(
-            files.chat_template.as_deref(),
-            files.processor_config.as_deref(),
-            files.tokenizer_config.as_deref(),
-        )?;
-        let chat_template = match opts.prompt_format {
-            PromptFormat::Base => None,
-            PromptFormat::Chat => {
-                Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
-            }
-            PromptFormat::Auto => own_template.or_else(|| {
-                let instruct = name.to_lowercase().contains("instruct")
-                    && tokenizer.token_to_id("<|im_start|>").is_some();
-                instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
-            }),
-        };
-
-        let store = WeightStore::open_model(files)?;
-        let infos = store.infos();
-        let place = opts
-            .weights
-            .placement(opts.dtype, llm_checkpoint_dtype(&infos));
-        // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
-        // device memory (the memory-mapped file is read through once), and an oversized model
-        // fails with the driver's out-of-memory error instead.
-        if opts.memory_check && opts.device.is_cpu() {
-            check_memory(&config, &infos, opts, name, memory::available())?;
-        }
-        let vb = store.var_builder(opts.dtype, &opts.device);
-        let encoder = Qwen2AudioEncoder::load_with(
-            &config.audio_config,
-            store
-                .var_builder(place.audio_linear, &opts.device)
-                .pp("audio_tower"),
-            opts.dtype,
-        )?;
-        let projector = MultiModalProjector::load(
-            config.audio_config.d_model,
-            config.text_config.hidden_size,
-            vb.pp("multi_modal_projector"),
-        )?;
-        let llm_vb = store
-            .var_builder(place.llm_read, &opts.device)
-            .pp("language_model");
-        let decoder = match place.llm_format {
-            None => Qwen2Decoder::load(&config.text_config, llm_vb)?,
-            Some(weights) => Qwen2Decoder::load_with(
-                &config.text_config,
-                llm_vb,
-                &auris_llm::LoadOptions { weights },
-            )?,
-        };
-        store.check_coverage(&["language_model.lm_head.weight"])?;
-
-        let stop_ids = stop_ids(&generation, &config, &tokenizer);
-        let mel = MelExtractor::new(mel_config)?;
-        Ok(Self {
-            config,
-            generation,
-            mel,
-            encoder,
-            projector,
-            decoder,
-            tokenizer,
-            special,
-            chat_template,
-            stop_ids,
-            device: opts.device.clone(),
-            name: name.to_string(),
-        })
-    }
-
     /// The model's name as given when loading.
     pub fn name(&self) -> &str {
         &self.name
@@ -712,14 +326,23 @@ impl Pipeline {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
         request.policy.validate()?;
-        if !request.inspect {
-            return self.run_streamed(request, on_token);
+        match request.task {
+            Task::Generate | Task::ScoreChoices(_) => self.run_streamed(request, on_token),
+            Task::Inspect { .. } => self.run_inspected(request, on_token),
         }
+    }
+
+    /// [`Pipeline::run`] keeping the whole audio and its encoder output, which the
+    /// inspection reports (with the attention scores whatever the policy).
+    fn run_inspected(
+        &self,
+        request: &Request,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
         let audio = self.load_audio(&request.audio)?;
         let plan = self.plan(request, &audio_token_counts(&audio))?;
         let start = Instant::now();
-        let want_scores = request.inspect || !matches!(plan.policy.strategy, Strategy::None);
-        let encoded = self.encode(&audio, want_scores)?;
+        let encoded = self.encode(&audio, true)?;
         self.run_planned(request, &audio, &encoded, ms(start), plan, on_token)
     }
 
@@ -784,7 +407,7 @@ impl Pipeline {
 
     /// The rest of a request once its audio tokens are selected: projection, prompt merge,
     /// prefill and generation. `inspect` is the audio and its encoder output, which
-    /// `request.inspect` needs.
+    /// [`Task::Inspect`] needs.
     fn run_selected(
         &self,
         request: &Request,
@@ -820,11 +443,11 @@ impl Pipeline {
         let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
         // On long audio the projected rows and the prompt embeddings are hundreds of MB: each
         // goes as soon as nothing reads it.
-        let projected = request.inspect.then_some(projected);
+        let projected = request.task.inspects().then_some(projected);
 
         let start = Instant::now();
         let mut cache = self.decoder.new_cache();
-        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.inspect)?;
+        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.task.inspects())?;
         drop(embeds);
         timings.prefill = ms(start);
 
@@ -862,8 +485,8 @@ impl Pipeline {
         self.answer(request, response, &mut cache, &logits, on_token)
     }
 
-    /// Completes `response` after the prefill: nothing more (`prompt_only`), the choices'
-    /// log-likelihoods, or the generated text.
+    /// Completes `response` after the prefill as `request.task` asks: nothing more (an
+    /// inspection without generation), the choices' log-likelihoods, or the generated text.
     fn answer(
         &self,
         request: &Request,
@@ -872,27 +495,29 @@ impl Pipeline {
         logits: &Tensor,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        if request.prompt_only {
-            return Ok(response);
+        match &request.task {
+            Task::Inspect { generate: false } => Ok(response),
+            Task::ScoreChoices(choices) => {
+                let start = Instant::now();
+                response.choice_logprobs = Some(self.score_choices(cache, logits, choices)?);
+                response.timings.generate = ms(start);
+                Ok(response)
+            }
+            Task::Generate | Task::Inspect { generate: true } => {
+                let generation = self.generate(
+                    cache,
+                    logits,
+                    &response.prompt_token_ids,
+                    &request.generate,
+                    on_token,
+                    &mut response.timings,
+                )?;
+                response.text = self.decode(&generation.tokens)?;
+                response.output_token_ids = generation.tokens;
+                response.stopped_on = generation.stopped_on;
+                Ok(response)
+            }
         }
-        if let Some(choices) = &request.score_choices {
-            let start = Instant::now();
-            response.choice_logprobs = Some(self.score_choices(cache, logits, choices)?);
-            response.timings.generate = ms(start);
-            return Ok(response);
-        }
-        let generation = self.generate(
-            cache,
-            logits,
-            &response.prompt_token_ids,
-            &request.generate,
-            on_token,
-            &mut response.timings,
-        )?;
-        response.text = self.decode(&generation.tokens)?;
-        response.output_token_ids = generation.tokens;
-        response.stopped_on = generation.stopped_on;
-        Ok(response)
     }
 
     /// Runs the prompt `embeds` through the decoder into `cache`: the logits at the last
@@ -972,12 +597,7 @@ impl Pipeline {
 
     /// Detokenizes, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|source| Error::Tokenizer {
-                context: "decoding token ids".to_string(),
-                source,
-            })
+        decode_ids(&self.tokenizer, ids)
     }
 
     /// Log-likelihood of each choice's continuation `"(L) text"` after the prompt, reusing the
@@ -1086,6 +706,16 @@ struct Plan {
     context: ContextUse,
 }
 
+/// Detokenizes `ids` with `tokenizer`, skipping special tokens.
+fn decode_ids(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, Error> {
+    tokenizer
+        .decode(ids, true)
+        .map_err(|source| Error::Tokenizer {
+            context: "decoding token ids".to_string(),
+            source,
+        })
+}
+
 /// Turns generated ids into text pieces as they arrive, holding back a piece while it ends in
 /// an incomplete UTF-8 sequence (a byte-level BPE token can carry part of a character).
 pub struct TextStream<'a> {
@@ -1107,13 +737,7 @@ impl<'a> TextStream<'a> {
     /// Adds one id; returns the new text, if any is complete.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, Error> {
         self.ids.push(id);
-        let text = self
-            .tokenizer
-            .decode(&self.ids, true)
-            .map_err(|source| Error::Tokenizer {
-                context: "decoding token ids".to_string(),
-                source,
-            })?;
+        let text = decode_ids(self.tokenizer, &self.ids)?;
         if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
             return Ok(None);
         }
@@ -1123,141 +747,5 @@ impl<'a> TextStream<'a> {
             .filter(|p| !p.is_empty());
         self.emitted = text.len();
         Ok(piece)
-    }
-}
-
-/// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s
-/// `eos_token_id` when it has one (what `generate` uses), else the text config's
-/// `eos_token_id` plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
-fn stop_ids(
-    generation: &GenerationConfig,
-    config: &ModelConfig,
-    tokenizer: &Tokenizer,
-) -> Vec<u32> {
-    if let Some(eos) = &generation.eos_token_id {
-        return eos.to_vec();
-    }
-    let mut ids: Vec<u32> = config
-        .text_config
-        .eos_token_id
-        .as_ref()
-        .map(|e| e.to_vec())
-        .unwrap_or_default();
-    for token in ["<|im_end|>", "<|endoftext|>"] {
-        if let Some(id) = tokenizer.token_to_id(token) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-    }
-    ids
-}
-
-/// The front-end must produce what the encoder expects.
-fn check_front_end(mel: &MelConfig, audio: &EncoderConfig) -> Result<(), Error> {
-    if mel.n_mels != audio.num_mel_bins {
-        return Err(Error::InvalidConfig {
-            field: "preprocessor_config.feature_size".to_string(),
-            value: mel.n_mels.to_string(),
-            reason: format!(
-                "the encoder expects audio_config.num_mel_bins = {}",
-                audio.num_mel_bins
-            ),
-        });
-    }
-    if mel.n_frames() != audio.mel_frames() {
-        return Err(Error::InvalidConfig {
-            field: "preprocessor_config.n_samples".to_string(),
-            value: mel.n_samples.to_string(),
-            reason: format!(
-                "gives {} frames per window, the encoder expects {} (2 x max_source_positions)",
-                mel.n_frames(),
-                audio.mel_frames()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Applies `policy` to each window on its own and gathers the kept encoder rows in time
-/// order; kept indices count tokens across windows.
-pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
-    let mut gatherer = TokenGatherer::new(*policy);
-    for window in encoded {
-        gatherer.push(window)?;
-    }
-    gatherer.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::memory::{Available, AvailableSource};
-
-    /// tiny-chat's configuration and tensor headers (bf16 on disk).
-    fn tiny_chat() -> (ModelConfig, Vec<TensorInfo>) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-chat");
-        let files = checkpoint::resolve(&ModelSource::Local(dir), false).unwrap();
-        let cfg = ModelConfig::from_file(&files.config).unwrap();
-        (cfg, WeightStore::open(&files.weights).unwrap().infos())
-    }
-
-    fn needed(cfg: &ModelConfig, infos: &[TensorInfo], weights: Weights) -> u64 {
-        let place = weights.placement(DType::F32, DType::BF16);
-        memory::estimate(cfg, infos, &place, DEFAULT_CONTEXT).total()
-    }
-
-    #[test]
-    fn a_load_that_does_not_fit_names_the_options_that_do() {
-        let (cfg, infos) = tiny_chat();
-        let opts = LoadOptions {
-            weights: Weights::Compute,
-            ..LoadOptions::default()
-        };
-        let q8 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q8_0));
-        let q4 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q4K));
-        let f32 = needed(&cfg, &infos, Weights::Compute);
-        let bf16 = needed(&cfg, &infos, Weights::Checkpoint);
-        assert!(q4 < q8 && q8 < bf16 && bf16 < f32, "{q4} {q8} {bf16} {f32}");
-        let available = Available {
-            bytes: q8,
-            source: AvailableSource::System,
-        };
-        let err = check_memory(&cfg, &infos, &opts, "tiny", Some(available)).unwrap_err();
-        let Error::InsufficientMemory(short) = &err else {
-            panic!("{err}");
-        };
-        assert_eq!((short.needed, short.mode.as_str()), (f32, "--dtype f32"));
-        let flags: Vec<&str> = short.fits.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(flags, ["--quant q8_0", "--quant q4_k"]);
-        assert!(err.to_string().starts_with("tiny needs about"), "{err}");
-        // Enough memory, or none reported: the load goes ahead.
-        let plenty = Available {
-            bytes: f32,
-            ..available
-        };
-        assert!(check_memory(&cfg, &infos, &opts, "tiny", Some(plenty)).is_ok());
-        assert!(check_memory(&cfg, &infos, &opts, "tiny", None).is_ok());
-    }
-
-    #[test]
-    fn checkpoint_precision_is_kept_and_formats_read_what_they_need() {
-        let bf16 = Weights::Checkpoint.placement(DType::F32, DType::BF16);
-        assert_eq!(bf16.llm_read, DType::BF16);
-        assert_eq!(bf16.llm_format, Some(WeightFormat::Bf16));
-        // The encoder keeps bf16 linear weights too, computing in f32.
-        assert_eq!((bf16.audio_linear, bf16.compute), (DType::BF16, DType::F32));
-        let widened = Weights::Compute.placement(DType::F32, DType::BF16);
-        assert_eq!(widened.audio_linear, DType::F32);
-        let f32 = Weights::Checkpoint.placement(DType::F32, DType::F32);
-        assert_eq!(f32.llm_format, Some(WeightFormat::F32));
-        // Quantised from the checkpoint's own half-precision values.
-        let q = Weights::Format(WeightFormat::Q8_0).placement(DType::F32, DType::F16);
-        assert_eq!(
-            (q.llm_read, q.llm_format),
-            (DType::F16, Some(WeightFormat::Q8_0))
-        );
-        let gpu = Weights::Compute.placement(DType::BF16, DType::BF16);
-        assert_eq!((gpu.llm_read, gpu.llm_format), (DType::BF16, None));
     }
 }

@@ -1,0 +1,444 @@
+//! Loading a model: the weight placement, the memory check before any weight is read, and
+//! the checks between the stages' configurations.
+
+use auris_audio::config::EncoderConfig;
+use auris_audio::encoder::Qwen2AudioEncoder;
+use auris_audio::{MelConfig, MelExtractor};
+use auris_llm::{Qwen2Decoder, WeightFormat};
+use auris_projector::MultiModalProjector;
+use candle_core::{DType, Device};
+use tokenizers::Tokenizer;
+
+use super::Pipeline;
+use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
+use crate::config::{GenerationConfig, ModelConfig};
+use crate::memory::{self, Placement};
+use crate::prompt::{ChatTemplate, PromptFormat, SpecialTokens, BUILTIN_CHAT_TEMPLATE};
+use crate::Error;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the tensors live and the computation runs.
+    pub device: Device,
+    /// Compute dtype of the encoder and projector (f32 on CPU by default), and of the language
+    /// model under [`Weights::Compute`].
+    pub dtype: DType,
+    /// How the language model keeps its weights.
+    pub weights: Weights,
+    /// Show download progress on stderr.
+    pub progress: bool,
+    /// Chat template or base prompt.
+    pub prompt_format: PromptFormat,
+    /// Estimate the resident memory before reading any weight and fail with
+    /// [`Error::InsufficientMemory`] when it exceeds the memory available.
+    pub memory_check: bool,
+    /// Positions (prompt and generated tokens) the memory estimate reserves KV cache for.
+    pub context: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            weights: Weights::Checkpoint,
+            progress: false,
+            prompt_format: PromptFormat::Auto,
+            memory_check: true,
+            context: DEFAULT_CONTEXT,
+        }
+    }
+}
+
+/// The context [`LoadOptions::context`] assumes by default: one 30 s window of audio tokens,
+/// a prompt and [`crate::DEFAULT_MAX_NEW_TOKENS`] new tokens.
+pub const DEFAULT_CONTEXT: usize = 750 + 128 + crate::DEFAULT_MAX_NEW_TOKENS;
+
+/// How the language model keeps its weights; the encoder and projector always use
+/// [`LoadOptions::dtype`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// Converted to the compute dtype, which is also the dtype of every activation (the GPU
+    /// default, and `--dtype f32`).
+    Compute,
+    /// Kept in the checkpoint's precision (bf16 and f16 stay as they are on disk, anything
+    /// else becomes f32), computing in f32: the CPU default. No whole-model f32 copy.
+    Checkpoint,
+    /// Stored in the given format (bf16, f16, or quantised at load to q8_0, q4_0, q4_k),
+    /// computing in f32.
+    Format(WeightFormat),
+}
+
+impl Weights {
+    /// Where the language model's weights go for a checkpoint stored in `checkpoint` (the
+    /// dtype of its language-model tensors), with `compute` for the other stages.
+    pub fn placement(self, compute: DType, checkpoint: DType) -> Placement {
+        let (llm_read, llm_format) = match self {
+            Weights::Compute => (compute, None),
+            Weights::Checkpoint => match checkpoint {
+                DType::BF16 => (DType::BF16, Some(WeightFormat::Bf16)),
+                DType::F16 => (DType::F16, Some(WeightFormat::F16)),
+                _ => (DType::F32, Some(WeightFormat::F32)),
+            },
+            Weights::Format(f) => {
+                let read = match f {
+                    WeightFormat::F32 => DType::F32,
+                    WeightFormat::Bf16 => DType::BF16,
+                    WeightFormat::F16 => DType::F16,
+                    // Quantised straight from the checkpoint's own values.
+                    _ if matches!(checkpoint, DType::BF16 | DType::F16) => checkpoint,
+                    _ => DType::F32,
+                };
+                (read, Some(f))
+            }
+        };
+        // The encoder keeps a half-precision checkpoint's linear weights whenever the
+        // language model does not compute in the compute dtype (the CPU modes).
+        let half = matches!(checkpoint, DType::BF16 | DType::F16);
+        let audio_linear = match llm_format {
+            Some(f) if f != WeightFormat::F32 && half => checkpoint,
+            _ => compute,
+        };
+        Placement {
+            compute,
+            audio_linear,
+            llm_read,
+            llm_format,
+        }
+    }
+
+    /// The options a user would type for this choice (`--dtype bf16`, `--quant q8_0`).
+    pub fn flag(self) -> String {
+        match self {
+            Weights::Compute => "--dtype f32".to_string(),
+            Weights::Checkpoint => "--dtype auto".to_string(),
+            Weights::Format(f) if f.is_quantized() => format!("--quant {f}"),
+            Weights::Format(f) => format!("--dtype {f}"),
+        }
+    }
+}
+
+/// The dtype of the language model's tensors in the checkpoint (that of its embedding table,
+/// else f32).
+fn llm_checkpoint_dtype(infos: &[TensorInfo]) -> DType {
+    infos
+        .iter()
+        .find(|i| i.name == "language_model.model.embed_tokens.weight")
+        .and_then(|i| i.dtype)
+        .unwrap_or(DType::F32)
+}
+
+/// The weight choices a user can switch to on this device, cheapest last.
+fn alternatives(device: &Device) -> Vec<Weights> {
+    let mut all = vec![Weights::Compute, Weights::Checkpoint];
+    if device.is_cpu() {
+        all.extend(
+            [WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4K].map(Weights::Format),
+        );
+    }
+    all
+}
+
+/// Fails with [`Error::InsufficientMemory`] when the load would not fit `available` (see
+/// [`crate::memory`]); passes when the system does not report its memory.
+fn check_memory(
+    cfg: &ModelConfig,
+    infos: &[TensorInfo],
+    opts: &LoadOptions,
+    name: &str,
+    available: Option<memory::Available>,
+) -> Result<(), Error> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let checkpoint = llm_checkpoint_dtype(infos);
+    let need = |w: Weights| {
+        memory::estimate(
+            cfg,
+            infos,
+            &w.placement(opts.dtype, checkpoint),
+            opts.context,
+        )
+        .total()
+    };
+    let needed = need(opts.weights);
+    if needed <= available.bytes {
+        return Ok(());
+    }
+    // Two choices that place the weights alike (auto and bf16 on a bf16 checkpoint) are one.
+    let place = |w: Weights| w.placement(opts.dtype, checkpoint);
+    let mut seen = vec![place(opts.weights)];
+    let mut fits: Vec<(String, u64)> = Vec::new();
+    for w in alternatives(&opts.device) {
+        let bytes = need(w);
+        if bytes <= available.bytes && !seen.contains(&place(w)) {
+            seen.push(place(w));
+            fits.push((w.flag(), bytes));
+        }
+    }
+    Err(Error::InsufficientMemory(Box::new(memory::Shortfall {
+        model: name.to_string(),
+        mode: opts.weights.flag(),
+        needed,
+        available,
+        fits,
+    })))
+}
+
+impl Pipeline {
+    /// Loads a model from a folder or the hub.
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self, Error> {
+        let files = checkpoint::resolve(source, opts.progress)?;
+        Self::from_files(&files, &source.display(), opts)
+    }
+
+    /// Loads a model whose files are already resolved.
+    pub fn from_files(files: &ModelFiles, name: &str, opts: &LoadOptions) -> Result<Self, Error> {
+        let config = ModelConfig::from_file(&files.config)?;
+        let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
+        let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
+        check_front_end(&mel_config, &config.audio_config)?;
+        let (tokenizer, special) = load_tokenizer(files, config.audio_token_index)?;
+        let chat_template = chat_template(files, opts.prompt_format, name, &tokenizer)?;
+
+        let store = WeightStore::open_model(files)?;
+        let infos = store.infos();
+        let place = opts
+            .weights
+            .placement(opts.dtype, llm_checkpoint_dtype(&infos));
+        // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
+        // device memory (the memory-mapped file is read through once), and an oversized model
+        // fails with the driver's out-of-memory error instead.
+        if opts.memory_check && opts.device.is_cpu() {
+            check_memory(&config, &infos, opts, name, memory::available())?;
+        }
+        let vb = store.var_builder(opts.dtype, &opts.device);
+        let encoder = Qwen2AudioEncoder::load_with(
+            &config.audio_config,
+            store
+                .var_builder(place.audio_linear, &opts.device)
+                .pp("audio_tower"),
+            opts.dtype,
+        )?;
+        let projector = MultiModalProjector::load(
+            config.audio_config.d_model,
+            config.text_config.hidden_size,
+            vb.pp("multi_modal_projector"),
+        )?;
+        let decoder = load_decoder(&config, &store, &place, &opts.device)?;
+        store.check_coverage(&["language_model.lm_head.weight"])?;
+
+        let stop_ids = stop_ids(&generation, &config, &tokenizer);
+        let mel = MelExtractor::new(mel_config)?;
+        Ok(Self {
+            config,
+            generation,
+            mel,
+            encoder,
+            projector,
+            decoder,
+            tokenizer,
+            special,
+            chat_template,
+            stop_ids,
+            device: opts.device.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// The tokenizer and the ids of its audio special tokens (a tokenizer without them is not an
+/// audio model's).
+fn load_tokenizer(
+    files: &ModelFiles,
+    audio_token_index: u32,
+) -> Result<(Tokenizer, SpecialTokens), Error> {
+    let tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
+        context: format!("loading {}", files.tokenizer.display()),
+        source,
+    })?;
+    let special =
+        SpecialTokens::from_tokenizer(&tokenizer, audio_token_index).map_err(|e| match e {
+            Error::MissingToken { token } => Error::BadFile {
+                path: files.tokenizer.clone(),
+                reason: format!(
+                    "no {token} token: an audio model's tokenizer needs the audio special tokens"
+                ),
+            },
+            e => e,
+        })?;
+    Ok((tokenizer, special))
+}
+
+/// The chat template `format` asks for: the model's own, else the built-in one (always for
+/// [`PromptFormat::Chat`]; under [`PromptFormat::Auto`] for a model named `*instruct*` whose
+/// tokenizer has `<|im_start|>`); `None` means the base prompt.
+fn chat_template(
+    files: &ModelFiles,
+    format: PromptFormat,
+    name: &str,
+    tokenizer: &Tokenizer,
+) -> Result<Option<ChatTemplate>, Error> {
+    let own_template = ChatTemplate::from_model_files(
+        files.chat_template.as_deref(),
+        files.processor_config.as_deref(),
+        files.tokenizer_config.as_deref(),
+    )?;
+    Ok(match format {
+        PromptFormat::Base => None,
+        PromptFormat::Chat => {
+            Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
+        }
+        PromptFormat::Auto => own_template.or_else(|| {
+            let instruct = name.to_lowercase().contains("instruct")
+                && tokenizer.token_to_id("<|im_start|>").is_some();
+            instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
+        }),
+    })
+}
+
+/// The language model, its weights read and kept as `place` says.
+fn load_decoder(
+    config: &ModelConfig,
+    store: &WeightStore,
+    place: &Placement,
+    device: &Device,
+) -> Result<Qwen2Decoder, Error> {
+    let vb = store
+        .var_builder(place.llm_read, device)
+        .pp("language_model");
+    Ok(match place.llm_format {
+        None => Qwen2Decoder::load(&config.text_config, vb)?,
+        Some(weights) => {
+            Qwen2Decoder::load_with(&config.text_config, vb, &auris_llm::LoadOptions { weights })?
+        }
+    })
+}
+
+/// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s
+/// `eos_token_id` when it has one (what `generate` uses), else the text config's
+/// `eos_token_id` plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
+fn stop_ids(
+    generation: &GenerationConfig,
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+) -> Vec<u32> {
+    if let Some(eos) = &generation.eos_token_id {
+        return eos.to_vec();
+    }
+    let mut ids: Vec<u32> = config
+        .text_config
+        .eos_token_id
+        .as_ref()
+        .map(|e| e.to_vec())
+        .unwrap_or_default();
+    for token in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(id) = tokenizer.token_to_id(token) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// The front-end must produce what the encoder expects.
+fn check_front_end(mel: &MelConfig, audio: &EncoderConfig) -> Result<(), Error> {
+    if mel.n_mels != audio.num_mel_bins {
+        return Err(Error::InvalidConfig {
+            field: "preprocessor_config.feature_size".to_string(),
+            value: mel.n_mels.to_string(),
+            reason: format!(
+                "the encoder expects audio_config.num_mel_bins = {}",
+                audio.num_mel_bins
+            ),
+        });
+    }
+    if mel.n_frames() != audio.mel_frames() {
+        return Err(Error::InvalidConfig {
+            field: "preprocessor_config.n_samples".to_string(),
+            value: mel.n_samples.to_string(),
+            reason: format!(
+                "gives {} frames per window, the encoder expects {} (2 x max_source_positions)",
+                mel.n_frames(),
+                audio.mel_frames()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Available, AvailableSource};
+    use std::path::Path;
+
+    /// tiny-chat's configuration and tensor headers (bf16 on disk).
+    fn tiny_chat() -> (ModelConfig, Vec<TensorInfo>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-chat");
+        let files = checkpoint::resolve(&ModelSource::Local(dir), false).unwrap();
+        let cfg = ModelConfig::from_file(&files.config).unwrap();
+        (cfg, WeightStore::open(&files.weights).unwrap().infos())
+    }
+
+    fn needed(cfg: &ModelConfig, infos: &[TensorInfo], weights: Weights) -> u64 {
+        let place = weights.placement(DType::F32, DType::BF16);
+        memory::estimate(cfg, infos, &place, DEFAULT_CONTEXT).total()
+    }
+
+    #[test]
+    fn a_load_that_does_not_fit_names_the_options_that_do() {
+        let (cfg, infos) = tiny_chat();
+        let opts = LoadOptions {
+            weights: Weights::Compute,
+            ..LoadOptions::default()
+        };
+        let q8 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q8_0));
+        let q4 = needed(&cfg, &infos, Weights::Format(WeightFormat::Q4K));
+        let f32 = needed(&cfg, &infos, Weights::Compute);
+        let bf16 = needed(&cfg, &infos, Weights::Checkpoint);
+        assert!(q4 < q8 && q8 < bf16 && bf16 < f32, "{q4} {q8} {bf16} {f32}");
+        let available = Available {
+            bytes: q8,
+            source: AvailableSource::System,
+        };
+        let err = check_memory(&cfg, &infos, &opts, "tiny", Some(available)).unwrap_err();
+        let Error::InsufficientMemory(short) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!((short.needed, short.mode.as_str()), (f32, "--dtype f32"));
+        let flags: Vec<&str> = short.fits.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(flags, ["--quant q8_0", "--quant q4_k"]);
+        assert!(err.to_string().starts_with("tiny needs about"), "{err}");
+        // Enough memory, or none reported: the load goes ahead.
+        let plenty = Available {
+            bytes: f32,
+            ..available
+        };
+        assert!(check_memory(&cfg, &infos, &opts, "tiny", Some(plenty)).is_ok());
+        assert!(check_memory(&cfg, &infos, &opts, "tiny", None).is_ok());
+    }
+
+    #[test]
+    fn checkpoint_precision_is_kept_and_formats_read_what_they_need() {
+        let bf16 = Weights::Checkpoint.placement(DType::F32, DType::BF16);
+        assert_eq!(bf16.llm_read, DType::BF16);
+        assert_eq!(bf16.llm_format, Some(WeightFormat::Bf16));
+        // The encoder keeps bf16 linear weights too, computing in f32.
+        assert_eq!((bf16.audio_linear, bf16.compute), (DType::BF16, DType::F32));
+        let widened = Weights::Compute.placement(DType::F32, DType::BF16);
+        assert_eq!(widened.audio_linear, DType::F32);
+        let f32 = Weights::Checkpoint.placement(DType::F32, DType::F32);
+        assert_eq!(f32.llm_format, Some(WeightFormat::F32));
+        // Quantised from the checkpoint's own half-precision values.
+        let q = Weights::Format(WeightFormat::Q8_0).placement(DType::F32, DType::F16);
+        assert_eq!(
+            (q.llm_read, q.llm_format),
+            (DType::F16, Some(WeightFormat::Q8_0))
+        );
+        let gpu = Weights::Compute.placement(DType::BF16, DType::BF16);
+        assert_eq!((gpu.llm_read, gpu.llm_format), (DType::BF16, None));
+    }
+}
