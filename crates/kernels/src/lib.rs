@@ -1,5 +1,5 @@
 //! auris-kernels: CPU kernels that the encoder (`auris-audio`) and the decoder (`auris-llm`)
-//! share, on plain `f32` slices (no tensors).
+//! share, on plain slices (no tensors).
 //!
 //! - [`softmax`]: a softmax with a vectorised `exp`, AVX-512F / AVX2+FMA / portable chosen at
 //!   run time.
@@ -9,7 +9,8 @@
 //!   visibility, grouped-query heads, any row and head strides.
 //! - [`activation`]: GELU (the erf form) with a vectorised `erf`, in place.
 //! - [`linear`]: `x W^T + b` with the bias in the product and an optional GELU, for weights
-//!   stored in f32.
+//!   stored in f32, bf16 or f16 (half weights widened exactly, a cache-sized block of rows at a
+//!   time, inside the product).
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 
 pub mod activation;
