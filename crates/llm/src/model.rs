@@ -4,6 +4,7 @@
 
 use std::cell::OnceCell;
 
+use auris_kernels::activation::silu_gate;
 use auris_kernels::attention::{Attention as FusedAttention, Layout, Visible};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -370,6 +371,9 @@ impl Mlp {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
         let gate_up = self.gate_up_proj.forward(xs)?;
+        if let Some(hidden) = self.silu_gate_cpu(&gate_up)? {
+            return self.down_proj.forward(&hidden);
+        }
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let gate = match self.act {
             HiddenAct::Silu => gate.silu()?,
@@ -379,6 +383,30 @@ impl Mlp {
         };
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         self.down_proj.forward(&(gate * up)?)
+    }
+
+    /// `silu(gate) * up` in one vectorised pass ([`auris_kernels::activation::silu_gate`]) when
+    /// the activation is SiLU and `gate_up` contiguous f32 CPU data; `None` otherwise.
+    fn silu_gate_cpu(&self, gate_up: &Tensor) -> Result<Option<Tensor>, LlmError> {
+        if self.act != HiddenAct::Silu
+            || gate_up.dtype() != DType::F32
+            || !gate_up.device().is_cpu()
+            || !gate_up.is_contiguous()
+        {
+            return Ok(None);
+        }
+        let (storage, layout) = gate_up.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let hidden = silu_gate(&cpu.as_slice::<f32>()?[a..b], self.intermediate);
+        let mut dims = gate_up.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.intermediate;
+        }
+        Ok(Some(Tensor::from_vec(hidden, dims, gate_up.device())?))
     }
 }
 
