@@ -629,7 +629,7 @@ pub(crate) fn dequantize_rows(
 
 /// Runs `f` on the contiguous CPU data of `t`, or returns `None` when it is not contiguous on
 /// the CPU.
-fn with_cpu_slice<T: WithDType, R>(
+pub(crate) fn with_cpu_slice<T: WithDType, R>(
     t: &Tensor,
     f: impl FnOnce(&[T]) -> R,
 ) -> Result<Option<R>, LlmError> {
@@ -669,7 +669,7 @@ fn one_row_output(xs: &Tensor, out: Vec<f32>) -> Result<Tensor, LlmError> {
 }
 
 /// The dims of `xs` with the last replaced by `n`: a product's output shape.
-fn out_dims(xs: &Tensor, n: usize) -> Vec<usize> {
+pub(crate) fn out_dims(xs: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = xs.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = n;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::embedding::Embedding;
-use crate::linear::Linear;
+use crate::linear::{out_dims, with_cpu_slice, Linear};
 use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
 
 /// How the layers store their weights: `None` computes in the `VarBuilder`'s dtype
@@ -388,24 +388,15 @@ impl Mlp {
     /// `silu(gate) * up` in one vectorised pass ([`auris_kernels::activation::silu_gate`]) when
     /// the activation is SiLU and `gate_up` contiguous f32 CPU data; `None` otherwise.
     fn silu_gate_cpu(&self, gate_up: &Tensor) -> Result<Option<Tensor>, LlmError> {
-        if self.act != HiddenAct::Silu
-            || gate_up.dtype() != DType::F32
-            || !gate_up.device().is_cpu()
-            || !gate_up.is_contiguous()
-        {
+        if self.act != HiddenAct::Silu || gate_up.dtype() != DType::F32 {
             return Ok(None);
         }
-        let (storage, layout) = gate_up.storage_and_layout();
-        let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
+        let Some(hidden) =
+            with_cpu_slice::<f32, _>(gate_up, |gu| silu_gate(gu, self.intermediate))?
         else {
             return Ok(None);
         };
-        let hidden = silu_gate(&cpu.as_slice::<f32>()?[a..b], self.intermediate);
-        let mut dims = gate_up.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.intermediate;
-        }
+        let dims = out_dims(gate_up, self.intermediate);
         Ok(Some(Tensor::from_vec(hidden, dims, gate_up.device())?))
     }
 }
