@@ -69,6 +69,14 @@ def main() -> None:
 
     card = (src / "README.md").read_text(encoding="utf-8").splitlines()
     card[0] = "# auris-mini: real-mini with a trained projector"
+    # real-mini's card says its projector is random; this one's is not (see "Projector" below)
+    card = [line for line in card if not line.startswith("| `multi_modal_projector` | random")]
+    for k, line in enumerate(card):
+        if line.startswith("Built by `scripts/build_real_mini.sh`"):
+            end = next((j for j in range(k, len(card)) if not card[j].strip()), len(card))
+            card[k:end] = ["Built by `scripts/build_auris_mini.sh` of auris from real-mini (real whisper-base and",
+                           "Qwen2.5 weights, below) by training its projector only; every other weight is real-mini's."]
+            break
     card += [
         "",
         "## Projector",

@@ -3,7 +3,7 @@
 # (greedy, "Transcribe the audio.", the WER normaliser of eval asr-pruning) on the LibriVox
 # utterances of Debian pocketsphinx-testdata and a spread subset of the Debian asterisk prompts,
 # compared with real-mini (random projector, on the 9 speech clips of the parity check), then the
-# pruning sweep on auris-mini (the 5 LibriVox utterances, 24 new tokens at most).
+# pruning sweep on auris-mini over the same clips (64 new tokens at most, as without pruning).
 #
 #   scripts/eval_auris_mini.sh                    # WER of both models, then the sweep
 #   scripts/eval_auris_mini.sh --every 8          # asterisk subset: every 8th prompt (default 16)
@@ -65,11 +65,9 @@ for r in rows:
     out.append(r)
 Path(sys.argv[2]).write_text("".join(json.dumps(r) + "\n" for r in out))
 # the 9 speech clips of the parity check (every LibriVox utterance, 4 asterisk prompts): the
-# random-projector baseline and the pruning sweep
+# random-projector baseline
 core = [r for r in out if r["source"] == "librivox" or Path(r["audio"]).name in named]
 Path(sys.argv[2]).with_name("core.jsonl").write_text("".join(json.dumps(r) + "\n" for r in core))
-lv = [r for r in out if r["source"] == "librivox"]
-Path(sys.argv[2]).with_name("librivox.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lv))
 print(f"{len(out)} clips ({sum(r['source'] == 'librivox' for r in out)} LibriVox), "
       f"{sum(r['duration_s'] for r in out) / 60:.1f} min", file=sys.stderr)
 PYEOF
@@ -105,8 +103,8 @@ Path("bench/auris_mini_wer.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
 if ((SWEEP)); then
-  "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/librivox.jsonl" \
+  "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" \
     --strategies segmentwise,topk,bottomk,random,uniform,visionzip --keeps 0.5,0.25,0.1 \
-    --max-new-tokens 24 --predictions "$ALM/auris-mini-sweep.jsonl" \
+    --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini-sweep.jsonl" \
     --out bench/auris_mini_pruning.json --markdown bench/auris_mini_pruning.md --plot bench/auris_mini_pruning.svg
 fi

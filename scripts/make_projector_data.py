@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--asterisk-text", type=Path, help="core-sounds-en.txt.gz (transcripts to keep out)")
     ap.add_argument("--librivox", type=Path, help="pocketsphinx-testdata's librivox folder (transcripts to keep out)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--count", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=20261128)
     ap.add_argument("--shard", default="0/1", help="i/n: make only every n-th clip from the i-th (parallel runs)")
     ap.add_argument("--merge", action="store_true", help="join the shards' manifests into manifest.jsonl")

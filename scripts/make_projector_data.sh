@@ -3,7 +3,7 @@
 # speech from Debian espeak-ng reading sentences of Debian's fortune files, augmented with sox.
 # No recorded audio is used, so no evaluation clip can leak into training.
 #
-#   scripts/make_projector_data.sh                 # 3000 clips into scripts/.cache/projector-data/
+#   scripts/make_projector_data.sh                 # 6000 clips into scripts/.cache/projector-data/
 #   scripts/make_projector_data.sh --count 500     # fewer
 #
 # Needs espeak-ng and sox (Debian bookworm: apt-get install espeak-ng sox). Downloads
@@ -22,7 +22,7 @@ for tool in espeak-ng sox; do
 done
 ensure_ref_venv
 
-COUNT=3000
+COUNT=6000
 SEED=20261128
 OUT="$CACHE/projector-data"
 while (($#)); do

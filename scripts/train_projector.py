@@ -212,14 +212,16 @@ def main() -> None:
     ap.add_argument("--curve", type=Path, default=ROOT / "bench" / "auris_mini_training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lr-floor", type=float, default=1e-4)
-    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16",
                     help="the frozen language model's dtype (the projector and optimiser stay f32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--val", type=int, default=48, help="clips held out of training for the validation loss")
+    ap.add_argument("--init", type=Path,
+                    help="start from this projector.safetensors instead of real-mini's random projector")
     ap.add_argument("--clips", type=int, help="use only the manifest's first N clips (what the budget can train on)")
     steps = ap.add_mutually_exclusive_group(required=True)
     steps.add_argument("--steps", type=int, help="optimiser steps (reproduces a run)")
@@ -257,6 +259,10 @@ def main() -> None:
     with torch.no_grad():
         proj.weight.copy_(lin.weight.float())
         proj.bias.copy_(lin.bias.float())
+        if args.init is not None:
+            start = load_file(str(args.init))
+            proj.weight.copy_(start["multi_modal_projector.linear.weight"].float())
+            proj.bias.copy_(start["multi_modal_projector.linear.bias"].float())
     init_w = proj.weight.detach().clone()
     opt = torch.optim.AdamW(proj.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
@@ -368,6 +374,7 @@ def main() -> None:
         "command": " ".join(["scripts/train_projector.py", *sys.argv[1:]]),
         "reproduce_with": f"--clips {len(manifest)} --steps {total} --warmup {args.warmup} --lr {args.lr} --batch {args.batch} "
                           f"--dtype {args.dtype} --seed {args.seed}"
+                          + (f" --init {args.init}" if args.init is not None else "")
                           + (f" --stop-at-step {steps_done}" if stopped_early else ""),
         "data_manifest_sha256": manifest_sha, "clips": len(manifest), "clips_option": args.clips, "train_clips": len(train_idx),
         "val_clips": len(val_idx), "seed": args.seed, "batch": args.batch, "lr": args.lr, "lr_floor": args.lr_floor,
