@@ -49,10 +49,11 @@ ASR="$ROOT/bench/work/asr"
 cd "$ROOT"
 cargo build --release --locked --quiet
 # The definition: all 1500 frames of the window are pruned, padding included.
+REPORT="$ROOT/bench/asr_pruning"
 ./target/release/auris eval asr-pruning --model "$MODEL" --manifest "$ASR/manifest.jsonl" \
-  --out bench/asr_pruning.json --markdown bench/asr_pruning.md --plot bench/asr_pruning.svg \
+  --out "$REPORT.json" --markdown "$REPORT.md" --plot "$REPORT.svg" \
   --details "$ASR/details.jsonl" "$@"
 # As Qwen2-Audio prunes: only the frames covering the clip (the padding frames are kept).
 ./target/release/auris eval asr-pruning --model "$MODEL" --manifest "$ASR/manifest.jsonl" \
-  --scope audio --out bench/asr_pruning_audio.json --markdown bench/asr_pruning_audio.md \
-  --plot bench/asr_pruning_audio.svg --details "$ASR/details_audio.jsonl" "$@"
+  --scope audio --out "${REPORT}_audio.json" --markdown "${REPORT}_audio.md" \
+  --plot "${REPORT}_audio.svg" --details "$ASR/details_audio.jsonl" "$@"

@@ -103,8 +103,10 @@ Path("bench/auris_mini_wer.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
 if ((SWEEP)); then
+  # the same predictions file and settings as the WER pass: its unpruned runs are resumed
+  REPORT="$ROOT/bench/auris_mini_pruning"
   "$BIN" eval transcribe --model models/auris-mini --manifest "$ALM/manifest.jsonl" \
     --strategies segmentwise,topk,bottomk,random,uniform,visionzip --keeps 0.5,0.25,0.1 \
-    --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini-sweep.jsonl" \
-    --out bench/auris_mini_pruning.json --markdown bench/auris_mini_pruning.md --plot bench/auris_mini_pruning.svg
+    --max-new-tokens "$MAX_NEW" --predictions "$ALM/auris-mini.jsonl" \
+    --out "$REPORT.json" --markdown "$REPORT.md" --plot "$REPORT.svg"
 fi

@@ -256,13 +256,11 @@ def main() -> None:
 
     lin = model.model.multi_modal_projector.linear
     proj = torch.nn.Linear(lin.in_features, lin.out_features)
+    start = (load_file(str(args.init)) if args.init is not None else
+             {"multi_modal_projector.linear.weight": lin.weight, "multi_modal_projector.linear.bias": lin.bias})
     with torch.no_grad():
-        proj.weight.copy_(lin.weight.float())
-        proj.bias.copy_(lin.bias.float())
-        if args.init is not None:
-            start = load_file(str(args.init))
-            proj.weight.copy_(start["multi_modal_projector.linear.weight"].float())
-            proj.bias.copy_(start["multi_modal_projector.linear.bias"].float())
+        proj.weight.copy_(start["multi_modal_projector.linear.weight"].float())
+        proj.bias.copy_(start["multi_modal_projector.linear.bias"].float())
     init_w = proj.weight.detach().clone()
     opt = torch.optim.AdamW(proj.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
@@ -318,7 +316,8 @@ def main() -> None:
         epoch += 1
 
     v0 = val_loss()
-    log(f"validation loss with real-mini's random projector: {v0:.3f} ({len(val_idx)} clips)")
+    start_name = f"the projector of {args.init}" if args.init is not None else "real-mini's random projector"
+    log(f"validation loss with {start_name}: {v0:.3f} ({len(val_idx)} clips)")
 
     curve = []
     measured_s = None
