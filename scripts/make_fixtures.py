@@ -421,7 +421,8 @@ def make_mel(records: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(specials: list[str] = SPECIALS) -> Tokenizer:
+    """The tiny byte-level BPE on BPE_TEXT (400 ids), then `specials` as added tokens from id 400."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -433,7 +434,7 @@ def build_tokenizer() -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([line for line in BPE_TEXT.splitlines(keepends=True)], trainer=trainer)
     assert tok.get_vocab_size() == 400, tok.get_vocab_size()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return tok
 
 
@@ -460,11 +461,11 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             p.copy_((1.0 + noise) if is_norm_weight else noise)
 
 
-def strip_defaults(cfg: dict) -> dict:
+def strip_defaults(cfg: dict, top_cls=Qwen2AudioConfig, audio_cls=Qwen2AudioEncoderConfig) -> dict:
     """Remove every key whose value equals the transformers default (like the hub file, which omits them)."""
     removed = {}
     text_def = json.loads(Qwen2Config().to_json_string(use_diff=False))
-    audio_def = json.loads(Qwen2AudioEncoderConfig().to_json_string(use_diff=False))
+    audio_def = json.loads(audio_cls().to_json_string(use_diff=False))
     for sub, defaults in (("text_config", text_def), ("audio_config", audio_def)):
         removed[sub] = []
         for k in list(cfg[sub].keys()):
@@ -478,7 +479,7 @@ def strip_defaults(cfg: dict) -> dict:
             if k in defaults and cfg[sub][k] == defaults[k]:
                 removed[sub].append(k)
                 del cfg[sub][k]
-    top_def = json.loads(Qwen2AudioConfig().to_json_string(use_diff=False))
+    top_def = json.loads(top_cls().to_json_string(use_diff=False))
     removed["top"] = []
     for k in list(cfg.keys()):
         if k in ("model_type", "architectures", "audio_config", "text_config", "transformers_version", "dtype"):
@@ -764,15 +765,14 @@ def run_case(model, proc, *, kind: str, clip: str, prompt: str, gen_kwargs: dict
 
 def choice_logprobs(model, proc, inputs) -> list[dict]:
     prompt_ids = inputs["input_ids"][0].tolist()
+    audio_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     out = []
     for letter, choice in zip("ABC", MC_CHOICES):
         text = f"({letter}) {choice}"
         cont = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
         full = torch.tensor([prompt_ids + cont])
         with torch.no_grad():
-            logits = model(input_ids=full, attention_mask=torch.ones_like(full),
-                           input_features=inputs["input_features"],
-                           feature_attention_mask=inputs["feature_attention_mask"]).logits[0].float()
+            logits = model(input_ids=full, attention_mask=torch.ones_like(full), **audio_inputs).logits[0].float()
         lp = torch.log_softmax(logits, dim=-1)
         P = len(prompt_ids)
         tok_lp = [float(lp[P - 1 + j, t]) for j, t in enumerate(cont)]
@@ -806,9 +806,11 @@ def selections(scores: np.ndarray, embeds: np.ndarray):
     return sel, vz_rows, vz_info
 
 
-def pruned_generation(model, ids: torch.Tensor, projected_full: torch.Tensor, kept: list[int], gen_kwargs: dict):
+def pruned_generation(model, ids: torch.Tensor, projected_full: torch.Tensor, kept: list[int], gen_kwargs: dict,
+                      audio_id: int | None = None):
     """Prompt with len(kept) placeholders; kept projected rows scattered in; greedy via inputs_embeds."""
-    audio_id = model.config.audio_token_index
+    if audio_id is None:
+        audio_id = model.config.audio_token_index
     pos = (ids == audio_id).nonzero().flatten().tolist()
     first, last = pos[0], pos[-1]
     assert pos == list(range(first, last + 1)), "audio placeholders are not one contiguous run"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate tests/fixtures/ and models/tiny-{base,chat}/ from the reference implementation.
+# Regenerate tests/fixtures/ and models/tiny-{base,chat,af3,af3-f32}/ from the reference implementation
+# (make_fixtures.py: clips, mel, Qwen2-Audio; then make_af3_fixtures.py: Audio Flamingo 3, which reuses them).
 #
 #   scripts/make_fixtures.sh                      # venv in .venv-ref/ (created if missing)
 #   AURIS_REF_VENV=/path/to/venv scripts/make_fixtures.sh
@@ -49,5 +50,6 @@ fi
 cd "$ROOT"
 
 # Single-threaded BLAS/ATen keeps float summation order, hence the fixtures, reproducible.
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false \
-  "$VENV/bin/python" "$ROOT/scripts/make_fixtures.py" --cache "$CACHE/x"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false
+"$VENV/bin/python" "$ROOT/scripts/make_fixtures.py" --cache "$CACHE/x"
+"$VENV/bin/python" "$ROOT/scripts/make_af3_fixtures.py"
