@@ -15,7 +15,6 @@ Everything is deterministic (fixed seeds); tests/fixtures/README.md documents th
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402
 from make_fixtures import (  # noqa: E402
     AUDIO, CHAT_CAPTION_TEXT, MAX_NEW_TOKENS, MC_TEXT, MEL, MIN_MARGIN, MODELS, N_FRAMES, REF, SEGMENTS, SR,
-    WINDOW, dir_size, effective, generate_recorded, init_weights, list_checkpoint, log, margins_of, rel,
+    WINDOW, dir_size, generate_recorded, init_weights, log, margins_of, rel,
     save_tensors, write_json,
 )
 from audio import load_16k  # noqa: E402  (scripts/lib, put on sys.path by make_fixtures)
@@ -156,17 +155,10 @@ def make_model(kind: str, tok) -> dict:
     saved = json.loads((out / "config.json").read_text())
     facts["config_written"] = json.loads(json.dumps(saved))
     if kind == "tiny-af3":
-        before = effective(AudioFlamingo3Config.from_pretrained(out))
-        facts["config_keys_removed"] = mf.strip_defaults(saved, AudioFlamingo3Config, AudioFlamingo3EncoderConfig)
-        (out / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        after = effective(AudioFlamingo3Config.from_pretrained(out))
-        if before != after:
-            diff = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
-            raise SystemExit(f"reloaded {kind} config differs after removing defaults: {diff}")
+        facts["config_keys_removed"] = mf.write_without_defaults(out, saved, AudioFlamingo3Config,
+                                                                 AudioFlamingo3EncoderConfig)
 
-    tensors = list_checkpoint(out)
-    bad = [k for k in tensors if not k.startswith(("audio_tower.", "multi_modal_projector.", "language_model."))]
-    assert not bad, f"unexpected tensor names: {bad}"
+    tensors = mf.checked_tensors(out)
     proj = sorted(k for k in tensors if k.startswith("multi_modal_projector."))
     want = [f"multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("bias", "weight")
             if p == "weight" or cfg.projector_bias]
@@ -347,19 +339,7 @@ def pruned_case(model, proc, source: dict, run: dict, gen_kwargs: dict) -> tuple
         "windows": source["windows"],
         "n_audio_tokens": it["N"],
         "selection_scope": "the whole <sound> run: the windows' tokens concatenated in order",
-        "budget_rule": "K = clamp(floor(r*N + 0.5), 1, N); ties -> lower index; outputs sorted ascending",
-        "selections": sel,
-        "visionzip": vz_info,
-        "prune": {"strategy": "segmentwise", "keep": PRUNE_KEEP, "segments": SEGMENTS, "budget": len(kept),
-                  "kept_indices": kept},
-        "pruned_input_ids": p_ids,
-        "pruned_positions": "0..len(pruned_input_ids)-1, contiguous",
-        "generation": {**gen_kwargs, "output_scores": True, "inputs": "inputs_embeds (+ input_ids for the processors)"},
-        "logits_processors": p_procs,
-        "pruned_greedy_ids": p_gen,
-        "pruned_greedy_margins": p_m,
-        "pruned_text": proc.decode(p_gen, skip_special_tokens=True, clean_up_tokenization_spaces=False),
-        "pruned_stopped_on_eos": bool(p_gen and p_gen[-1] in eos),
+        **mf.pruned_fields(proc, sel, vz_info, kept, PRUNE_KEEP, gen_kwargs, (p_ids, p_gen, p_m, p_procs), eos),
     }
     tensors = {"audio_scores": scores, "audio_embeds": embeds, "projected": it["projected"],
                "pruned_prompt_logits": p_logits, **vz_rows}
@@ -476,18 +456,12 @@ def main() -> None:
     make_refs_tiny_af3_f32(report)
 
     write_json(ROOT_CACHE / "last_run_af3_facts.json", {"models": facts})
-    worst = math.inf
     for k, f in facts.items():
         log(f"== {k}: {f['n_parameters']} parameters, {f['n_tensors']} tensors in {f['shards']} {f['dtypes']}; "
             f"projector {f['projector_tensors']}")
         if "config_keys_removed" in f:
             log(f"   config keys removed (transformers defaults): {json.dumps(f['config_keys_removed'])}")
-    for name, d in report.items():
-        ids_key = "greedy_ids" if "greedy_ids" in d else "pruned_greedy_ids"
-        m_key = "greedy_margins" if "greedy_margins" in d else "pruned_greedy_margins"
-        worst = min(worst, min(d[m_key]))
-        log(f"== {name}: N={d['n_audio_tokens']} new={len(d[ids_key])} min margin={min(d[m_key]):.4f} "
-            f"ids={d[ids_key][:12]}...")
+    worst = mf.log_cases(report)
     paths = [REF / "tiny-af3", REF / "tiny-af3-f32", MODELS / "tiny-af3", MODELS / "tiny-af3-f32"]
     for p in paths:
         log(f"   {rel(p):32s} {dir_size(p) / 1e6:7.3f} MB")

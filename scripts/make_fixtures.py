@@ -509,6 +509,27 @@ def list_checkpoint(d: Path) -> dict[str, tuple[str, list[int], str]]:
     return out
 
 
+def write_without_defaults(out: Path, saved_cfg: dict, top_cls=Qwen2AudioConfig,
+                           audio_cls=Qwen2AudioEncoderConfig) -> dict:
+    """Rewrite out/config.json without the keys equal to their defaults; the reload must be the same in effect."""
+    before = effective(top_cls.from_pretrained(out))
+    removed = strip_defaults(saved_cfg, top_cls, audio_cls)
+    (out / "config.json").write_text(json.dumps(saved_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    after = effective(top_cls.from_pretrained(out))
+    if before != after:
+        diff = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        raise SystemExit(f"reloaded {out.name} config differs after removing defaults: {diff}")
+    return removed
+
+
+def checked_tensors(out: Path) -> dict[str, tuple[str, list[int], str]]:
+    """The checkpoint's tensors (list_checkpoint), all under the hub's three prefixes."""
+    tensors = list_checkpoint(out)
+    bad = [k for k in tensors if not k.startswith(("audio_tower.", "multi_modal_projector.", "language_model."))]
+    assert not bad, f"unexpected tensor names: {bad}"
+    return tensors
+
+
 def make_model(kind: str, tok: Tokenizer) -> dict:
     """Build, init, save tiny-base / tiny-chat. Returns facts for the report."""
     chat = kind == "tiny-chat"
@@ -573,18 +594,10 @@ def make_model(kind: str, tok: Tokenizer) -> dict:
     saved_cfg = json.loads((out / "config.json").read_text())
     facts["config_written"] = json.loads(json.dumps(saved_cfg))
     if chat:
-        before = effective(Qwen2AudioConfig.from_pretrained(out))
-        facts["config_keys_removed"] = strip_defaults(saved_cfg)
-        (out / "config.json").write_text(json.dumps(saved_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        after = effective(Qwen2AudioConfig.from_pretrained(out))
-        if before != after:
-            diff = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
-            raise SystemExit(f"reloaded tiny-chat config differs after removing defaults: {diff}")
+        facts["config_keys_removed"] = write_without_defaults(out, saved_cfg)
 
     # checkpoint checks
-    tensors = list_checkpoint(out)
-    bad = [k for k in tensors if not k.startswith(("audio_tower.", "multi_modal_projector.", "language_model."))]
-    assert not bad, f"unexpected tensor names: {bad}"
+    tensors = checked_tensors(out)
     facts["n_tensors"] = len(tensors)
     facts["shards"] = sorted({v[0] for v in tensors.values()})
     facts["dtypes"] = sorted({v[2] for v in tensors.values()})
@@ -828,6 +841,28 @@ def pruned_generation(model, ids: torch.Tensor, projected_full: torch.Tensor, ke
     return new_ids.tolist(), seq[len(new_ids):], margins_of(g.scores), logits.numpy().astype(np.float32), procs
 
 
+def pruned_fields(proc, sel: dict, vz_info: dict, kept: list[int], keep: float, gen_kwargs: dict, pruned: tuple,
+                  eos: list[int]) -> dict:
+    """The pruning keys of a pruned case's JSON (one layout for every model); `pruned` is what
+    pruned_generation returned, without the logits."""
+    p_ids, p_gen, p_m, p_procs = pruned
+    return {
+        "budget_rule": "K = clamp(floor(r*N + 0.5), 1, N); ties -> lower index; outputs sorted ascending",
+        "selections": sel,
+        "visionzip": vz_info,
+        "prune": {"strategy": "segmentwise", "keep": keep, "segments": SEGMENTS, "budget": len(kept),
+                  "kept_indices": kept},
+        "pruned_input_ids": p_ids,
+        "pruned_positions": "0..len(pruned_input_ids)-1, contiguous",
+        "generation": {**gen_kwargs, "output_scores": True, "inputs": "inputs_embeds (+ input_ids for the processors)"},
+        "logits_processors": p_procs,
+        "pruned_greedy_ids": p_gen,
+        "pruned_greedy_margins": p_m,
+        "pruned_text": proc.decode(p_gen, skip_special_tokens=True, clean_up_tokenization_spaces=False),
+        "pruned_stopped_on_eos": bool(p_gen and p_gen[-1] in eos),
+    }
+
+
 def make_refs() -> dict:
     if REF.exists():
         shutil.rmtree(REF)
@@ -905,7 +940,6 @@ def make_refs() -> dict:
     assert np.allclose(full_logits, it["prompt_logits"], atol=1e-4)
 
     kept = sel["segmentwise"]["0.25"]
-    K = len(kept)
     p_ids, p_gen, p_m, p_logits, p_procs = pruned_generation(model, ids, proj_full, kept, chat_gen)
     eos = model.generation_config.eos_token_id
     pdoc = {
@@ -918,18 +952,7 @@ def make_refs() -> dict:
         "valid_frames": it["F"],
         "t1": it["T1"],
         "n_audio_tokens": N,
-        "budget_rule": "K = clamp(floor(r*N + 0.5), 1, N); ties -> lower index; outputs sorted ascending",
-        "selections": sel,
-        "visionzip": vz_info,
-        "prune": {"strategy": "segmentwise", "keep": 0.25, "segments": SEGMENTS, "budget": K, "kept_indices": kept},
-        "pruned_input_ids": p_ids,
-        "pruned_positions": "0..len(pruned_input_ids)-1, contiguous",
-        "generation": {**chat_gen, "output_scores": True, "inputs": "inputs_embeds (+ input_ids for the processors)"},
-        "logits_processors": p_procs,
-        "pruned_greedy_ids": p_gen,
-        "pruned_greedy_margins": p_m,
-        "pruned_text": proc.decode(p_gen, skip_special_tokens=True, clean_up_tokenization_spaces=False),
-        "pruned_stopped_on_eos": bool(p_gen and p_gen[-1] in eos),
+        **pruned_fields(proc, sel, vz_info, kept, 0.25, chat_gen, (p_ids, p_gen, p_m, p_procs), eos),
     }
     ptensors = {
         "audio_scores": scores, "audio_embeds": embeds, "projected": it["projected"],
@@ -946,6 +969,18 @@ def make_refs() -> dict:
 
 def dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def log_cases(report: dict) -> float:
+    """One line per reference case; returns the smallest greedy margin of them all."""
+    worst = math.inf
+    for name, d in report.items():
+        ids_key = "greedy_ids" if "greedy_ids" in d else "pruned_greedy_ids"
+        m_key = "greedy_margins" if "greedy_margins" in d else "pruned_greedy_margins"
+        worst = min(worst, min(d[m_key]))
+        log(f"== {name}: N={d['n_audio_tokens']} new={len(d[ids_key])} min margin={min(d[m_key]):.4f} "
+            f"ids={d[ids_key][:12]}...")
+    return worst
 
 
 def main() -> None:
@@ -974,13 +1009,7 @@ def main() -> None:
         log(f"== {k}: {f['n_tensors']} tensors in {f['shards']} {f['dtypes']}, lm_head tensor: {f['has_lm_head_tensor']}")
         if "config_keys_removed" in f:
             log(f"   config keys removed (transformers defaults): {json.dumps(f['config_keys_removed'])}")
-    worst = math.inf
-    for name, d in report.items():
-        ids_key = "greedy_ids" if "greedy_ids" in d else "pruned_greedy_ids"
-        m_key = "greedy_margins" if "greedy_margins" in d else "pruned_greedy_margins"
-        worst = min(worst, min(d[m_key]))
-        log(f"== {name}: N={d['n_audio_tokens']} new={len(d[ids_key])} min margin={min(d[m_key]):.4f} "
-            f"ids={d[ids_key][:12]}...")
+    worst = log_cases(report)
     for p in (AUDIO, MEL, REF, MODELS / "tiny-base", MODELS / "tiny-chat"):
         log(f"   {rel(p):32s} {dir_size(p) / 1e6:7.3f} MB")
     total = sum(dir_size(p) for p in (FIX, MODELS / "tiny-base", MODELS / "tiny-chat"))
