@@ -1,16 +1,18 @@
 //! `auris bench`: stage timings of the pipeline on one clip, with warm-up and repetitions.
 //!
-//! Each repetition runs the whole request path once per keep ratio: decode + log-mel, the
-//! encoder (with attention scores when pruning), selection and projection, the prompt prefill,
-//! then `new_tokens` greedy tokens with stop ids disabled. The encoder is also timed without
-//! scores so the cost of the scores is visible. Times are wall-clock milliseconds; the report
-//! gives the minimum and the median over the repetitions.
+//! Each repetition runs every keep ratio through the request core as `auris caption` runs it
+//! ([`Pipeline::run`]): the file measured, then read, decoded, turned into log-mel, encoded
+//! (with attention scores when pruning) and pruned one window at a time, projected, prefilled,
+//! then `new_tokens` greedy tokens with stop ids disabled. The encoder's time without and
+//! with scores comes from the keep ratios that do not prune and from those that do; when
+//! only one kind is asked for, the other is measured by streaming the clip through the
+//! encoder alone, so the cost of the scores is always visible. Times are wall-clock
+//! milliseconds; the report gives the minimum and the median over the repetitions.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use auris_audio::config::EncoderConfig;
-use auris_audio::encoder::EncoderOutput;
 use auris_llm::{GenerateOptions, Qwen2Config, SamplingParams};
 use auris_prune::{Policy, Strategy};
 use rayon::prelude::*;
@@ -110,7 +112,7 @@ pub struct BenchReport {
     pub repeat: usize,
     /// Tokens generated per run.
     pub new_tokens: usize,
-    /// Decoding and resampling the file.
+    /// Decoding and resampling the file (measured, then read window by window).
     pub decode_audio: Stat,
     /// Log-mel features of every window.
     pub mel: Stat,
@@ -194,10 +196,6 @@ pub fn prefill_flop(cfg: &Qwen2Config, tokens: usize) -> f64 {
 fn achieved(flop: f64, ms: f64, peak: f64) -> (f64, f64) {
     let gflops = flop / 1e9 / (ms / 1e3).max(1e-12);
     (gflops, 100.0 * gflops / peak.max(1e-12))
-}
-
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// Peak resident set size (`VmHWM`) in MiB, or 0 when unknown.
@@ -286,9 +284,8 @@ fn requests(opts: &BenchOptions) -> Result<Vec<Request>, Error> {
         .collect()
 }
 
-/// Runs the warm-ups and the timed runs. The audio is decoded and encoded (without and with
-/// scores) once per run; each keep ratio then runs the pipeline's own request path on it (the
-/// plain encoding without pruning, the scored one with it), which times its stages.
+/// Runs the warm-ups and the timed runs: every request through [`Pipeline::run`], which times
+/// its stages, and the encoder alone for a kind (with or without scores) no request times.
 fn measure(
     pipeline: &Pipeline,
     opts: &BenchOptions,
@@ -297,8 +294,14 @@ fn measure(
 ) -> Result<Measured, Error> {
     let mut m = Measured {
         per_keep: requests.iter().map(|_| KeepSamples::default()).collect(),
+        window_tokens: pipeline.file_window_tokens(&opts.audio)?,
         ..Measured::default()
     };
+    let prunes = |r: &Request| !matches!(r.policy.strategy, Strategy::None);
+    let probes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|&scores| !requests.iter().any(|r| prunes(r) == scores))
+        .collect();
     for run in 0..opts.warmup + opts.repeat {
         let timed = run >= opts.warmup;
         let (what, i, of) = if timed {
@@ -307,34 +310,40 @@ fn measure(
             ("warm-up", run + 1, opts.warmup)
         };
         log(&format!("bench: {what} {i}/{of}"));
-        let audio = pipeline.load_audio(&opts.audio)?;
-        m.duration_s = audio.duration_s();
-        let start = Instant::now();
-        let plain = pipeline.encode(&audio, false)?;
-        let t_enc = ms(start);
-        let start = Instant::now();
-        let scored = pipeline.encode(&audio, true)?;
-        let t_enc_scores = ms(start);
-        m.window_tokens = plain.iter().map(EncoderOutput::len).collect();
-        if timed {
-            m.decode.push(audio.decode_ms);
-            m.mel.push(audio.mel_ms);
-            m.encoder.push(t_enc);
-            m.encoder_scores.push(t_enc_scores);
-        }
         for (request, samples) in requests.iter().zip(m.per_keep.iter_mut()) {
-            let (encoded, t_encoder) = match request.policy.strategy {
-                Strategy::None => (&plain, t_enc),
-                _ => (&scored, t_enc_scores),
-            };
-            let response =
-                pipeline.run_encoded(request, &audio, encoded, t_encoder, &mut |_| true)?;
-            if timed {
-                samples.push(&response.timings);
-            }
+            let response = pipeline.run(request, &mut |_| true)?;
+            m.duration_s = response.duration_s;
             samples.n_audio_tokens = response.n_audio_tokens;
             samples.n_kept = response.n_kept;
             samples.prompt_tokens = response.prompt_token_ids.len();
+            if timed {
+                let t = &response.timings;
+                m.decode.push(t.decode_audio);
+                m.mel.push(t.mel);
+                let encoder = if prunes(request) {
+                    &mut m.encoder_scores
+                } else {
+                    &mut m.encoder
+                };
+                encoder.push(t.encoder);
+                samples.push(t);
+            }
+        }
+        for &scores in &probes {
+            let mut t = Timings::default();
+            let every = Policy {
+                strategy: Strategy::None,
+                keep: 1.0,
+            };
+            pipeline.encode_streamed(&opts.audio, &every, scores, &mut t)?;
+            if timed {
+                let encoder = if scores {
+                    &mut m.encoder_scores
+                } else {
+                    &mut m.encoder
+                };
+                encoder.push(t.encoder);
+            }
         }
     }
     Ok(m)

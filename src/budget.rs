@@ -56,18 +56,29 @@ impl ContextUse {
 pub struct Overflow {
     /// The numbers at the requested policy.
     pub usage: ContextUse,
-    /// The audio-token budget of `--max-audio-tokens`, when given.
+    /// The cap on kept audio tokens ([`ContextFit::max_audio_tokens`]), when given.
     pub max_audio_tokens: Option<usize>,
-    /// The options that would fit (e.g. `--keep 0.45`), if any keep ratio does: the largest
-    /// ratio with the fewest decimals (two to four).
-    pub hint: Option<String>,
+    /// A policy that would fit, if any keep ratio does: the largest ratio with the fewest
+    /// decimals (two to four).
+    pub fits: Option<Fitting>,
 }
 
-impl fmt::Display for Overflow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// A pruning policy that makes an overflowing prompt fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fitting {
+    /// The policy: the requested strategy at a lower keep ratio, or segmentwise when the
+    /// request kept every token.
+    pub policy: Policy,
+    /// True when `policy` prunes with another strategy than the request's (which kept every
+    /// token).
+    pub strategy_changed: bool,
+}
+
+impl Overflow {
+    /// The overflow in one sentence, naming the audio-token cap as `cap_name`.
+    pub fn describe(&self, cap_name: &str) -> String {
         let u = &self.usage;
-        write!(
-            f,
+        let mut text = format!(
             "the prompt does not fit the model's context: {} audio tokens (kept {} at keep {}) + {} text tokens + {} new tokens = {} positions, max_position_embeddings is {}",
             u.audio_tokens,
             u.kept_audio_tokens,
@@ -76,17 +87,20 @@ impl fmt::Display for Overflow {
             u.max_new_tokens,
             u.total(),
             u.max_positions
-        )?;
+        );
         if let Some(n) = self.max_audio_tokens {
-            write!(f, " (and --max-audio-tokens is {n})")?;
+            text.push_str(&format!(" (and {cap_name} is {n})"));
         }
-        if self.hint.is_none() {
-            write!(
-                f,
-                "; no keep ratio fits (one token per 30 s window is already too many)"
-            )?;
+        if self.fits.is_none() {
+            text.push_str("; no keep ratio fits (one token per 30 s window is already too many)");
         }
-        Ok(())
+        text
+    }
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe("the audio-token cap"))
     }
 }
 
@@ -196,9 +210,10 @@ pub fn plan(
         fitted,
     };
     let requested = usage_at(policy, false);
-    let room = max_positions.saturating_sub(text_tokens + max_new_tokens);
-    let cap = fit.max_audio_tokens.map_or(room, |n| n.min(room));
-    if requested.kept_audio_tokens <= cap {
+    // None when the text and the new tokens alone overflow: no keep ratio helps.
+    let room = max_positions.checked_sub(text_tokens + max_new_tokens);
+    let cap = room.map_or(0, |room| fit.max_audio_tokens.map_or(room, |n| n.min(room)));
+    if room.is_some() && requested.kept_audio_tokens <= cap {
         return Ok((*policy, requested));
     }
     let (strategy, ceiling) = match policy.strategy {
@@ -206,22 +221,24 @@ pub fn plan(
         s => (s, policy.keep),
     };
     let choose = fit.fit || fit.max_audio_tokens.is_some();
+    let fitting = |digits| {
+        room?;
+        let keep = largest_keep(tokens, strategy, ceiling, cap, digits)?;
+        Some(Policy { strategy, keep })
+    };
     if choose {
-        if let Some(keep) = largest_keep(tokens, strategy, ceiling, cap, FIT_DIGITS) {
-            let fitted = Policy { strategy, keep };
+        if let Some(fitted) = fitting(FIT_DIGITS) {
             return Ok((fitted, usage_at(&fitted, true)));
         }
     }
-    let hint = (2..=FIT_DIGITS)
-        .find_map(|digits| largest_keep(tokens, strategy, ceiling, cap, digits))
-        .map(|keep| match policy.strategy {
-            Strategy::None => format!("--prune segmentwise --keep {keep}"),
-            _ => format!("--keep {keep}"),
-        });
+    let fits = (2..=FIT_DIGITS).find_map(fitting).map(|fitted| Fitting {
+        policy: fitted,
+        strategy_changed: fitted.strategy != policy.strategy,
+    });
     Err(Error::ContextOverflow(Box::new(Overflow {
         usage: requested,
         max_audio_tokens: fit.max_audio_tokens,
-        hint,
+        fits,
     })))
 }
 
@@ -265,9 +282,14 @@ mod tests {
         };
         assert_eq!(o.usage.total(), 15000 + 30 + 256);
         // 7906 positions left: keep 0.52 gives 20 * 390 = 7800, 0.53 gives 20 * 398 = 7960.
+        let fits = o.fits.expect("a keep ratio fits");
         assert_eq!(
-            o.hint.as_deref(),
-            Some("--prune segmentwise --keep 0.52"),
+            (
+                fits.policy.strategy,
+                fits.policy.keep,
+                fits.strategy_changed
+            ),
+            (Strategy::default(), 0.52, true),
             "{err}"
         );
         let text = err.to_string();
@@ -279,6 +301,17 @@ mod tests {
         ] {
             assert!(text.contains(part), "{text}");
         }
+    }
+
+    #[test]
+    fn text_and_new_tokens_alone_can_overflow() {
+        // No audio at all, but the reserved new tokens pass the model's positions.
+        let err = plan(&[], 30, 10_000, 8192, &none(), &ContextFit::default()).unwrap_err();
+        let Error::ContextOverflow(o) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(o.fits, None);
+        assert!(plan(&[], 30, 100, 8192, &none(), &ContextFit::default()).is_ok());
     }
 
     #[test]

@@ -130,16 +130,6 @@ pub enum Error {
     /// A bad request parameter.
     #[error("{0}")]
     Usage(String),
-    /// The prompt and the tokens asked for do not fit the model's context.
-    #[error("the prompt has {prompt} tokens and {max_new} new tokens were asked for, but the model's context is {context} tokens")]
-    ContextExceeded {
-        /// Tokens in the expanded prompt.
-        prompt: usize,
-        /// New tokens asked for.
-        max_new: usize,
-        /// The model's context length (max_position_embeddings).
-        context: usize,
-    },
     /// A stage broke an invariant the next stage relies on (a bug, not bad input).
     #[error("internal error: {0}")]
     Invariant(&'static str),

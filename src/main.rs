@@ -21,9 +21,10 @@ fn main() -> ExitCode {
             }
             let usage = err.downcast_ref::<cli::UsageError>().is_some();
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err}");
-            for cause in err.chain().skip(1) {
-                let _ = writeln!(stderr, "  caused by: {cause}");
+            let messages = cli::chain_messages(&err);
+            for (i, message) in messages.iter().enumerate() {
+                let lead = if i == 0 { "error:" } else { "  caused by:" };
+                let _ = writeln!(stderr, "{lead} {message}");
             }
             if let Some(hint) = cli::hint_for(&err) {
                 let _ = writeln!(stderr, "hint: {hint}");

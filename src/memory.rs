@@ -236,27 +236,32 @@ pub fn estimate(
 pub struct Shortfall {
     /// The model's name.
     pub model: String,
-    /// The options that were asked for (`--dtype f32`, `--quant q8_0`).
-    pub mode: String,
+    /// The weight storage that was asked for.
+    pub mode: crate::pipeline::Weights,
     /// Estimated resident bytes.
     pub needed: u64,
     /// The memory the system can give.
     pub available: Available,
-    /// Options that would fit, with their estimates.
-    pub fits: Vec<(String, u64)>,
+    /// Weight storages that would fit, with their estimates.
+    pub fits: Vec<(crate::pipeline::Weights, u64)>,
+}
+
+impl Shortfall {
+    /// The shortfall in one sentence, naming the weight storage asked for as `mode`.
+    pub fn describe(&self, mode: &str) -> String {
+        format!(
+            "{} needs about {} with {mode}; {} {}",
+            self.model,
+            gb(self.needed),
+            gb(self.available.bytes),
+            self.available.source
+        )
+    }
 }
 
 impl fmt::Display for Shortfall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} needs about {} with {}; {} {}",
-            self.model,
-            gb(self.needed),
-            self.mode,
-            gb(self.available.bytes),
-            self.available.source
-        )
+        f.write_str(&self.describe(&self.mode.to_string()))
     }
 }
 

@@ -422,16 +422,48 @@ impl StrategyArg {
             .to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
-        let strategy = match name.parse::<Strategy>().map_err(|e| usage(e.to_string()))? {
-            Strategy::Segmentwise { .. } => Strategy::Segmentwise {
-                segments,
-                remainder,
-            },
-            Strategy::Random { .. } => Strategy::Random { seed },
-            other => other,
-        };
+        let strategy = name.parse::<Strategy>().map_err(|e| usage(e.to_string()))?;
+        let strategy = with_parameters(strategy, segments, remainder, seed);
         strategy.validate().map_err(|e| usage(e.to_string()))?;
         Ok(strategy)
+    }
+}
+
+/// `strategy` with the parameters the options set: segmentwise's segments and remainder,
+/// random's seed (the others keep the prune crate's defaults).
+pub(super) fn with_parameters(
+    strategy: Strategy,
+    segments: usize,
+    remainder: Remainder,
+    seed: u64,
+) -> Strategy {
+    match strategy {
+        Strategy::Segmentwise { .. } => Strategy::Segmentwise {
+            segments,
+            remainder,
+        },
+        Strategy::Random { .. } => Strategy::Random { seed },
+        other => other,
+    }
+}
+
+/// The pruning options as JSON output echoes them: the strategy's name, and unless it keeps
+/// every token the keep ratio, segments and segment remainder.
+pub(super) fn describe_pruning(
+    strategy: Strategy,
+    keep: f32,
+    segments: usize,
+    remainder: Remainder,
+) -> Value {
+    if matches!(strategy, Strategy::None) {
+        json!({ "strategy": strategy.name() })
+    } else {
+        json!({
+            "strategy": strategy.name(),
+            "keep": keep,
+            "segments": segments,
+            "segment_remainder": remainder.name(),
+        })
     }
 }
 
@@ -524,20 +556,12 @@ impl PruneArgs {
     }
 
     pub(super) fn describe(&self) -> Value {
-        let name = self
+        let strategy = self
             .prune
             .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default();
-        if self.prune == StrategyArg::None {
-            json!({ "strategy": name })
-        } else {
-            json!({
-                "strategy": name,
-                "keep": self.keep,
-                "segments": self.segments,
-                "segment_remainder": format!("{:?}", self.segment_remainder).to_lowercase(),
-            })
-        }
+            .and_then(|v| v.get_name().parse::<Strategy>().ok())
+            .unwrap_or(Strategy::None);
+        let remainder = self.segment_remainder.remainder();
+        describe_pruning(strategy, self.keep, self.segments, remainder)
     }
 }

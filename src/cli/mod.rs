@@ -448,7 +448,7 @@ fn run_or_report(p: &Pipeline, request: &Request, json: bool) -> Result<Option<R
 }
 
 fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()> {
-    let message = err.to_string();
+    let message = error_message(err);
     // Audio errors name the file themselves.
     if message.contains(&path.display().to_string()) {
         eprintln!("error: {message}");
@@ -459,9 +459,7 @@ fn report_failure(path: &std::path::Path, err: &Error, json: bool) -> Result<()>
         eprintln!("hint: {hint}");
     }
     if json {
-        print_line(
-            &json!({ "audio": path.display().to_string(), "error": err.to_string() }).to_string(),
-        )?;
+        print_line(&json!({ "audio": path.display().to_string(), "error": message }).to_string())?;
     }
     Ok(())
 }
@@ -487,9 +485,10 @@ fn hint_for_error(err: &Error) -> Option<String> {
         Error::Audio(_) => {
             "auris reads WAV, FLAC, MP3 and Ogg Vorbis files".to_string()
         }
-        Error::ContextOverflow(o) => match &o.hint {
-            Some(keep) => format!(
-                "{keep} fits; --fit-context chooses the largest keep ratio that fits for each file"
+        Error::ContextOverflow(o) => match &o.fits {
+            Some(fits) => format!(
+                "{} fits; --fit-context chooses the largest keep ratio that fits for each file",
+                fitting_flags(fits)
             ),
             None => "shorten the audio, the prompt or --max-new-tokens".to_string(),
         },
@@ -500,7 +499,7 @@ fn hint_for_error(err: &Error) -> Option<String> {
             let options: Vec<String> = short
                 .fits
                 .iter()
-                .map(|(flag, bytes)| format!("{flag} ({})", auris::memory::gb(*bytes)))
+                .map(|&(w, bytes)| format!("{} ({})", weights_flag(w), auris::memory::gb(bytes)))
                 .collect();
             format!(
                 "{} fits; --no-memory-check loads anyway",
@@ -509,6 +508,47 @@ fn hint_for_error(err: &Error) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// The message of a pipeline error as the command line words it: the options it names are
+/// spelled as flags.
+pub(crate) fn error_message(err: &Error) -> String {
+    match err {
+        Error::ContextOverflow(o) => o.describe("--max-audio-tokens"),
+        Error::InsufficientMemory(short) => short.describe(&weights_flag(short.mode)),
+        e => e.to_string(),
+    }
+}
+
+/// [`error_message`] of each error in an `anyhow` chain, outermost first.
+pub(crate) fn chain_messages(err: &anyhow::Error) -> Vec<String> {
+    err.chain()
+        .map(|cause| match cause.downcast_ref::<Error>() {
+            Some(e) => error_message(e),
+            None => cause.to_string(),
+        })
+        .collect()
+}
+
+/// The options a user would type for a weight storage (`--dtype bf16`, `--quant q8_0`).
+fn weights_flag(weights: Weights) -> String {
+    match weights {
+        Weights::Compute => "--dtype f32".to_string(),
+        Weights::Checkpoint => "--dtype auto".to_string(),
+        Weights::Format(f) if f.is_quantized() => format!("--quant {f}"),
+        Weights::Format(f) => format!("--dtype {f}"),
+    }
+}
+
+/// The options a user would type for a policy that fits the context
+/// (`--prune segmentwise --keep 0.45`, or `--keep 0.45` keeping the strategy).
+fn fitting_flags(fits: &auris::budget::Fitting) -> String {
+    let keep = fits.policy.keep;
+    if fits.strategy_changed {
+        format!("--prune {} --keep {keep}", fits.policy.strategy.name())
+    } else {
+        format!("--keep {keep}")
+    }
 }
 
 /// A hint line for an error that ended the whole run.
@@ -532,6 +572,44 @@ mod tests {
     use clap::ValueEnum;
 
     use super::*;
+
+    /// Typed ways out of an overflow or a memory shortfall become the flags that select them.
+    #[test]
+    fn typed_options_are_spelled_as_flags() {
+        let fits = |strategy, strategy_changed| auris::budget::Fitting {
+            policy: auris_prune::Policy {
+                strategy,
+                keep: 0.45,
+            },
+            strategy_changed,
+        };
+        assert_eq!(
+            fitting_flags(&fits(auris_prune::Strategy::default(), true)),
+            "--prune segmentwise --keep 0.45"
+        );
+        assert_eq!(
+            fitting_flags(&fits(auris_prune::Strategy::TopK, false)),
+            "--keep 0.45"
+        );
+        let flags = [
+            Weights::Compute,
+            Weights::Checkpoint,
+            Weights::Format(WeightFormat::Bf16),
+            Weights::Format(WeightFormat::Q8_0),
+            Weights::Format(WeightFormat::Q4K),
+        ]
+        .map(weights_flag);
+        assert_eq!(
+            flags,
+            [
+                "--dtype f32",
+                "--dtype auto",
+                "--dtype bf16",
+                "--quant q8_0",
+                "--quant q4_k"
+            ]
+        );
+    }
 
     /// The `--prune` values are the prune crate's strategy names, in its order.
     #[test]

@@ -107,14 +107,14 @@ impl Weights {
             llm_format,
         }
     }
+}
 
-    /// The options a user would type for this choice (`--dtype bf16`, `--quant q8_0`).
-    pub fn flag(self) -> String {
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Weights::Compute => "--dtype f32".to_string(),
-            Weights::Checkpoint => "--dtype auto".to_string(),
-            Weights::Format(f) if f.is_quantized() => format!("--quant {f}"),
-            Weights::Format(f) => format!("--dtype {f}"),
+            Weights::Compute => f.write_str("weights in the compute dtype"),
+            Weights::Checkpoint => f.write_str("weights as in the checkpoint"),
+            Weights::Format(format) => write!(f, "weights in {format}"),
         }
     }
 }
@@ -169,17 +169,17 @@ fn check_memory(
     // Two choices that place the weights alike (auto and bf16 on a bf16 checkpoint) are one.
     let place = |w: Weights| w.placement(opts.dtype, checkpoint);
     let mut seen = vec![place(opts.weights)];
-    let mut fits: Vec<(String, u64)> = Vec::new();
+    let mut fits: Vec<(Weights, u64)> = Vec::new();
     for w in alternatives(&opts.device) {
         let bytes = need(w);
         if bytes <= available.bytes && !seen.contains(&place(w)) {
             seen.push(place(w));
-            fits.push((w.flag(), bytes));
+            fits.push((w, bytes));
         }
     }
     Err(Error::InsufficientMemory(Box::new(memory::Shortfall {
         model: name.to_string(),
-        mode: opts.weights.flag(),
+        mode: opts.weights,
         needed,
         available,
         fits,
@@ -408,9 +408,12 @@ mod tests {
         let Error::InsufficientMemory(short) = &err else {
             panic!("{err}");
         };
-        assert_eq!((short.needed, short.mode.as_str()), (f32, "--dtype f32"));
-        let flags: Vec<&str> = short.fits.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(flags, ["--quant q8_0", "--quant q4_k"]);
+        assert_eq!((short.needed, short.mode), (f32, Weights::Compute));
+        let fits: Vec<Weights> = short.fits.iter().map(|&(w, _)| w).collect();
+        assert_eq!(
+            fits,
+            [WeightFormat::Q8_0, WeightFormat::Q4K].map(Weights::Format)
+        );
         assert!(err.to_string().starts_with("tiny needs about"), "{err}");
         // Enough memory, or none reported: the load goes ahead.
         let plenty = Available {

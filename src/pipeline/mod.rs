@@ -1,17 +1,42 @@
-//! The pipeline: audio file -> log-mel -> encoder (+ scores) -> pruning -> projector -> prompt
+//! The pipeline: audio -> log-mel -> encoder (+ scores) -> pruning -> projector -> prompt
 //! merge -> Qwen2 decoder -> text.
 //!
-//! [`Pipeline`] holds the loaded stages and no per-request state; each [`Request`] is run on its
+//! [`Pipeline`] holds the loaded stages and no per-request state; each request is run on its
 //! own KV cache. Data flows one way through the stages; shapes are checked between stages when
 //! the model is loaded.
 //!
+//! # One request core
+//!
+//! Every path runs through one function, [`Pipeline::execute`], on an [`AudioRequest`]: any
+//! number of audio inputs ([`AudioSource`]: a file, an upload held in memory, or audio encoded
+//! beforehand), a prompt with one placeholder per input ([`PromptSpec`], a conversation
+//! included), one pruning policy and one context budget for all inputs together.
+//!
+//! ```text
+//! caption / ask / inspect ─ Pipeline::run (one file) ─┐
+//! bench ─ Pipeline::run, per keep ratio ──────────────┤
+//! eval ─ Pipeline::run_encoded (encoded once) ────────┼─ Pipeline::execute
+//! serve ─ AudioRequest of N uploads + the chat ───────┘    measure -> plan -> gather -> finish
+//! ```
+//!
+//! A file or upload is scanned first (each window's token count, no samples kept), the
+//! budget chooses the policy ([`crate::budget::plan`]), then each input is read again one
+//! 30 s window at a time (decode, log-mel, encoder, selection: `stream`), so memory does not
+//! grow with the audio's length. The kept rows of every input are projected and written into
+//! their placeholder spans with the text around them embedded ([`Pipeline::merge_embeddings`]),
+//! the prompt is prefilled and the [`Task`] answered. The library returns data (a
+//! [`Response`] with [`Timings`], a [`crate::budget::Overflow`] with the policy that would
+//! fit); the binary turns it into flags and messages.
+//!
 //! - `load`: [`LoadOptions`], [`Weights`], loading a checkpoint into a [`Pipeline`];
-//! - `request`: [`Request`] and its [`Task`], [`Response`], [`Timings`];
+//! - `request`: [`Request`], [`AudioRequest`] and its [`AudioSource`]s, [`Task`],
+//!   [`Response`], [`Timings`];
+//! - `execute`: the four steps of [`Pipeline::execute`];
+//! - `stream`: one input read, encoded and pruned one 30 s window at a time;
 //! - `tokens`: the encoder's output and scores -> the kept audio tokens ([`select_tokens`]);
-//! - `stream`: long audio one 30 s window at a time;
-//! - `chat`: conversations with any number of audio inputs ([`ChatRequest`]);
-//! - this module: the stages and the run of a request through them.
+//! - this module: the stages.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,14 +53,15 @@ use crate::config::{GenerationConfig, ModelConfig};
 use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens, AUDIO_TOKEN};
 use crate::Error;
 
-mod chat;
+mod execute;
 mod load;
 mod request;
 mod stream;
 mod tokens;
-pub use chat::{ChatRequest, ChatResponse};
 pub use load::{LoadOptions, Weights, DEFAULT_CONTEXT};
-pub use request::{Inspection, PromptSpec, Request, Response, Task, Timings};
+pub use request::{
+    AudioRequest, AudioSource, Inspection, PromptSpec, Request, Response, Task, Timings,
+};
 pub use tokens::{select_tokens, AudioTokens, TokenGatherer};
 
 /// The instruction used by `caption` on a chat model when the user gives none.
@@ -130,6 +156,11 @@ impl Pipeline {
         self.chat_template.is_some()
     }
 
+    /// The language model's context length in tokens.
+    pub fn context_length(&self) -> usize {
+        self.config.text_config.max_position_embeddings
+    }
+
     /// Ids that end generation.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
@@ -167,6 +198,19 @@ impl Pipeline {
         let start = Instant::now();
         let pcm = auris_audio::decode_file(path)?;
         self.audio_input(&pcm, path.to_path_buf(), start)
+    }
+
+    /// Decodes, resamples and cuts an audio file held in memory into log-mel windows;
+    /// `format` is a container hint such as `wav` and `name` labels errors.
+    pub fn audio_from_bytes(
+        &self,
+        bytes: Vec<u8>,
+        format: Option<&str>,
+        name: &str,
+    ) -> Result<AudioInput, Error> {
+        let start = Instant::now();
+        let pcm = auris_audio::decode_bytes(bytes, format, name)?;
+        self.audio_input(&pcm, PathBuf::from(name), start)
     }
 
     /// Resamples decoded audio and cuts it into log-mel windows; `start` is when decoding began.
@@ -271,7 +315,16 @@ impl Pipeline {
                     Ok(format!("<|audio_bos|>{AUDIO_TOKEN}<|audio_eos|>{text}"))
                 }
             },
+            PromptSpec::Chat(messages) => self.render_chat(messages),
         }
+    }
+
+    /// A conversation through the model's chat template.
+    fn render_chat(&self, messages: &[Message]) -> Result<String, Error> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::Usage("this model has no chat template, so it takes no chat request".into())
+        })?;
+        template.render(messages, true)
     }
 
     /// The default instruction of `caption` for this model.
@@ -283,67 +336,67 @@ impl Pipeline {
         }
     }
 
-    /// Embeds `ids` and writes `audio_rows` into the placeholder span.
+    /// Embeds `ids` and writes `rows[i]` into the placeholder span `spans[i]` of each audio
+    /// input. Only the text around the spans is embedded: the placeholders' rows would be
+    /// thrown away, and on long audio they are most of the prompt.
     pub fn merge_embeddings(
         &self,
         ids: &[u32],
-        span: std::ops::Range<usize>,
-        audio_rows: &Tensor,
+        spans: &[Range<usize>],
+        rows: &[Tensor],
     ) -> Result<Tensor, Error> {
-        let rows = audio_rows.dim(0)?;
-        if rows != span.len() {
-            return Err(Error::AudioRowMismatch {
-                tokens: span.len(),
-                rows,
-            });
+        if spans.len() != rows.len() {
+            return Err(Error::Invariant("one audio span per audio input"));
         }
-        // Only the text around the span is embedded: the placeholders' rows would be thrown
-        // away, and on long audio they are most of the prompt.
         let embed = |ids: &[u32]| -> Result<Tensor, Error> {
             let ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
             Ok(self.decoder.embed_tokens(&ids_t)?.squeeze(0)?)
         };
-        let before = (span.start > 0)
-            .then(|| embed(&ids[..span.start]))
-            .transpose()?;
-        let after = (span.end < ids.len())
-            .then(|| embed(&ids[span.end..]))
-            .transpose()?;
-        let dtype = before.as_ref().or(after.as_ref()).map(Tensor::dtype);
-        let audio = match dtype {
-            Some(dtype) => audio_rows.to_dtype(dtype)?,
-            None => audio_rows.clone(),
-        };
-        let parts: Vec<Tensor> = [before, Some(audio), after].into_iter().flatten().collect();
+        let mut parts: Vec<(bool, Tensor)> = Vec::with_capacity(2 * spans.len() + 1);
+        let mut at = 0;
+        for (span, audio) in spans.iter().zip(rows) {
+            let n = audio.dim(0)?;
+            if n != span.len() {
+                return Err(Error::AudioRowMismatch {
+                    tokens: span.len(),
+                    rows: n,
+                });
+            }
+            if span.start > at {
+                parts.push((false, embed(&ids[at..span.start])?));
+            }
+            if n > 0 {
+                parts.push((true, audio.clone()));
+            }
+            at = span.end;
+        }
+        if at < ids.len() {
+            parts.push((false, embed(&ids[at..])?));
+        }
+        let text_dtype = parts
+            .iter()
+            .find(|(audio, _)| !audio)
+            .map(|(_, t)| t.dtype());
+        let parts = parts
+            .into_iter()
+            .map(|(audio, t)| match text_dtype {
+                Some(dtype) if audio => t.to_dtype(dtype),
+                _ => Ok(t),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
     }
 
-    /// Runs one request end to end; `on_token` sees each new token id as it is generated and
+    /// Runs one request on one audio file end to end, reading it one window at a time (or
+    /// whole for [`Task::Inspect`]); `on_token` sees each new token id as it is generated and
     /// may return `false` to stop.
     pub fn run(
         &self,
         request: &Request,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        request.policy.validate()?;
-        match request.task {
-            Task::Generate | Task::ScoreChoices(_) => self.run_streamed(request, on_token),
-            Task::Inspect { .. } => self.run_inspected(request, on_token),
-        }
-    }
-
-    /// [`Pipeline::run`] keeping the whole audio and its encoder output, which the
-    /// inspection reports (with the attention scores whatever the policy).
-    fn run_inspected(
-        &self,
-        request: &Request,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
-        let audio = self.load_audio(&request.audio)?;
-        let plan = self.plan(request, &audio_token_counts(&audio))?;
-        let start = Instant::now();
-        let encoded = self.encode(&audio, true)?;
-        self.run_planned(request, &audio, &encoded, ms(start), plan, on_token)
+        let source = AudioSource::File(request.audio.clone());
+        self.execute(&request.with_source(source), on_token)
     }
 
     /// [`Pipeline::run`] from audio already decoded and encoded (`encoder_ms` is reported as
@@ -357,145 +410,26 @@ impl Pipeline {
         encoder_ms: f64,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        request.policy.validate()?;
-        let plan = self.plan(request, &audio_token_counts(audio))?;
-        self.run_planned(request, audio, encoded, encoder_ms, plan, on_token)
-    }
-
-    /// The prompt of `request` and the pruning policy that fits the model's context, for
-    /// audio of `window_tokens` tokens per window.
-    fn plan(&self, request: &Request, window_tokens: &[usize]) -> Result<Plan, Error> {
-        let prompt_text = self.render_prompt(&request.prompt, &request.audio)?;
-        let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
-        let (policy, context) = self.fit_context(window_tokens, &ids, request)?;
-        Ok(Plan {
-            prompt_text,
-            ids,
-            policy,
-            context,
-        })
-    }
-
-    fn run_planned(
-        &self,
-        request: &Request,
-        audio: &AudioInput,
-        encoded: &[EncoderOutput],
-        encoder_ms: f64,
-        plan: Plan,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
-        let mut timings = Timings {
-            decode_audio: audio.decode_ms,
-            mel: audio.mel_ms,
-            encoder: encoder_ms,
-            ..Timings::default()
-        };
-        let start = Instant::now();
-        let tokens = self.select(encoded, &plan.policy)?;
-        timings.projector = ms(start);
-        let selected = Selected {
-            audio: AudioSummary {
-                duration_s: audio.duration_s(),
-                sample_rate: audio.sample_rate,
-            },
-            tokens,
-            timings,
-        };
-        self.run_selected(request, selected, plan, Some((audio, encoded)), on_token)
-    }
-
-    /// The rest of a request once its audio tokens are selected: projection, prompt merge,
-    /// prefill and generation. `inspect` is the audio and its encoder output, which
-    /// [`Task::Inspect`] needs.
-    fn run_selected(
-        &self,
-        request: &Request,
-        selected: Selected,
-        plan: Plan,
-        inspect: Option<(&AudioInput, &[EncoderOutput])>,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
-        let Plan {
-            prompt_text,
-            ids,
-            policy,
-            context,
-        } = plan;
-        let Selected {
+        let source = AudioSource::Encoded {
             audio,
-            tokens,
-            mut timings,
-        } = selected;
-        let start = Instant::now();
-        let projected = self.project(&tokens)?;
-        // The encoder rows are not needed past the projection.
-        let AudioTokens {
-            n_audio_tokens,
-            kept_indices,
-            scores,
-            ..
-        } = tokens;
-        timings.projector += ms(start);
-
-        let expanded = prompt::expand(&ids, &[kept_indices.len()], &self.special)?;
-        let span = expanded.audio_spans.first().cloned().unwrap_or(0..0);
-        let embeds = self.merge_embeddings(&expanded.ids, span, &projected)?;
-        // On long audio the projected rows and the prompt embeddings are hundreds of MB: each
-        // goes as soon as nothing reads it.
-        let projected = request.task.inspects().then_some(projected);
-
-        let start = Instant::now();
-        let mut cache = self.decoder.new_cache();
-        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.task.inspects())?;
-        drop(embeds);
-        timings.prefill = ms(start);
-
-        let inspection = match (&all_logits, inspect, &projected) {
-            (Some(all), Some((audio, encoded)), Some(projected)) => {
-                Some(self.inspection(audio, encoded, scores, projected, all)?)
-            }
-            (None, _, _) => None,
-            _ => {
-                return Err(Error::Invariant(
-                    "inspect needs the audio windows and their encoder output",
-                ))
-            }
+            windows: encoded,
+            encoder_ms,
         };
-        drop(projected);
-
-        let response = Response {
-            audio: request.audio.clone(),
-            duration_s: audio.duration_s,
-            sample_rate: audio.sample_rate,
-            n_audio_tokens,
-            n_kept: kept_indices.len(),
-            kept_indices,
-            prompt: prompt_text,
-            prompt_token_ids: expanded.ids,
-            output_token_ids: Vec::new(),
-            text: String::new(),
-            stopped_on: None,
-            choice_logprobs: None,
-            timings,
-            inspection,
-            policy,
-            context,
-        };
-        self.answer(request, response, &mut cache, &logits, on_token)
+        self.execute(&request.with_source(source), on_token)
     }
 
-    /// Completes `response` after the prefill as `request.task` asks: nothing more (an
-    /// inspection without generation), the choices' log-likelihoods, or the generated text.
+    /// Completes `response` after the prefill as `task` asks: nothing more (an inspection
+    /// without generation), the choices' log-likelihoods, or the generated text.
     fn answer(
         &self,
-        request: &Request,
+        task: &Task,
+        generate: &GenerateOptions,
         mut response: Response,
         cache: &mut KvCache,
         logits: &Tensor,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
-        match &request.task {
+        match task {
             Task::Inspect { generate: false } => Ok(response),
             Task::ScoreChoices(choices) => {
                 let start = Instant::now();
@@ -508,7 +442,7 @@ impl Pipeline {
                     cache,
                     logits,
                     &response.prompt_token_ids,
-                    &request.generate,
+                    generate,
                     on_token,
                     &mut response.timings,
                 )?;
@@ -535,36 +469,6 @@ impl Pipeline {
             return Ok((last, Some(all)));
         }
         Ok((self.decoder.forward_embeds(embeds, cache)?, None))
-    }
-
-    /// The policy `request` runs with on `audio` and the context it uses (see
-    /// [`crate::budget::plan`]); `ids` is the prompt before placeholder expansion.
-    pub fn plan_context(
-        &self,
-        audio: &AudioInput,
-        ids: &[u32],
-        request: &Request,
-    ) -> Result<(Policy, ContextUse), Error> {
-        self.fit_context(&audio_token_counts(audio), ids, request)
-    }
-
-    /// [`Pipeline::plan_context`] for audio of `tokens` tokens per window.
-    fn fit_context(
-        &self,
-        tokens: &[usize],
-        ids: &[u32],
-        request: &Request,
-    ) -> Result<(Policy, ContextUse), Error> {
-        // The placeholder becomes the audio, wrapped in <|audio_bos|>/<|audio_eos|> if needed.
-        let text = prompt::expand(ids, &[0], &self.special)?.ids.len();
-        crate::budget::plan(
-            tokens,
-            text,
-            request.generate.max_new_tokens,
-            self.config.text_config.max_position_embeddings,
-            &request.policy,
-            &request.context,
-        )
     }
 
     /// Generates after the prompt's last logits and records the time and tokens per second.
@@ -688,13 +592,6 @@ fn audio_token_counts(audio: &AudioInput) -> Vec<usize> {
 struct AudioSummary {
     duration_s: f64,
     sample_rate: u32,
-}
-
-/// A request's audio tokens after selection, with the stage timings so far.
-struct Selected {
-    audio: AudioSummary,
-    tokens: AudioTokens,
-    timings: Timings,
 }
 
 /// What a request resolves to before its audio is encoded: the rendered prompt, its token ids

@@ -1,13 +1,16 @@
 //! What a caller asks of the pipeline and what it gets back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use auris_audio::encoder::EncoderOutput;
 use auris_llm::GenerateOptions;
 use auris_prune::Policy;
 use candle_core::Tensor;
 use serde::Serialize;
 
+use super::AudioInput;
 use crate::budget::{ContextFit, ContextUse};
+use crate::prompt::Message;
 
 /// What to put around the audio.
 #[derive(Debug, Clone)]
@@ -21,6 +24,79 @@ pub enum PromptSpec {
     },
     /// The complete prompt text, used verbatim; each `<|AUDIO|>` is expanded.
     Raw(String),
+    /// A conversation rendered through the model's chat template (chat models only); its
+    /// audio parts, in order, stand for the request's audio inputs.
+    Chat(Vec<Message>),
+}
+
+/// Where one audio input of an [`AudioRequest`] comes from.
+#[derive(Debug, Clone)]
+pub enum AudioSource<'a> {
+    /// A file, read one 30 s window at a time.
+    File(PathBuf),
+    /// A file held in memory (an upload), read one window at a time like a file.
+    Bytes {
+        /// The file's bytes.
+        bytes: Vec<u8>,
+        /// A container hint such as `wav`.
+        format: Option<String>,
+        /// What errors and the response call it.
+        name: String,
+    },
+    /// Audio decoded and encoded beforehand (an evaluation encodes a clip once and runs every
+    /// pruning policy on it); pruning needs `windows` to carry the attention scores.
+    Encoded {
+        /// The decoded audio.
+        audio: &'a AudioInput,
+        /// The encoder's output for each of its windows.
+        windows: &'a [EncoderOutput],
+        /// Milliseconds the encoding took, reported as the encoder's time.
+        encoder_ms: f64,
+    },
+}
+
+impl AudioSource<'_> {
+    /// The path or name the response reports for this input.
+    pub fn label(&self) -> &Path {
+        match self {
+            AudioSource::File(path) => path,
+            AudioSource::Bytes { name, .. } => Path::new(name),
+            AudioSource::Encoded { audio, .. } => &audio.path,
+        }
+    }
+}
+
+/// One run of the request core: any number of audio inputs, a prompt with one audio
+/// placeholder per input, one pruning policy and one context budget over all of them. A
+/// [`Request`] is this with one audio file.
+#[derive(Debug, Clone)]
+pub struct AudioRequest<'a> {
+    /// The audio inputs, in the order of the prompt's placeholders.
+    pub inputs: Vec<AudioSource<'a>>,
+    /// The prompt.
+    pub prompt: PromptSpec,
+    /// Which audio tokens to keep (applied to each window of each input).
+    pub policy: Policy,
+    /// Decoding parameters.
+    pub generate: GenerateOptions,
+    /// What to do once the prompt is prefilled.
+    pub task: Task,
+    /// What to do when the prompt would not fit the model's context.
+    pub context: ContextFit,
+}
+
+impl Request {
+    /// The core's request for this one file, read from `source`.
+    pub fn with_source<'a>(&self, source: AudioSource<'a>) -> AudioRequest<'a> {
+        AudioRequest {
+            inputs: vec![source],
+            prompt: self.prompt.clone(),
+            policy: self.policy,
+            generate: self.generate.clone(),
+            task: self.task.clone(),
+            context: self.context,
+        }
+    }
 }
 
 /// One run of the pipeline on one audio file.
@@ -106,17 +182,17 @@ pub struct Inspection {
 /// The result of one request.
 #[derive(Debug, Clone)]
 pub struct Response {
-    /// The audio file.
+    /// The audio file (the first input's path or name).
     pub audio: PathBuf,
-    /// Duration in seconds.
+    /// Duration in seconds, all inputs together.
     pub duration_s: f64,
-    /// The file's sample rate.
+    /// The file's sample rate (the first input's).
     pub sample_rate: u32,
-    /// Tokens the encoder produced.
+    /// Tokens the encoder produced, all inputs together.
     pub n_audio_tokens: usize,
-    /// Tokens given to the LLM.
+    /// Tokens given to the LLM, all inputs together.
     pub n_kept: usize,
-    /// Indices of the kept tokens across windows.
+    /// Indices of the kept tokens across windows (and across inputs, in order).
     pub kept_indices: Vec<usize>,
     /// Prompt text before placeholder expansion.
     pub prompt: String,
@@ -130,7 +206,7 @@ pub struct Response {
     pub stopped_on: Option<u32>,
     /// Log-likelihood of each answer choice: `Some` for [`Task::ScoreChoices`].
     pub choice_logprobs: Option<Vec<f32>>,
-    /// Stage timings.
+    /// Stage timings (the audio stages summed over the inputs).
     pub timings: Timings,
     /// Intermediate tensors: `Some` for [`Task::Inspect`].
     pub inspection: Option<Inspection>,

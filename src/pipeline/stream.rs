@@ -15,58 +15,32 @@
 //! - `visionzip`: the window's rows once more as `f32` vectors and its merged rows while
 //!   selecting, then the kept rows.
 //!
-//! The file is decoded twice: [`auris_audio::scan`] first measures it (the token count of every
-//! window, which the context budget needs before the keep ratio is chosen) without keeping
-//! any sample, then [`auris_audio::WindowReader`] reads it window by window.
-
-use auris_prune::Strategy;
+//! The file (or upload) is decoded twice: [`auris_audio::scan_stream`] first measures it (the
+//! token count of every window, which the context budget needs before the keep ratio is
+//! chosen) without keeping any sample, then [`auris_audio::WindowReader`] reads it window by
+//! window.
 
 use super::*;
 
 impl Pipeline {
     /// Audio tokens of every window of a file `samples_16k` samples long at 16 kHz.
-    fn window_token_counts(&self, samples_16k: usize) -> Vec<usize> {
+    pub(super) fn window_token_counts(&self, samples_16k: usize) -> Vec<usize> {
         let mel = self.mel.config();
         auris_audio::window_lengths(samples_16k, mel.n_samples)
             .map(|len| auris_audio::audio_token_count(mel.valid_frames(len)))
             .collect()
     }
 
-    /// [`Pipeline::run`] holding one window at a time (see the [module docs](self)).
-    pub(super) fn run_streamed(
-        &self,
-        request: &Request,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
-        let start = Instant::now();
-        let info = auris_audio::scan(&request.audio)?;
-        let mut timings = Timings {
-            decode_audio: ms(start),
-            ..Timings::default()
-        };
-        let counts = self.window_token_counts(info.samples_16k);
-        let plan = self.plan(request, &counts)?;
-        let scores = !matches!(plan.policy.strategy, Strategy::None);
-        let tokens = self.encode_streamed(&request.audio, &plan.policy, scores, &mut timings)?;
-        if tokens.n_audio_tokens != counts.iter().sum::<usize>() {
-            return Err(Error::BadFile {
-                path: request.audio.clone(),
-                reason: format!(
-                    "the file changed while it was read: {} audio tokens, then {}",
-                    counts.iter().sum::<usize>(),
-                    tokens.n_audio_tokens
-                ),
-            });
-        }
-        let selected = Selected {
-            audio: AudioSummary {
-                duration_s: info.duration_s(),
-                sample_rate: info.sample_rate,
-            },
-            tokens,
-            timings,
-        };
-        self.run_selected(request, selected, plan, None, on_token)
+    /// Audio tokens of each 30 s window of the file at `path`, measured without keeping its
+    /// samples.
+    pub fn file_window_tokens(&self, path: &Path) -> Result<Vec<usize>, Error> {
+        let info = auris_audio::scan(path)?;
+        Ok(self.window_token_counts(info.samples_16k))
+    }
+
+    /// Reads `pcm` one log-mel window of samples at a time.
+    pub(super) fn window_reader(&self, pcm: auris_audio::PcmStream) -> auris_audio::WindowReader {
+        auris_audio::WindowReader::from_stream(pcm, self.mel.config().n_samples)
     }
 
     /// Decodes `path` and computes the log-mel of, encodes and prunes with `policy` one
@@ -79,7 +53,18 @@ impl Pipeline {
         scores: bool,
         timings: &mut Timings,
     ) -> Result<AudioTokens, Error> {
-        let mut reader = auris_audio::WindowReader::open(path, self.mel.config().n_samples)?;
+        let reader = self.window_reader(auris_audio::PcmStream::open(path)?);
+        self.stream_tokens(reader, policy, scores, timings)
+    }
+
+    /// [`Pipeline::encode_streamed`] from an opened reader.
+    pub(super) fn stream_tokens(
+        &self,
+        mut reader: auris_audio::WindowReader,
+        policy: &Policy,
+        scores: bool,
+        timings: &mut Timings,
+    ) -> Result<AudioTokens, Error> {
         let mut gatherer = TokenGatherer::new(*policy);
         loop {
             let start = Instant::now();

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::common::{auris, copy_model, fixture, model_dir, run, Run};
 
 /// A copy of tiny-chat whose text config allows `positions` positions.
-fn short_context_model(positions: usize, tag: &str) -> std::path::PathBuf {
+pub(crate) fn short_context_model(positions: usize, tag: &str) -> std::path::PathBuf {
     let dir = copy_model("tiny-chat", tag);
     let path = dir.join("config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -21,8 +21,14 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_model(std::path::Path::new("models/tiny-chat"), extra)
+    }
+
+    fn start_model(model: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = auris()
-            .args(["serve", "--model", "models/tiny-chat", "--device", "cpu"])
+            .args(["serve", "--model"])
+            .arg(model)
+            .args(["--device", "cpu"])
             .args(["--port", "0", "--max-new-tokens", "8"])
             .args(extra)
             .stdout(Stdio::null())
@@ -417,4 +423,32 @@ fn sigterm_finishes_the_running_request_and_exits_0() {
     assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A chat request too long for the model's context is refused with the message `auris ask`
+/// gives for the same audio and question: the budget's numbers.
+#[test]
+fn an_overlong_chat_request_gets_the_command_lines_context_error() {
+    let model = crate::context::short_context_model(600, "ctx-serve");
+    let clip = fixture("audio/long_42s_16k.wav");
+    let ask = run(auris()
+        .arg("ask")
+        .arg(&clip)
+        .args(["--question", "What is this?", "--device", "cpu"])
+        .args(["--max-new-tokens", "8", "--quiet", "--model"])
+        .arg(&model));
+    assert_eq!(ask.code, 1, "{}", ask.stderr);
+    let prefix = format!("error: {}: ", clip.display());
+    let message = ask
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no error line in {}", ask.stderr));
+    assert!(message.contains("1050 audio tokens"), "{message}");
+
+    let server = Server::start_model(&model, &[]);
+    let (status, v) = server.post_json(&ask_body("long_42s_16k.wav", "What is this?"));
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages", "{v}");
+    assert_eq!(v["error"]["message"], message, "{v}");
 }

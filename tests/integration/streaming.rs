@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use auris::pipeline::{PromptSpec, Request, Response, Task};
+use auris::pipeline::{AudioRequest, AudioSource, PromptSpec, Request, Response, Task};
+use auris::prompt::{Message, Part};
 use auris::Pipeline;
 use auris_prune::{Policy, Remainder, Strategy};
 
-use crate::common::load_model;
+use crate::common::{fixture, load_model};
 
 /// A 16-bit PCM WAV of `seconds` at `rate` Hz with `channels` channels: a tone gliding up
 /// with a pulse every second, so every window differs.
@@ -126,4 +127,96 @@ fn a_recording_ending_in_a_window_without_tokens_runs() {
             .unwrap();
         assert_same(&format!("{strategy:?}"), &streamed, &whole);
     }
+}
+
+/// A user turn as the server receives it: one audio part per upload, then the question.
+fn chat(uploads: usize, question: &str) -> PromptSpec {
+    let mut content: Vec<Part> = (1..=uploads)
+        .map(|i| Part::Audio {
+            audio_url: format!("audio {i}"),
+        })
+        .collect();
+    content.push(Part::Text {
+        text: question.to_string(),
+    });
+    PromptSpec::Chat(vec![Message {
+        role: "user".to_string(),
+        content,
+    }])
+}
+
+fn upload(path: &Path, name: &str) -> AudioSource<'static> {
+    AudioSource::Bytes {
+        bytes: std::fs::read(path).unwrap(),
+        format: Some("wav".to_string()),
+        name: name.to_string(),
+    }
+}
+
+/// What `auris serve` runs for a chat request with one audio (an upload and the conversation)
+/// goes through the same core as `auris ask` on the file, and gives the same ids.
+#[test]
+fn a_chat_request_with_one_upload_equals_ask() {
+    let p = load_model("tiny-chat");
+    let wav = fixture("audio/tone_440_16k.wav");
+    let question = "What is this?";
+    for policy in [
+        Policy::new(Strategy::None, 1.0).unwrap(),
+        Policy::new(Strategy::default(), 0.5).unwrap(),
+    ] {
+        let mut ask = request(&p, &wav, policy);
+        ask.prompt = PromptSpec::Instruction {
+            text: question.to_string(),
+            system: None,
+        };
+        let asked = p.run(&ask, &mut |_| true).unwrap();
+        let mut served = ask.with_source(upload(&wav, "audio 1"));
+        served.prompt = chat(1, question);
+        let served = p.execute(&served, &mut |_| true).unwrap();
+        let what = format!("{policy:?}");
+        assert_eq!(served.prompt_token_ids, asked.prompt_token_ids, "{what}");
+        assert_eq!(served.output_token_ids, asked.output_token_ids, "{what}");
+        assert_eq!(served.kept_indices, asked.kept_indices, "{what}");
+        assert_eq!(served.context, asked.context, "{what}");
+        assert_eq!(served.audio, Path::new("audio 1"));
+    }
+}
+
+/// Several inputs share one budget and one merge: each gets its own span, in order, and the
+/// kept indices of an input count the tokens of the inputs before it.
+#[test]
+fn several_inputs_are_joined_in_order() {
+    let p = load_model("tiny-chat");
+    let tone = fixture("audio/tone_440_16k.wav");
+    let long = fixture("audio/long_42s_16k.wav");
+    let policy = Policy::new(Strategy::default(), 0.5).unwrap();
+    let one = |path: &Path| {
+        let mut r = request(&p, path, policy).with_source(upload(path, "a"));
+        r.prompt = chat(1, "Compare.");
+        p.execute(&r, &mut |_| true).unwrap()
+    };
+    let (first, second) = (one(&tone), one(&long));
+    let both = AudioRequest {
+        inputs: vec![upload(&tone, "a"), upload(&long, "b")],
+        prompt: chat(2, "Compare."),
+        ..request(&p, &tone, policy).with_source(upload(&tone, "a"))
+    };
+    let both = p.execute(&both, &mut |_| true).unwrap();
+    let offset = first.n_audio_tokens;
+    let mut kept = first.kept_indices.clone();
+    kept.extend(second.kept_indices.iter().map(|i| offset + i));
+    assert_eq!(both.kept_indices, kept);
+    assert_eq!(
+        both.n_audio_tokens,
+        first.n_audio_tokens + second.n_audio_tokens
+    );
+    assert_eq!(both.context.audio_tokens, both.n_audio_tokens);
+    assert_eq!(both.duration_s, first.duration_s + second.duration_s);
+    let audio = p.special_tokens().audio;
+    let spans = both
+        .prompt_token_ids
+        .windows(2)
+        .filter(|w| w[0] != audio && w[1] == audio)
+        .count();
+    assert_eq!(spans, 2);
 }

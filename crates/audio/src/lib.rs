@@ -36,7 +36,7 @@ pub use decode::{decode_bytes, decode_file, Pcm, PcmStream, FORMATS_READ};
 pub use error::AudioError;
 pub use mel::{LogMel, MelConfig, MelExtractor};
 pub use resample::{resample, StreamResampler, RATE_RANGE_HZ};
-pub use stream::{scan, window_lengths, AudioInfo, WindowReader};
+pub use stream::{scan, scan_stream, window_lengths, AudioInfo, WindowReader};
 
 /// Sample rate of the features, in Hz.
 pub const SAMPLE_RATE: u32 = 16_000;

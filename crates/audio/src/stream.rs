@@ -38,7 +38,14 @@ impl AudioInfo {
 /// Fails as [`crate::load_audio_16k`] does on the same file (the same error variants, naming
 /// `path`), so a file that scans is one whose windows [`WindowReader`] can read.
 pub fn scan(path: &Path) -> Result<AudioInfo, AudioError> {
-    let mut pcm = PcmStream::open(path)?;
+    scan_stream(PcmStream::open(path)?)
+}
+
+/// [`scan`] of an opened stream (a file, or audio held in memory through
+/// [`PcmStream::from_bytes`]); errors name the stream's path.
+pub fn scan_stream(mut pcm: PcmStream) -> Result<AudioInfo, AudioError> {
+    let path = pcm.path().to_path_buf();
+    let path = path.as_path();
     let mut scratch = Vec::new();
     loop {
         scratch.clear();
@@ -83,14 +90,19 @@ pub struct WindowReader {
 impl WindowReader {
     /// Opens `path` for windows of `window` samples at 16 kHz (480 000 for Whisper's 30 s).
     pub fn open(path: &Path, window: usize) -> Result<Self, AudioError> {
-        Ok(Self {
-            pcm: PcmStream::open(path)?,
+        Ok(Self::from_stream(PcmStream::open(path)?, window))
+    }
+
+    /// Reads windows of `window` samples from an opened stream (see [`WindowReader::open`]).
+    pub fn from_stream(pcm: PcmStream, window: usize) -> Self {
+        Self {
+            pcm,
             resampler: None,
             window: window.max(1),
             pending: Vec::new(),
             scratch: Vec::new(),
             done: false,
-        })
+        }
     }
 
     /// The next window's samples: `window` of them, fewer for the last; `None` after it.

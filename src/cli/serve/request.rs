@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use auris::prompt::{Message, Part};
-use auris_prune::Policy;
+use auris_prune::{Policy, Strategy};
 use base64::Engine;
-use clap::ValueEnum;
 use serde_json::Value;
 
 use super::wire::{ApiError, ChatCompletionRequest, Content, ContentPart, Stop, WireMessage};
-use crate::cli::args::{PruneArgs, ServeArgs, StrategyArg};
+use crate::cli::args::{describe_pruning, with_parameters, ServeArgs};
 
 /// An audio input as sent: its bytes and a container hint.
 pub(super) struct AudioBlob {
@@ -118,7 +117,7 @@ fn pruning(
         return Err(ApiError::bad("segments", "segments must be at least 1"));
     }
     let strategy = match &req.prune {
-        Some(name) => StrategyArg::from_str(name, true).map_err(|_| {
+        Some(name) => name.to_lowercase().parse::<Strategy>().map_err(|_| {
             ApiError::bad(
                 "prune",
                 format!(
@@ -127,23 +126,30 @@ fn pruning(
                 ),
             )
         })?,
-        None => args.prune.prune,
+        None => {
+            args.prune
+                .policy(seed)
+                .map_err(|e| ApiError::bad("prune", e.to_string()))?
+                .strategy
+        }
     };
-    let prune = PruneArgs {
-        prune: strategy,
-        keep: req.keep.unwrap_or(args.prune.keep),
-        segments: req.segments.unwrap_or(args.prune.segments),
-        segment_remainder: args.prune.segment_remainder,
-        // Fitting to the context is per command line, not per request: an overflowing request
-        // is a 400 naming the numbers.
-        fit_context: false,
-        max_audio_tokens: None,
+    // Fitting to the context is per command line, not per request: an overflowing request
+    // is a 400 naming the numbers.
+    let asked_keep = req.keep.unwrap_or(args.prune.keep);
+    let segments = req.segments.unwrap_or(args.prune.segments);
+    let remainder = args.prune.segment_remainder.remainder();
+    let strategy = with_parameters(strategy, segments, remainder, seed);
+    let keep = if matches!(strategy, Strategy::None) {
+        1.0
+    } else {
+        asked_keep
     };
-    let policy = prune.policy(seed).map_err(|e| {
+    let policy = Policy::new(strategy, keep).map_err(|e| {
         let param = if req.keep.is_some() { "keep" } else { "prune" };
         ApiError::bad(param, e.to_string())
     })?;
-    Ok((policy, prune.describe()))
+    let echo = describe_pruning(strategy, asked_keep, segments, remainder);
+    Ok((policy, echo))
 }
 
 fn message(

@@ -4,8 +4,9 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::Receiver;
 
-use auris::pipeline::{ChatRequest, ChatResponse, TextStream};
-use auris::{Error, Pipeline};
+use auris::budget::ContextFit;
+use auris::pipeline::{AudioRequest, AudioSource, PromptSpec, Task, TextStream};
+use auris::{Error, Pipeline, Response};
 use auris_llm::GenerateOptions;
 use axum::http::StatusCode;
 use tokio::sync::mpsc::UnboundedSender;
@@ -30,7 +31,7 @@ pub(super) enum Event {
 
 /// A finished generation.
 pub(super) struct Outcome {
-    pub(super) response: ChatResponse,
+    pub(super) response: Response,
     /// The answer's text, cut before a stop string.
     pub(super) text: String,
     pub(super) finish_reason: &'static str,
@@ -55,12 +56,6 @@ pub(super) fn serve_jobs(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Jo
 
 fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcome>, ApiError> {
     let params = &job.params;
-    let audios = params
-        .audio
-        .iter()
-        .map(|a| p.audio_from_bytes(a.bytes.clone(), a.format.as_deref(), &a.name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad("messages", format!("could not decode the audio: {e}")))?;
     let mut generate = base.clone();
     generate.max_new_tokens = params.max_tokens;
     if let Some(t) = params.temperature {
@@ -70,16 +65,28 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         generate.sampling.top_p = (top_p < 1.0).then_some(top_p);
     }
     generate.sampling.seed = params.seed;
-    let request = ChatRequest {
-        messages: &params.messages,
-        audios: &audios,
+    // The same core as `auris ask`: each upload is read one window at a time, and a request
+    // that overflows the context is refused as the command line refuses it.
+    let request = AudioRequest {
+        inputs: params
+            .audio
+            .iter()
+            .map(|a| AudioSource::Bytes {
+                bytes: a.bytes.clone(),
+                format: a.format.clone(),
+                name: a.name.clone(),
+            })
+            .collect(),
+        prompt: PromptSpec::Chat(params.messages.clone()),
         policy: params.policy,
         generate,
+        task: Task::Generate,
+        context: ContextFit::default(),
     };
     let mut text = TextStream::new(p.tokenizer());
     let mut stops = StopScan::new(&params.stop);
     let response = p
-        .run_chat(&request, &mut |id| {
+        .execute(&request, &mut |id| {
             if let Ok(Some(piece)) = text.push(id) {
                 let out = stops.push(&piece);
                 if !out.is_empty() {
@@ -122,9 +129,23 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
 
 /// The HTTP status of a pipeline error: what the request asked for is a 400, the rest a 500.
 fn api_error(e: Error) -> ApiError {
+    use auris_audio::AudioError;
     match e {
-        Error::Audio(_) => ApiError::bad("messages", format!("could not use the audio: {e}")),
-        Error::ContextExceeded { .. } => ApiError::bad("max_tokens", e.to_string()),
+        Error::Audio(AudioError::Candle(_) | AudioError::ShapeMismatch { .. }) => {
+            ApiError::bad("messages", format!("could not use the audio: {e}"))
+        }
+        Error::Audio(_) => ApiError::bad("messages", format!("could not decode the audio: {e}")),
+        // The command line's message, with its numbers; the text and max_tokens alone
+        // overflowing is max_tokens' fault, else the audio's.
+        Error::ContextOverflow(o) => {
+            let u = &o.usage;
+            let param = if u.text_tokens + u.max_new_tokens > u.max_positions {
+                "max_tokens"
+            } else {
+                "messages"
+            };
+            ApiError::bad(param, crate::cli::error_message(&Error::ContextOverflow(o)))
+        }
         Error::PlaceholderCount { .. } | Error::Template { .. } | Error::Usage(_) => {
             ApiError::bad("messages", e.to_string())
         }
