@@ -390,7 +390,9 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<BenchReport, Error> {
     if opts.repeat == 0 {
-        return Err(Error::Usage("--repeat must be at least 1".to_string()));
+        return Err(Error::Usage(
+            "a benchmark needs at least one timed repetition".to_string(),
+        ));
     }
     let requests = requests(opts)?;
     let Measured {

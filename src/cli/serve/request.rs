@@ -133,8 +133,6 @@ fn pruning(
                 .strategy
         }
     };
-    // Fitting to the context is per command line, not per request: an overflowing request
-    // is a 400 naming the numbers.
     let asked_keep = req.keep.unwrap_or(args.prune.keep);
     let segments = req.segments.unwrap_or(args.prune.segments);
     let remainder = args.prune.segment_remainder.remainder();

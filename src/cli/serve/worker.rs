@@ -66,7 +66,8 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
     }
     generate.sampling.seed = params.seed;
     // The same core as `auris ask`: each upload is read one window at a time, and a request
-    // that overflows the context is refused as the command line refuses it.
+    // that overflows the context is a 400 naming the numbers, as the command line words them
+    // (the keep ratio is not lowered to fit: that is per command line, not per request).
     let request = AudioRequest {
         inputs: params
             .audio
