@@ -121,8 +121,8 @@ impl Pipeline {
                 encoder_ms,
             } => {
                 return Ok(Measured::Encoded {
-                    audio: *audio,
-                    windows: *windows,
+                    audio,
+                    windows,
                     encoder_ms: *encoder_ms,
                 })
             }
