@@ -167,6 +167,16 @@ pub(super) enum EvalCommand {
     /// Example: auris eval transcribe --model models/auris-mini --manifest
     /// bench/work/alm/manifest.jsonl --strategies segmentwise,topk --out wer.json
     Transcribe(super::eval::TranscribeArgs),
+    /// The report of a sweep run in parts: merges the predictions files of its shards
+    /// (--shard K/N) into the report the whole run writes, without the model.
+    ///
+    /// Refuses files of different sweeps, two different answers to one question, and a
+    /// manifest item that no file answers or skips (naming it). With --no-timings on both
+    /// sides, the merged JSON is byte for byte the single run's.
+    ///
+    /// Example: auris eval report --predictions mmau-1.jsonl mmau-2.jsonl mmau-3.jsonl
+    /// --out mmau.json
+    Report(super::eval::MergeArgs),
 }
 
 /// `auris bench`.
