@@ -108,6 +108,11 @@ pub(super) struct ServeArgs {
     /// Directory whose files requests may name with file:// audio URLs (none by default).
     #[arg(long, value_name = "DIR", help_heading = "Server")]
     pub(super) allowed_local_media_path: Option<PathBuf>,
+    /// After SIGTERM, once the admitted requests are done, keep answering this long (/ready
+    /// and new requests 503, /metrics) before closing, so that a load balancer's health
+    /// checks and a last metrics scrape see the drained replica.
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Server")]
+    pub(super) drain_linger_ms: u64,
     #[command(flatten)]
     pub(super) model: ModelArgs,
     /// Prompt layout: auto, chat or base (requests need a chat template).
