@@ -354,7 +354,14 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
         runtime_s: run.runtime_s,
         timings: !args.no_timings,
     };
-    let report = sweep_report(task.manifest, summary, &configs, &run.predictions, run.skipped, parameters);
+    let report = sweep_report(
+        task.manifest,
+        summary,
+        &configs,
+        &run.predictions,
+        run.skipped,
+        parameters,
+    );
     // A slice may hold only items that cannot be evaluated: the merge judges the whole sweep.
     finish_report(&report, &args.report, args.shard.is_none())
 }
@@ -389,14 +396,22 @@ fn sweep_report(
         resumed: run.resumed,
         parameters,
         runtime_s: sweep::round(run.runtime_s, 1),
-        table_groups: manifest.table_groups().iter().map(|g| g.to_string()).collect(),
+        table_groups: manifest
+            .table_groups()
+            .iter()
+            .map(|g| g.to_string())
+            .collect(),
         timings: run.timings,
     }
 }
 
 /// Writes the reports, prints the table and, when `need_items`, fails on a sweep that could
 /// evaluate nothing.
-fn finish_report(report: &sweep::SweepReport, args: &ReportArgs, need_items: bool) -> Result<ExitCode> {
+fn finish_report(
+    report: &sweep::SweepReport,
+    args: &ReportArgs,
+    need_items: bool,
+) -> Result<ExitCode> {
     write_reports(&report.to_json(), &report.markdown(), &report.svg()?, args)?;
     if !args.quiet {
         eprintln!(
@@ -431,8 +446,8 @@ fn run_record(
     skipped: &[crate::eval::Skipped],
     parameters: &Value,
 ) -> Result<RunRecord> {
-    let bytes = std::fs::read(task.path)
-        .with_context(|| format!("cannot read {}", task.path.display()))?;
+    let bytes =
+        std::fs::read(task.path).with_context(|| format!("cannot read {}", task.path.display()))?;
     Ok(RunRecord {
         task: task.manifest.name().to_string(),
         mode: task.mode.name().to_string(),
@@ -594,9 +609,19 @@ pub(super) fn report(args: MergeArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| Ok((p.clone(), crate::eval::read_json_lines::<Prediction>(p)?)))
         .collect::<Result<Vec<_>>>()?;
-    let skipped = records.iter().flat_map(|(_, r)| r.skipped.clone()).collect();
+    let skipped = records
+        .iter()
+        .flat_map(|(_, r)| r.skipped.clone())
+        .collect();
     let ids = manifest.ids();
-    let merged = shard::merge(&ids, &configs, &first.mode, first.settings(), &files, skipped)?;
+    let merged = shard::merge(
+        &ids,
+        &configs,
+        &first.mode,
+        first.settings(),
+        &files,
+        skipped,
+    )?;
     let summary = RunSummary {
         model: first.model.clone(),
         mode: first.mode.clone(),
@@ -605,7 +630,14 @@ pub(super) fn report(args: MergeArgs) -> Result<ExitCode> {
         runtime_s: start.elapsed().as_secs_f64(),
         timings: !args.no_timings,
     };
-    let report = sweep_report(&manifest, summary, &configs, &merged.predictions, merged.skipped, first.parameters.clone());
+    let report = sweep_report(
+        &manifest,
+        summary,
+        &configs,
+        &merged.predictions,
+        merged.skipped,
+        first.parameters.clone(),
+    );
     finish_report(&report, &args.report, true)
 }
 

@@ -149,7 +149,10 @@ impl RunRecord {
                 "no run record beside it (written by auris eval mmau, captions and \
                  transcribe when they finish with --predictions)"
             };
-            return Err(bad_file(predictions, format!("{why}; expected {}", path.display())));
+            return Err(bad_file(
+                predictions,
+                format!("{why}; expected {}", path.display()),
+            ));
         }
         super::read_json(&path)
     }
@@ -279,7 +282,11 @@ pub(crate) fn merge(
             missing.len(),
             ids.len(),
             shown.join(", "),
-            if missing.len() > shown.len() { ", ..." } else { "" }
+            if missing.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         )));
     }
     Ok(out)
@@ -291,10 +298,7 @@ mod tests {
 
     #[test]
     fn shard_spec_is_checked() {
-        assert_eq!(
-            "2/3".parse::<Shard>(),
-            Ok(Shard { index: 2, count: 3 })
-        );
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
         for bad in ["0/3", "4/3", "1/0", "x", "1/", "/3", "1/3/4", "-1/3"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }

@@ -393,13 +393,20 @@ fn eval_shards_merge_into_the_single_run_report() {
     let single = sweep_part(&dir, &manifest, "single", &[]);
     assert_eq!(single.code, 0, "{}", single.stderr);
     for k in 1..=3 {
-        let part = sweep_part(&dir, &manifest, &format!("s{k}"), &["--shard", &format!("{k}/3")]);
+        let part = sweep_part(
+            &dir,
+            &manifest,
+            &format!("s{k}"),
+            &["--shard", &format!("{k}/3")],
+        );
         assert_eq!(part.code, 0, "shard {k}: {}", part.stderr);
         // The file appears whole when the part is done: nothing partial is left behind.
         assert!(!dir.join(format!("s{k}.jsonl.partial")).exists());
     }
     // Every item of the manifest is in exactly one part.
-    let mut all: Vec<String> = (1..=3).flat_map(|k| part_ids(&dir, &format!("s{k}"))).collect();
+    let mut all: Vec<String> = (1..=3)
+        .flat_map(|k| part_ids(&dir, &format!("s{k}")))
+        .collect();
     let n = all.len();
     all.sort();
     all.dedup();
@@ -414,7 +421,10 @@ fn eval_shards_merge_into_the_single_run_report() {
         "the merged report is the single run's"
     );
     let j = read_json(&dir.join("merged.json"));
-    assert_eq!((j["items"].as_u64(), j["scored"].as_u64()), (Some(6), Some(4)));
+    assert_eq!(
+        (j["items"].as_u64(), j["scored"].as_u64()),
+        (Some(6), Some(4))
+    );
     assert!(j.get("runtime_s").is_none() && j["results"][0].get("ttft_ms").is_none());
     // The single run's own file merges into the same report; with timings, they are there.
     let again = merge(&dir, &["single"]);
@@ -428,7 +438,10 @@ fn eval_shards_merge_into_the_single_run_report() {
     assert_eq!(timed.code, 0, "{}", timed.stderr);
     let t = read_json(&dir.join("timed.json"));
     assert_eq!(t["resumed"], 4 * 2);
-    assert!(t["results"][0]["end_to_end_ms"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(
+        t["results"][0]["end_to_end_ms"].as_f64().unwrap() > 0.0,
+        "{t}"
+    );
 
     // The slice of an item depends on its id, not on where the manifest lists it.
     let mut items = read_json(&manifest).as_array().unwrap().clone();
@@ -446,14 +459,22 @@ fn eval_report_refuses_conflicts_and_names_missing_items() {
     let dir = scratch("merge-bad");
     let manifest = fixture("eval/mmau_mini.json");
     for k in 1..=3 {
-        let part = sweep_part(&dir, &manifest, &format!("s{k}"), &["--shard", &format!("{k}/3")]);
+        let part = sweep_part(
+            &dir,
+            &manifest,
+            &format!("s{k}"),
+            &["--shard", &format!("{k}/3")],
+        );
         assert_eq!(part.code, 0, "shard {k}: {}", part.stderr);
     }
     // A part left out: its items are named.
     let k = (1..=3)
         .find(|k| !part_ids(&dir, &format!("s{k}")).is_empty())
         .unwrap();
-    let rest: Vec<String> = (1..=3).filter(|&i| i != k).map(|i| format!("s{i}")).collect();
+    let rest: Vec<String> = (1..=3)
+        .filter(|&i| i != k)
+        .map(|i| format!("s{i}"))
+        .collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let out = merge(&dir, &rest);
     assert_ne!(out.code, 0);
@@ -481,8 +502,16 @@ fn eval_report_refuses_conflicts_and_names_missing_items() {
     std::fs::write(dir.join("copy.jsonl"), changed.join("\n") + "\n").unwrap();
     let out = merge(&dir, &["s1", "s2", "s3", "copy"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("two different answers"), "{}", out.stderr);
-    assert!(out.stderr.contains(lines[0]["id"].as_str().unwrap()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("two different answers"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(lines[0]["id"].as_str().unwrap()),
+        "{}",
+        out.stderr
+    );
 
     // Parts of other sweeps are not merged; a file without its run record is named.
     let other = sweep_part(&dir, &manifest, "other", &["--shard", "1/3", "--seed", "7"]);

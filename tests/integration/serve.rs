@@ -313,7 +313,10 @@ fn bad_requests_get_openai_errors() {
     reader.read_exact(&mut body).unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], 413, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("--max-request-mb"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-request-mb"));
     // A client that waits for 100 Continue is answered before it sends anything.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     write!(
@@ -449,9 +452,20 @@ fn ready_and_metrics_in_vllm_terms() {
     assert_eq!(status, 200, "{text}");
     let (status, before) = server.get("/metrics");
     assert_eq!(status, 200, "{before}");
-    assert_eq!(sample(&before, "vllm:num_requests_running"), Some(0.0), "{before}");
-    assert_eq!(sample(&before, "vllm:num_requests_waiting"), Some(0.0), "{before}");
-    assert!(before.contains("model_name=\"models/tiny-chat\""), "{before}");
+    assert_eq!(
+        sample(&before, "vllm:num_requests_running"),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, "vllm:num_requests_waiting"),
+        Some(0.0),
+        "{before}"
+    );
+    assert!(
+        before.contains("model_name=\"models/tiny-chat\""),
+        "{before}"
+    );
     let (status, answer) = server.post_json(&ask_body("tone_440_16k.wav", "What?"));
     assert_eq!(status, 200, "{answer}");
     let (_, after) = server.get("/metrics");
@@ -466,14 +480,25 @@ fn ready_and_metrics_in_vllm_terms() {
         usage["completion_tokens"].as_f64(),
         "{after}"
     );
-    assert_eq!(sample(&after, "vllm:request_success_total"), Some(1.0), "{after}");
+    assert_eq!(
+        sample(&after, "vllm:request_success_total"),
+        Some(1.0),
+        "{after}"
+    );
     for histogram in [
         "vllm:time_to_first_token_seconds",
         "vllm:e2e_request_latency_seconds",
         "vllm:request_queue_time_seconds",
     ] {
-        assert!(after.contains(&format!("# TYPE {histogram} histogram")), "{after}");
-        assert_eq!(sample(&after, &format!("{histogram}_count")), Some(1.0), "{after}");
+        assert!(
+            after.contains(&format!("# TYPE {histogram} histogram")),
+            "{after}"
+        );
+        assert_eq!(
+            sample(&after, &format!("{histogram}_count")),
+            Some(1.0),
+            "{after}"
+        );
         assert!(after.contains(&format!("{histogram}_bucket{{")), "{after}");
     }
     let e2e = sample(&after, "vllm:e2e_request_latency_seconds_sum").unwrap();
@@ -481,7 +506,11 @@ fn ready_and_metrics_in_vllm_terms() {
     assert!(0.0 < ttft && ttft <= e2e, "{after}");
     let kv = sample(&after, "vllm:kv_cache_usage_perc").unwrap();
     assert!(0.0 < kv && kv <= 1.0, "{after}");
-    assert_eq!(sample(&after, "vllm:num_requests_running"), Some(0.0), "{after}");
+    assert_eq!(
+        sample(&after, "vllm:num_requests_running"),
+        Some(0.0),
+        "{after}"
+    );
 }
 
 #[cfg(unix)]
@@ -494,7 +523,9 @@ fn sigterm_drains_admitted_requests_and_exits_0() {
     // Admitted behind the running stream, waiting in the queue.
     let queued = {
         let server = server.clone();
-        std::thread::spawn(move || server.post(&ask_body("tone_440_16k.wav", "Queued?").to_string()))
+        std::thread::spawn(move || {
+            server.post(&ask_body("tone_440_16k.wav", "Queued?").to_string())
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while sample(&server.get("/metrics").1, "vllm:num_requests_waiting") != Some(1.0) {
@@ -522,7 +553,6 @@ fn sigterm_drains_admitted_requests_and_exits_0() {
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
-
 
 /// `scripts/replicas_check.sh` with this build: three replicas behind HAProxy, one drained
 /// with SIGTERM under load; no request may fail. Prints the figures.
