@@ -371,6 +371,21 @@ fn merge(dir: &Path, names: &[&str]) -> Run {
         .args(names.iter().map(|n| dir.join(format!("{n}.jsonl")))))
 }
 
+/// The sweep of `sweep_part` in 3 shards, `dir/s1.jsonl` to `dir/s3.jsonl`.
+fn three_shards(dir: &Path, manifest: &Path) {
+    for k in 1..=3 {
+        let part = sweep_part(
+            dir,
+            manifest,
+            &format!("s{k}"),
+            &["--shard", &format!("{k}/3")],
+        );
+        assert_eq!(part.code, 0, "shard {k}: {}", part.stderr);
+        // The file appears whole when the part is done: nothing partial is left behind.
+        assert!(!dir.join(format!("s{k}.jsonl.partial")).exists());
+    }
+}
+
 /// The ids a finished part answered or skipped.
 fn part_ids(dir: &Path, name: &str) -> Vec<String> {
     let mut ids: Vec<String> = read_lines(&dir.join(format!("{name}.jsonl")))
@@ -392,17 +407,7 @@ fn eval_shards_merge_into_the_single_run_report() {
     let manifest = fixture("eval/mmau_mini.json");
     let single = sweep_part(&dir, &manifest, "single", &[]);
     assert_eq!(single.code, 0, "{}", single.stderr);
-    for k in 1..=3 {
-        let part = sweep_part(
-            &dir,
-            &manifest,
-            &format!("s{k}"),
-            &["--shard", &format!("{k}/3")],
-        );
-        assert_eq!(part.code, 0, "shard {k}: {}", part.stderr);
-        // The file appears whole when the part is done: nothing partial is left behind.
-        assert!(!dir.join(format!("s{k}.jsonl.partial")).exists());
-    }
+    three_shards(&dir, &manifest);
     // Every item of the manifest is in exactly one part.
     let mut all: Vec<String> = (1..=3)
         .flat_map(|k| part_ids(&dir, &format!("s{k}")))
@@ -458,15 +463,7 @@ fn eval_shards_merge_into_the_single_run_report() {
 fn eval_report_refuses_conflicts_and_names_missing_items() {
     let dir = scratch("merge-bad");
     let manifest = fixture("eval/mmau_mini.json");
-    for k in 1..=3 {
-        let part = sweep_part(
-            &dir,
-            &manifest,
-            &format!("s{k}"),
-            &["--shard", &format!("{k}/3")],
-        );
-        assert_eq!(part.code, 0, "shard {k}: {}", part.stderr);
-    }
+    three_shards(&dir, &manifest);
     // A part left out: its items are named.
     let k = (1..=3)
         .find(|k| !part_ids(&dir, &format!("s{k}")).is_empty())
