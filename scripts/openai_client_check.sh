@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Talks to `auris serve` with the official `openai` Python package (pinned venv): input_audio
-# non-streaming and streaming, then a bounded load test (scripts/serve_load.py).
+# non-streaming and streaming; a 40 MB audio (over the default --max-request-mb 32) through
+# urllib, requests and openai, each of which must see the 413 and its error object
+# (scripts/too_large_check.py); then a bounded load test (scripts/serve_load.py).
 #
 # Usage: scripts/openai_client_check.sh [BINARY]   (default target/debug/auris)
 # Env: VENV (default .venv-openai), REQUESTS (200), CLIENTS (8).
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/venv.sh
 BIN="${1:-target/debug/auris}"
 VENV="${VENV:-.venv-openai}"
-ensure_venv "$VENV" "openai==3.51.0"
+ensure_venv "$VENV" "openai==3.51.0" "requests==2.34.2"
 LOG="$(mktemp)"
 "$BIN" serve --model models/tiny-chat --device cpu --port 0 --max-new-tokens 16 2>"$LOG" &
 PID=$!
@@ -21,6 +23,7 @@ for _ in $(seq 600); do
 done
 [[ -n "$ADDR" ]] || { cat "$LOG" >&2; exit 1; }
 "$VENV/bin/python" scripts/openai_client_check.py "$ADDR" tests/fixtures/audio/tone_440_16k.wav
+"$VENV/bin/python" scripts/too_large_check.py "$ADDR" 40
 # A warm-up round (allocator pools, thread stacks), then the measured one: its RSS growth must
 # stay under --max-rss-growth-mib.
 "$VENV/bin/python" scripts/serve_load.py "$ADDR" tests/fixtures/audio/tone_440_16k.wav \

@@ -7,7 +7,8 @@
 # venv_has_pin PYTHON PIN: whether the venv of PYTHON has exactly that version.
 
 venv_pin_state() { # PYTHON PIN -> prints ok, absent or other
-  "$1" - "${2%%==*}" "${2##*==}" <<'PYEOF'
+  local name="${2%%==*}"
+  "$1" - "${name%%\[*}" "${2##*==}" <<'PYEOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 try:

@@ -108,6 +108,11 @@ pub(super) struct ServeArgs {
     /// Directory whose files requests may name with file:// audio URLs (none by default).
     #[arg(long, value_name = "DIR", help_heading = "Server")]
     pub(super) allowed_local_media_path: Option<PathBuf>,
+    /// After SIGTERM, once the admitted requests are done, keep answering this long (/ready
+    /// and new requests 503, /metrics) before closing, so that a load balancer's health
+    /// checks and a last metrics scrape see the drained replica.
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Server")]
+    pub(super) drain_linger_ms: u64,
     #[command(flatten)]
     pub(super) model: ModelArgs,
     /// Prompt layout: auto, chat or base (requests need a chat template).
@@ -167,6 +172,16 @@ pub(super) enum EvalCommand {
     /// Example: auris eval transcribe --model models/auris-mini --manifest
     /// bench/work/alm/manifest.jsonl --strategies segmentwise,topk --out wer.json
     Transcribe(super::eval::TranscribeArgs),
+    /// The report of a sweep run in parts: merges the predictions files of its shards
+    /// (--shard K/N) into the report the whole run writes, without the model.
+    ///
+    /// Refuses files of different sweeps, two different answers to one question, and a
+    /// manifest item that no file answers or skips (naming it). With --no-timings on both
+    /// sides, the merged JSON is byte for byte the single run's.
+    ///
+    /// Example: auris eval report --predictions mmau-1.jsonl mmau-2.jsonl mmau-3.jsonl
+    /// --out mmau.json
+    Report(super::eval::MergeArgs),
 }
 
 /// `auris bench`.

@@ -7,13 +7,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use auris::checkpoint::ModelSource;
 use auris_prune::{Remainder, Strategy};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use super::args::{
     AsrPruningArgs, DtypeArg, FormatArg, ModelArgs, RemainderArg, ScopeArg, StrategyArg,
 };
 use super::{device_name, load, parse_device, print_line, set_threads, usage};
+use crate::eval::asr::ManifestEntry;
+use crate::eval::shard::{self, RunRecord, Shard};
 use crate::eval::sweep::{self, Config, Mode, Prediction, PredictionLog, Row, SweepItem};
 use crate::eval::{captions, mmau, transcribe};
 
@@ -51,14 +53,28 @@ pub(super) struct SweepArgs {
     /// Only the first N items of the manifest.
     #[arg(long, value_name = "N", help_heading = "Sweep")]
     pub(super) limit: Option<usize>,
+    /// Run only the K-th of N slices of the manifest (K from 1 to N), e.g. one per machine or
+    /// per job of a Kubernetes Indexed Job or Slurm array. Item `id` belongs to slice
+    /// FNV-1a-64(id) mod N + 1: the slices do not depend on the order of the manifest and
+    /// cover it exactly once. Give each slice its own --predictions file, then merge them
+    /// with `auris eval report`.
+    #[arg(long, value_name = "K/N", help_heading = "Sweep")]
+    pub(super) shard: Option<Shard>,
     /// Cap on generated tokens per answer (greedy decoding; the model's repetition penalty
     /// from generation_config.json applies, as in transformers' generate).
     #[arg(long, default_value_t = 64, help_heading = "Sweep")]
     pub(super) max_new_tokens: usize,
     /// Append every prediction to this JSON Lines file (id, strategy, keep, mode, prediction,
     /// correct, timings); a rerun skips what it holds, so a run resumes and can be rescored.
+    /// The run writes FILE.partial and renames it to FILE when it is done, after writing its
+    /// run record FILE.run.json (what `auris eval report` merges).
     #[arg(long, value_name = "FILE.jsonl", help_heading = "Output")]
     pub(super) predictions: Option<PathBuf>,
+    /// Leave what is measured out of the reports (timings, wall-clock seconds, resumed
+    /// predictions): two runs of the same sweep, or a run and the merge of its shards, then
+    /// write the same bytes.
+    #[arg(long, help_heading = "Output")]
+    pub(super) no_timings: bool,
     #[command(flatten)]
     pub(super) report: ReportArgs,
 }
@@ -79,6 +95,25 @@ pub(super) struct ReportArgs {
     /// Print nothing on stderr but errors (no progress bar).
     #[arg(long)]
     pub(super) quiet: bool,
+}
+
+/// `auris eval report`.
+#[derive(Debug, Args)]
+pub(super) struct MergeArgs {
+    /// The predictions files to merge: the shards of one `auris eval mmau`, `captions` or
+    /// `transcribe` command, each with the run record (FILE.run.json) its run wrote beside it.
+    #[arg(long, value_name = "FILE.jsonl", num_args = 1.., required = true)]
+    pub(super) predictions: Vec<PathBuf>,
+    /// The manifest, where it is no longer at the path the runs recorded (it must have the
+    /// same content).
+    #[arg(long, value_name = "FILE")]
+    pub(super) manifest: Option<PathBuf>,
+    /// Leave what is measured out of the reports (timings, wall-clock seconds, resumed
+    /// predictions), as the sweep's --no-timings.
+    #[arg(long, help_heading = "Output")]
+    pub(super) no_timings: bool,
+    #[command(flatten)]
+    pub(super) report: ReportArgs,
 }
 
 /// `auris eval mmau`.
@@ -172,8 +207,77 @@ fn audio_dir(given: Option<PathBuf>, manifest: &Path) -> PathBuf {
     given.unwrap_or_else(|| manifest.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
 
-/// A task's way to turn predictions into report rows.
-type Score<'a> = &'a dyn Fn(&[Config], &[Prediction]) -> Vec<Row>;
+/// A task's manifest: its items, how their predictions are scored and how the report names
+/// the task.
+enum Manifest {
+    Mmau(Vec<mmau::MmauItem>),
+    Captions(Vec<captions::CaptionItem>),
+    Transcribe(Vec<ManifestEntry>),
+}
+
+impl Manifest {
+    /// Reads the manifest of the task named `task` (as in the report), its first `limit` items.
+    fn read(task: &str, path: &Path, limit: Option<usize>) -> Result<Self> {
+        let mut m = match task {
+            "mmau" => Self::Mmau(mmau::read_manifest(path)?),
+            "captions" => Self::Captions(captions::read_manifest(path)?),
+            "transcribe" => Self::Transcribe(transcribe::read_manifest(path)?),
+            other => anyhow::bail!("{}: unknown task {other}", path.display()),
+        };
+        if let Some(n) = limit {
+            match &mut m {
+                Self::Mmau(v) => v.truncate(n),
+                Self::Captions(v) => v.truncate(n),
+                Self::Transcribe(v) => v.truncate(n),
+            }
+        }
+        Ok(m)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Mmau(_) => "mmau",
+            Self::Captions(_) => "captions",
+            Self::Transcribe(_) => "transcribe",
+        }
+    }
+
+    /// The headline metric (plotted).
+    fn metric(&self) -> &'static str {
+        match self {
+            Self::Mmau(_) => "accuracy",
+            Self::Captions(_) => "cider_d",
+            Self::Transcribe(_) => "wer",
+        }
+    }
+
+    /// The groups of the markdown table.
+    fn table_groups(&self) -> &'static [&'static str] {
+        match self {
+            Self::Mmau(_) => &["task", "difficulty"],
+            Self::Captions(_) => &[],
+            Self::Transcribe(_) => &["source"],
+        }
+    }
+
+    /// The items' ids, in the manifest's order.
+    fn ids(&self) -> Vec<String> {
+        match self {
+            Self::Mmau(v) => v.iter().map(|i| i.id.clone()).collect(),
+            Self::Captions(v) => v.iter().map(|i| i.id.clone()).collect(),
+            Self::Transcribe(v) => v.iter().map(transcribe::item_id).collect(),
+        }
+    }
+
+    /// The report's rows: the task's scores per configuration.
+    fn rows(&self, configs: &[Config], predictions: &[Prediction]) -> Vec<Row> {
+        match self {
+            Self::Mmau(v) => mmau::rows(configs, v, predictions),
+            Self::Captions(v) => captions::rows(configs, v, predictions),
+            Self::Transcribe(v) => transcribe::rows(configs, v, predictions),
+        }
+    }
+}
 
 /// A task's items and the prompt settings for the report, given the loaded model (the default
 /// captioning instruction depends on whether it is a chat model).
@@ -181,16 +285,16 @@ type Build<'a> = &'a dyn Fn(&auris::Pipeline) -> (Vec<SweepItem>, Value);
 
 /// One task of the sweep, ready to run.
 struct Task<'a> {
-    name: &'static str,
-    metric: &'static str,
+    manifest: &'a Manifest,
+    /// Where the manifest was read from.
+    path: &'a Path,
     mode: Mode,
-    table_groups: &'static [&'static str],
     build: Build<'a>,
     judge: sweep::Judge<'a>,
-    score: Score<'a>,
 }
 
-/// Loads the model, runs the sweep, writes the reports and prints the table.
+/// Loads the model, runs the sweep (the `--shard` slice of it), records the run beside its
+/// predictions file, writes the reports and prints the table.
 fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<ExitCode> {
     let remainder = args.segment_remainder.remainder();
     let strategies = strategies(
@@ -212,7 +316,10 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
     let p = &session.pipeline;
     let mut generate = p.default_generate_options(args.max_new_tokens);
     generate.sampling.temperature = None;
-    let (items, mut parameters) = (task.build)(p);
+    let (mut items, mut parameters) = (task.build)(p);
+    if let Some(shard) = args.shard {
+        items.retain(|i| shard.holds(&i.id));
+    }
     if !args.report.quiet {
         eprintln!(
             "auris: {} items x {} configurations ({} predictions already in the file)",
@@ -233,42 +340,130 @@ fn run_sweep(model: &ModelArgs, args: &SweepArgs, task: Task<'_>) -> Result<Exit
     parameters["max_new_tokens"] = json!(args.max_new_tokens);
     parameters["repetition_penalty"] = json!(opts.generate.sampling.repetition_penalty);
     parameters["settings_fingerprint"] = json!(opts.settings);
-    let scored = items.len() - run.skipped.len();
-    let report = sweep::SweepReport {
-        task: task.name.to_string(),
-        mode: task.mode.name().to_string(),
+    if let Some(path) = &args.predictions {
+        let record = run_record(model, args, &task, &run.skipped, &parameters)?;
+        let text = serde_json::to_string_pretty(&record)?;
+        shard::write_atomic(&shard::record_path(path), &format!("{text}\n"))?;
+    }
+    log.finish()?;
+    let summary = RunSummary {
         model: model.model.clone(),
-        metric: task.metric.to_string(),
+        mode: task.mode.name().to_string(),
         items: items.len(),
-        scored,
-        results: (task.score)(&configs, &run.predictions),
-        skipped: run.skipped,
+        resumed: run.resumed,
+        runtime_s: run.runtime_s,
+        timings: !args.no_timings,
+    };
+    let report = sweep_report(
+        task.manifest,
+        summary,
+        &configs,
+        &run.predictions,
+        run.skipped,
+        parameters,
+    );
+    // A slice may hold only items that cannot be evaluated: the merge judges the whole sweep.
+    finish_report(&report, &args.report, args.shard.is_none())
+}
+
+/// What a run (or a merge) contributes to its report besides the predictions.
+struct RunSummary {
+    model: String,
+    mode: String,
+    items: usize,
+    resumed: usize,
+    runtime_s: f64,
+    timings: bool,
+}
+
+fn sweep_report(
+    manifest: &Manifest,
+    run: RunSummary,
+    configs: &[Config],
+    predictions: &[Prediction],
+    skipped: Vec<crate::eval::Skipped>,
+    parameters: Value,
+) -> sweep::SweepReport {
+    sweep::SweepReport {
+        task: manifest.name().to_string(),
+        mode: run.mode,
+        model: run.model,
+        metric: manifest.metric().to_string(),
+        items: run.items,
+        scored: run.items - skipped.len(),
+        results: manifest.rows(configs, predictions),
+        skipped,
         resumed: run.resumed,
         parameters,
         runtime_s: sweep::round(run.runtime_s, 1),
-        table_groups: task.table_groups.iter().map(|g| g.to_string()).collect(),
-    };
-    write_reports(
-        &report.to_json(),
-        &report.markdown(),
-        &report.svg()?,
-        &args.report,
-    )?;
-    if !args.report.quiet {
+        table_groups: manifest
+            .table_groups()
+            .iter()
+            .map(|g| g.to_string())
+            .collect(),
+        timings: run.timings,
+    }
+}
+
+/// Writes the reports, prints the table and, when `need_items`, fails on a sweep that could
+/// evaluate nothing.
+fn finish_report(
+    report: &sweep::SweepReport,
+    args: &ReportArgs,
+    need_items: bool,
+) -> Result<ExitCode> {
+    write_reports(&report.to_json(), &report.markdown(), &report.svg()?, args)?;
+    if !args.quiet {
         eprintln!(
-            "auris: {scored} items scored in {:.0} s ({} skipped, {} predictions resumed)",
-            run.runtime_s,
+            "auris: {} items scored in {:.0} s ({} skipped, {} predictions resumed)",
+            report.scored,
+            report.runtime_s,
             report.skipped.len(),
             report.resumed
         );
     }
-    if scored == 0 {
+    if need_items && report.scored == 0 {
         return Err(anyhow::anyhow!(
             "no item could be evaluated ({} skipped)",
             report.skipped.len()
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command-line name of a value of a `ValueEnum`.
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// The record a finished run leaves beside its predictions file for `auris eval report`.
+fn run_record(
+    model: &ModelArgs,
+    args: &SweepArgs,
+    task: &Task<'_>,
+    skipped: &[crate::eval::Skipped],
+    parameters: &Value,
+) -> Result<RunRecord> {
+    let bytes =
+        std::fs::read(task.path).with_context(|| format!("cannot read {}", task.path.display()))?;
+    Ok(RunRecord {
+        task: task.manifest.name().to_string(),
+        mode: task.mode.name().to_string(),
+        model: model.model.clone(),
+        manifest: std::path::absolute(task.path)?,
+        manifest_fingerprint: sweep::fingerprint(&bytes),
+        limit: args.limit,
+        strategies: args.strategies.iter().map(value_name).collect(),
+        keeps: args.keeps.clone(),
+        segments: args.segments,
+        segment_remainder: value_name(&args.segment_remainder),
+        seed: args.seed,
+        shard: args.shard,
+        skipped: skipped.to_vec(),
+        parameters: parameters.clone(),
+    })
 }
 
 /// What changes a prediction: a predictions file is resumed only under the same values.
@@ -284,7 +479,7 @@ fn settings_fingerprint(model: &ModelArgs, args: &SweepArgs, parameters: &Value)
         "segment_remainder": format!("{:?}", args.segment_remainder),
         "seed": args.seed,
     });
-    sweep::fingerprint(&settings.to_string())
+    sweep::fingerprint(settings.to_string())
 }
 
 /// Runs `auris eval mmau`.
@@ -297,21 +492,21 @@ pub(super) fn mmau(args: MmauArgs) -> Result<ExitCode> {
             "--prompt-template must contain {question} and {choices}",
         ));
     }
-    let mut items = mmau::read_manifest(&args.manifest)?;
-    items.truncate(args.sweep.limit.unwrap_or(items.len()));
+    let manifest = Manifest::read("mmau", &args.manifest, args.sweep.limit)?;
+    let Manifest::Mmau(items) = &manifest else {
+        unreachable!("an mmau manifest was read");
+    };
     let dir = audio_dir(args.audio_dir, &args.manifest);
-    let by_id: std::collections::HashMap<String, mmau::MmauItem> =
-        items.iter().map(|i| (i.id.clone(), i.clone())).collect();
+    let by_id: std::collections::HashMap<&str, &mmau::MmauItem> =
+        items.iter().map(|i| (i.id.as_str(), i)).collect();
     let judge = move |item: &SweepItem, prediction: &str| {
         by_id
-            .get(&item.id)
+            .get(item.id.as_str())
             .map(|i| mmau::string_match(&i.answer, prediction, &i.choices))
     };
-    let score = |configs: &[Config], preds: &[Prediction]| mmau::rows(configs, &items, preds);
     let task = Task {
-        name: "mmau",
-        metric: "accuracy",
-        table_groups: &["task", "difficulty"],
+        manifest: &manifest,
+        path: &args.manifest,
         mode: if args.score_choices {
             Mode::ScoreChoices
         } else {
@@ -319,30 +514,30 @@ pub(super) fn mmau(args: MmauArgs) -> Result<ExitCode> {
         },
         build: &|_| {
             (
-                mmau::sweep_items(&items, &template, &dir),
+                mmau::sweep_items(items, &template, &dir),
                 json!({ "prompt_template": template, "audio_dir": dir }),
             )
         },
         judge: &judge,
-        score: &score,
     };
     run_sweep(&args.model, &args.sweep, task)
 }
 
 /// Runs `auris eval captions`.
 pub(super) fn captions(args: CaptionsArgs) -> Result<ExitCode> {
-    let mut items = captions::read_manifest(&args.manifest)?;
-    items.truncate(args.sweep.limit.unwrap_or(items.len()));
+    let manifest = Manifest::read("captions", &args.manifest, args.sweep.limit)?;
+    let Manifest::Captions(items) = &manifest else {
+        unreachable!("a captions manifest was read");
+    };
     let dir = audio_dir(args.audio_dir, &args.manifest);
     let judge = |_: &SweepItem, _: &str| None;
-    let score = |configs: &[Config], preds: &[Prediction]| captions::rows(configs, &items, preds);
     let build = |p: &auris::Pipeline| {
         let instruction = args
             .prompt
             .clone()
             .unwrap_or_else(|| p.default_caption_instruction().to_string());
         (
-            captions::sweep_items(&items, &instruction, &dir),
+            captions::sweep_items(items, &instruction, &dir),
             json!({
                 "prompt": instruction,
                 "audio_dir": dir,
@@ -351,25 +546,23 @@ pub(super) fn captions(args: CaptionsArgs) -> Result<ExitCode> {
         )
     };
     let task = Task {
-        name: "captions",
-        metric: "cider_d",
-        table_groups: &[],
+        manifest: &manifest,
+        path: &args.manifest,
         mode: Mode::Generate,
         build: &build,
         judge: &judge,
-        score: &score,
     };
     run_sweep(&args.model, &args.sweep, task)
 }
 
 /// Runs `auris eval transcribe`.
 pub(super) fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
-    let mut entries = transcribe::read_manifest(&args.manifest)?;
-    entries.truncate(args.sweep.limit.unwrap_or(entries.len()));
+    let manifest = Manifest::read("transcribe", &args.manifest, args.sweep.limit)?;
+    let Manifest::Transcribe(entries) = &manifest else {
+        unreachable!("a transcribe manifest was read");
+    };
     let judge = |_: &SweepItem, _: &str| None;
-    let score =
-        |configs: &[Config], preds: &[Prediction]| transcribe::rows(configs, &entries, preds);
-    let items = transcribe::sweep_items(&entries, &args.prompt);
+    let items = transcribe::sweep_items(entries, &args.prompt);
     let build = |_: &auris::Pipeline| {
         (
             items.clone(),
@@ -380,15 +573,85 @@ pub(super) fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         )
     };
     let task = Task {
-        name: "transcribe",
-        metric: "wer",
-        table_groups: &["source"],
+        manifest: &manifest,
+        path: &args.manifest,
         mode: Mode::Generate,
         build: &build,
         judge: &judge,
-        score: &score,
     };
     run_sweep(&args.model, &args.sweep, task)
+}
+
+/// Runs `auris eval report`: the report of a sweep from its shards' predictions files.
+pub(super) fn report(args: MergeArgs) -> Result<ExitCode> {
+    let start = std::time::Instant::now();
+    let records = args
+        .predictions
+        .iter()
+        .map(|p| Ok((p.clone(), RunRecord::read(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    shard::check_same_sweep(&records)?;
+    let Some((_, first)) = records.first() else {
+        return Err(usage("--predictions: give the files to merge"));
+    };
+    let path = args.manifest.as_ref().unwrap_or(&first.manifest);
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if sweep::fingerprint(&bytes) != first.manifest_fingerprint {
+        return Err(usage(format!(
+            "{} is not the manifest the shards read (its content differs)",
+            path.display()
+        )));
+    }
+    let manifest = Manifest::read(&first.task, path, first.limit)?;
+    let configs = recorded_configs(first)?;
+    let files = args
+        .predictions
+        .iter()
+        .map(|p| Ok((p.clone(), crate::eval::read_json_lines::<Prediction>(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let skipped = records
+        .iter()
+        .flat_map(|(_, r)| r.skipped.clone())
+        .collect();
+    let ids = manifest.ids();
+    let merged = shard::merge(
+        &ids,
+        &configs,
+        &first.mode,
+        first.settings(),
+        &files,
+        skipped,
+    )?;
+    let summary = RunSummary {
+        model: first.model.clone(),
+        mode: first.mode.clone(),
+        items: ids.len(),
+        resumed: merged.predictions.len(),
+        runtime_s: start.elapsed().as_secs_f64(),
+        timings: !args.no_timings,
+    };
+    let report = sweep_report(
+        &manifest,
+        summary,
+        &configs,
+        &merged.predictions,
+        merged.skipped,
+        first.parameters.clone(),
+    );
+    finish_report(&report, &args.report, true)
+}
+
+/// The configurations of a recorded run, rebuilt from its command-line values.
+fn recorded_configs(r: &RunRecord) -> Result<Vec<Config>> {
+    let names = r
+        .strategies
+        .iter()
+        .map(|n| StrategyArg::from_str(n, false).map_err(|e| anyhow::anyhow!("run record: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let remainder = RemainderArg::from_str(&r.segment_remainder, false)
+        .map_err(|e| anyhow::anyhow!("run record: {e}"))?;
+    let strategies = strategies(&names, r.segments, remainder.remainder(), r.seed, &r.keeps)?;
+    Ok(sweep::configs(&strategies, &r.keeps)?)
 }
 
 fn strategy_parameters(strategies: &[Strategy]) -> Value {

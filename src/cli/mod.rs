@@ -378,6 +378,7 @@ pub(crate) fn main() -> Result<ExitCode> {
         Command::Eval(EvalCommand::Mmau(args)) => eval::mmau(args),
         Command::Eval(EvalCommand::Captions(args)) => eval::captions(args),
         Command::Eval(EvalCommand::Transcribe(args)) => eval::transcribe(args),
+        Command::Eval(EvalCommand::Report(args)) => eval::report(args),
         Command::Serve(args) => serve::run(args),
     }
 }

@@ -6,6 +6,8 @@
 //! - [`sweep`]: the strategy x keep-ratio sweep over a Qwen2-Audio-style pipeline (each clip
 //!   decoded and encoded once, every pruning policy run on it), the resumable predictions file
 //!   (JSON Lines) and the report (JSON, markdown table, plot);
+//! - [`shard`]: a sweep split over machines (`--shard K/N`), each part's run record, and the
+//!   merge of the parts into one report (`auris eval report`);
 //! - [`plot`]: score against keep ratio, one line per strategy (SVG through `plotters`).
 //!
 //! The tasks:
@@ -24,6 +26,7 @@ pub(crate) mod captions;
 pub(crate) mod mmau;
 pub(crate) mod plot;
 pub(crate) mod report;
+pub(crate) mod shard;
 pub(crate) mod sweep;
 pub(crate) mod transcribe;
 pub(crate) mod wer;
@@ -34,7 +37,7 @@ use std::path::{Path, PathBuf};
 use auris::Error;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Reads a JSON Lines file: one `T` per non-blank line; errors name the line.
 pub(crate) fn read_json_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, Error> {
@@ -110,7 +113,7 @@ pub(crate) fn bad_file(path: &Path, reason: String) -> Error {
 
 /// An item left out of an evaluation (missing or undecodable audio, too short for the
 /// encoder), with the reason; listed in every report, never dropped silently.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Skipped {
     /// The item's id (the audio file name where the manifest has no id).
     pub(crate) id: String,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::plot::{line_plot, Series};
-use super::{io_error, progress_bar, Skipped};
+use super::{io_error, progress_bar, shard, Skipped};
 
 /// The name of the unpruned configuration.
 pub(crate) const BASELINE: &str = "none";
@@ -116,19 +116,26 @@ pub(crate) struct Prediction {
     pub(crate) settings: String,
 }
 
-/// A stable 64-bit FNV-1a hash of `text`, in hex: the predictions file's settings fingerprint.
-pub(crate) fn fingerprint(text: &str) -> String {
+/// The 64-bit FNV-1a hash of `text`: stable across machines, versions and runs.
+pub(crate) fn fnv1a(text: impl AsRef<[u8]>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for &b in text.as_ref() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
-type Key = (String, String, String, String);
+/// [`fnv1a`] of `text`, in hex: the predictions file's settings fingerprint.
+pub(crate) fn fingerprint(text: impl AsRef<[u8]>) -> String {
+    format!("{:016x}", fnv1a(text))
+}
 
-fn key(id: &str, strategy: &str, keep: f32, mode: &str) -> Key {
+/// What identifies a prediction: item id, strategy, keep ratio as written, mode.
+pub(crate) type Key = (String, String, String, String);
+
+/// The [`Key`] of a prediction.
+pub(crate) fn key(id: &str, strategy: &str, keep: f32, mode: &str) -> Key {
     (
         id.to_string(),
         strategy.to_string(),
@@ -137,9 +144,12 @@ fn key(id: &str, strategy: &str, keep: f32, mode: &str) -> Key {
     )
 }
 
-/// The predictions file: what earlier runs made (read back on open), appended to line by line.
+/// The predictions file: what earlier runs made (read back on open), appended to line by line
+/// in `FILE.partial` ([`shard::partial_path`]), which [`PredictionLog::finish`] renames to
+/// `FILE` once the run is done.
 pub(crate) struct PredictionLog {
     path: Option<PathBuf>,
+    partial: PathBuf,
     done: HashMap<Key, Prediction>,
     writer: Option<std::fs::File>,
 }
@@ -149,17 +159,23 @@ impl PredictionLog {
     pub(crate) fn memory() -> Self {
         Self {
             path: None,
+            partial: PathBuf::new(),
             done: HashMap::new(),
             writer: None,
         }
     }
 
-    /// Reads the predictions already in `path` (if it exists) and opens it for appending. A
-    /// last line without its newline is an interrupted write: it is dropped (and its
-    /// prediction made again) unless it parses.
-    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
+    /// Reads the predictions already made (`FILE.partial` of an interrupted run, else `FILE`)
+    /// and opens `FILE.partial` for appending. A last line without its newline is an
+    /// interrupted write: it is dropped (and its prediction made again) unless it parses.
+    pub(crate) fn open(final_path: &Path) -> Result<Self, Error> {
         let mut done = HashMap::new();
         let mut needs_newline = false;
+        let partial = shard::partial_path(final_path);
+        if !partial.exists() && final_path.exists() {
+            std::fs::copy(final_path, &partial).map_err(|e| io_error(&partial, e))?;
+        }
+        let path = partial.as_path();
         if path.exists() {
             let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
             let complete = text.rfind('\n').map_or(0, |i| i + 1);
@@ -181,7 +197,7 @@ impl PredictionLog {
                     Err(_) => {
                         eprintln!(
                             "auris: {}: dropping an incomplete last line (an interrupted write)",
-                            path.display()
+                            final_path.display()
                         );
                         let file = std::fs::OpenOptions::new()
                             .write(true)
@@ -202,10 +218,21 @@ impl PredictionLog {
             writeln!(writer).map_err(|e| io_error(path, e))?;
         }
         Ok(Self {
-            path: Some(path.to_path_buf()),
+            path: Some(final_path.to_path_buf()),
+            partial,
             done,
             writer: Some(writer),
         })
+    }
+
+    /// The run is done: `FILE.partial` is flushed to disk and renamed to `FILE`.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        let (Some(writer), Some(path)) = (self.writer, self.path) else {
+            return Ok(());
+        };
+        writer.sync_all().map_err(|e| io_error(&self.partial, e))?;
+        drop(writer);
+        std::fs::rename(&self.partial, &path).map_err(|e| io_error(&path, e))
     }
 
     /// Predictions read back from earlier runs (before this one added any).
@@ -235,7 +262,8 @@ impl PredictionLog {
     }
 
     fn record(&mut self, p: Prediction) -> Result<(), Error> {
-        if let (Some(w), Some(path)) = (self.writer.as_mut(), self.path.as_ref()) {
+        if let Some(w) = self.writer.as_mut() {
+            let path = &self.partial;
             let line =
                 serde_json::to_string(&p).map_err(|e| super::bad_file(path, e.to_string()))?;
             writeln!(w, "{line}")
@@ -553,12 +581,37 @@ pub(crate) struct SweepReport {
     /// The groups shown in the markdown table (all are in the JSON).
     #[serde(skip)]
     pub(crate) table_groups: Vec<String>,
+    /// Whether the reports show what was measured: the timings and the count of resumed
+    /// predictions, which differ between two runs of the same sweep. Without them, a single
+    /// run's report and the merge of its shards' are the same bytes.
+    #[serde(skip)]
+    pub(crate) timings: bool,
 }
+
+/// The keys of [`SweepReport::to_json`] that hold measurements, left out without timings.
+const MEASURED: [&str; 2] = ["resumed", "runtime_s"];
+/// The keys of a [`Row`] that hold measurements.
+const MEASURED_ROW: [&str; 3] = ["prefill_ms", "ttft_ms", "end_to_end_ms"];
 
 impl SweepReport {
     /// The JSON of `--out`.
     pub(crate) fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut json = serde_json::to_value(self).unwrap_or(Value::Null);
+        if !self.timings {
+            if let Value::Object(m) = &mut json {
+                for k in MEASURED {
+                    m.remove(k);
+                }
+            }
+            if let Some(rows) = json.get_mut("results").and_then(Value::as_array_mut) {
+                for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+                    for k in MEASURED_ROW {
+                        row.remove(k);
+                    }
+                }
+            }
+        }
+        json
     }
 
     /// Strategies by keep ratio: every metric, the per-group scores, kept tokens and timings.
@@ -597,12 +650,12 @@ impl SweepReport {
         for (_, k) in &groups {
             let _ = write!(s, " {k} |");
         }
-        let _ = writeln!(s, " audio tokens | prefill ms | TTFT ms | end-to-end ms |");
-        let _ = writeln!(
-            s,
-            "|---|---|{}---|---|---|---|",
-            "---|".repeat(metrics.len() + groups.len())
-        );
+        let _ = write!(s, " audio tokens |");
+        if self.timings {
+            let _ = write!(s, " prefill ms | TTFT ms | end-to-end ms |");
+        }
+        let columns = metrics.len() + groups.len() + if self.timings { 4 } else { 1 };
+        let _ = writeln!(s, "\n|---|---|{}", "---|".repeat(columns));
         for r in &self.results {
             let _ = write!(s, "| {} | {} |", r.strategy, r.keep);
             for m in &metrics {
@@ -616,11 +669,15 @@ impl SweepReport {
                 let v = r.groups.get(*g).and_then(|m| m.get(*k)).copied();
                 let _ = write!(s, " {:.3} |", v.unwrap_or(f64::NAN));
             }
-            let _ = writeln!(
-                s,
-                " {:.1} | {:.1} | {:.1} | {:.1} |",
-                r.kept_tokens, r.prefill_ms, r.ttft_ms, r.end_to_end_ms
-            );
+            let _ = write!(s, " {:.1} |", r.kept_tokens);
+            if self.timings {
+                let _ = write!(
+                    s,
+                    " {:.1} | {:.1} | {:.1} |",
+                    r.prefill_ms, r.ttft_ms, r.end_to_end_ms
+                );
+            }
+            s.push('\n');
         }
         s
     }

@@ -29,7 +29,8 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>, Error> {
     Ok(entries)
 }
 
-fn item_id(entry: &ManifestEntry) -> String {
+/// The id of a clip: its audio path as written.
+pub(crate) fn item_id(entry: &ManifestEntry) -> String {
     entry.audio.display().to_string()
 }
 

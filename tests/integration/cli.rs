@@ -226,6 +226,7 @@ fn help_output_is_stable() {
         &["eval", "transcribe", "--help"],
         "help_eval_transcribe.txt",
     );
+    help_snapshot(&["eval", "report", "--help"], "help_eval_report.txt");
 }
 
 fn prompt_of(model: &std::path::Path, extra: &[&str]) -> String {

@@ -1,26 +1,33 @@
 //! `auris serve`: OpenAI's chat completions API over HTTP (axum on tokio). The model runs on
 //! its own thread; requests reach it through a bounded queue.
+//!
+//! For a load balancer or an orchestrator: `GET /health` (liveness: 200 once loaded),
+//! `GET /ready` (readiness: 200 once loaded, 503 while loading or draining), `GET /metrics`
+//! (Prometheus, vLLM's names; see [`metrics`]). On SIGTERM or Ctrl-C the server drains: it
+//! stops admitting (readiness and new requests get 503), finishes every admitted request,
+//! running or queued, then exits 0.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::*;
 
+mod metrics;
 mod request;
 mod stream_out;
 mod wire;
@@ -33,7 +40,13 @@ use worker::{Event, Job, Outcome};
 struct AppState {
     args: ServeArgs,
     jobs: SyncSender<Job>,
+    /// The model is loaded.
     ready: AtomicBool,
+    /// A shutdown was asked for: nothing new is admitted.
+    draining: AtomicBool,
+    /// Requests admitted and not finished (queued or running).
+    unfinished: Arc<AtomicUsize>,
+    metrics: PrometheusHandle,
     created: u64,
 }
 
@@ -74,11 +87,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let local: SocketAddr = listener.local_addr()?;
     eprintln!("auris: listening on http://{local}");
     let (jobs, queue) = sync_channel::<Job>(args.max_queue);
-    let limit = args.max_request_mb * 1024 * 1024;
+    let metrics = metrics::install(&args.model.model)?;
     let state = Arc::new(AppState {
         args,
         jobs,
         ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        unfinished: Arc::new(AtomicUsize::new(0)),
+        metrics,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -89,13 +105,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .spawn(move || model_main(model_state, queue))?;
     let app = Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state);
+        .with_state(state.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(drain(state))
         .await?;
     tracing::info!("shutting down");
     // The router (and with it the queue's sender) is gone: the model thread ends after the
@@ -136,6 +153,22 @@ fn model_main(state: Arc<AppState>, queue: std::sync::mpsc::Receiver<Job>) {
     worker::serve_jobs(&session.pipeline, &base, queue);
 }
 
+/// Waits for SIGTERM or Ctrl-C, then drains: readiness and new requests answer 503 while the
+/// admitted requests finish. The server then closes (axum waits for the open responses).
+async fn drain(state: Arc<AppState>) {
+    shutdown_signal().await;
+    state.draining.store(true, Ordering::SeqCst);
+    let left = state.unfinished.load(Ordering::SeqCst);
+    tracing::info!("draining: {left} admitted requests to finish, no new ones");
+    while state.unfinished.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let linger = std::time::Duration::from_millis(state.args.drain_linger_ms);
+    tracing::info!("drained; closing in {} ms", linger.as_millis());
+    tokio::time::sleep(linger).await;
+    drop(state);
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -163,6 +196,28 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is loading").into_response()
     }
+}
+
+/// Readiness: 200 when requests are admitted, 503 while the model loads or the server drains.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is draining").into_response()
+    } else if state.ready.load(Ordering::SeqCst) {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is loading").into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -209,9 +264,13 @@ fn log_request(
 
 const CHAT_PATH: &str = "/v1/chat/completions";
 
-async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let result = submit(&state, body).await;
+    let limit = state.args.max_request_mb * 1024 * 1024;
+    let result = match read_body(&headers, body, limit).await {
+        Ok(body) => submit(&state, body, start).await,
+        Err(e) => Err(e),
+    };
     let (params, mut events) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -273,12 +332,67 @@ struct Summary {
     prune: Value,
 }
 
+/// How much of a body over the limit is read (and thrown away) before the 413 answer.
+fn drain_bound(limit: usize) -> u64 {
+    (4 * limit as u64).max(256 << 20)
+}
+
+/// Reads a request body of at most `limit` bytes. The rest of a longer one is read and thrown
+/// away (up to [`drain_bound`]) before the 413 answer: Python's urllib, requests and httpx
+/// send the whole body before they read a response, and a connection closed under them ends
+/// in a broken pipe instead of the 413. A client that waits for `100 Continue` is answered at
+/// once, and sends nothing.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the server's limit of {} MiB (--max-request-mb)",
+                limit >> 20
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let over = declared.is_some_and(|n| n > limit as u64);
+    if over && headers.contains_key(header::EXPECT) {
+        return Err(too_large());
+    }
+    let mut data = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut seen = 0u64;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        })?;
+        seen += chunk.len() as u64;
+        if seen <= limit as u64 {
+            data.extend_from_slice(&chunk);
+        } else if seen > drain_bound(limit) {
+            break;
+        } else if !data.is_empty() {
+            data = Vec::new();
+        }
+    }
+    if over || seen > limit as u64 {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(data))
+}
+
 /// Checks the body and queues its job.
 async fn submit(
     state: &Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
+    arrived: Instant,
 ) -> std::result::Result<(Summary, UnboundedReceiver<Event>), ApiError> {
-    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is draining (shutting down); send the request to another replica",
+        ));
+    }
     if !state.ready.load(Ordering::SeqCst) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -295,7 +409,11 @@ async fn submit(
     let stream = params.stream;
     let include_usage = params.include_usage;
     let prune = params.prune.clone();
-    let job = Job { params, events: tx };
+    let job = Job {
+        params,
+        events: tx,
+        admission: metrics::Admission::new(arrived, &state.unfinished),
+    };
     match state.jobs.try_send(job) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {

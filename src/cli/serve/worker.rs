@@ -11,6 +11,7 @@ use auris_llm::GenerateOptions;
 use axum::http::StatusCode;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::metrics::Admission;
 use super::request::Params;
 use super::wire::ApiError;
 
@@ -19,6 +20,8 @@ pub(super) struct Job {
     pub(super) params: Params,
     /// Where the text goes; closed when the client went away, which stops generation.
     pub(super) events: UnboundedSender<Event>,
+    /// The request's place in the metrics and in the drain's count, until it is dropped.
+    pub(super) admission: Admission,
 }
 
 /// What the model thread reports for a job.
@@ -39,10 +42,12 @@ pub(super) struct Outcome {
 
 /// Runs jobs until every sender is gone.
 pub(super) fn serve_jobs(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
+    let context = p.config().text_config.max_position_embeddings;
+    while let Ok(mut job) = jobs.recv() {
         if job.events.is_closed() {
             continue;
         }
+        job.admission.start();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(p, base, &job)))
             .unwrap_or_else(|_| {
                 Err(ApiError::new(
@@ -50,6 +55,7 @@ pub(super) fn serve_jobs(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Jo
                     "internal error: the model thread panicked on this request",
                 ))
             });
+        job.admission.finish(&result, context);
         let _ = job.events.send(Event::Done(result));
     }
 }
