@@ -14,7 +14,7 @@ use crate::common::{assert_close, load_model, Case};
 const REL: f32 = 1e-4;
 const SCORE_ABS: f32 = 1e-5;
 
-fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
+pub(crate) fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
     let mut generate = p.default_generate_options(
         case.json["generation"]["max_new_tokens"].as_u64().unwrap() as usize,
     );
@@ -31,7 +31,7 @@ fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
     }
 }
 
-fn no_pruning() -> Policy {
+pub(crate) fn no_pruning() -> Policy {
     Policy {
         strategy: Strategy::None,
         keep: 1.0,
@@ -39,7 +39,7 @@ fn no_pruning() -> Policy {
 }
 
 /// Checks the reference's greedy ids against ours (the reference keeps the eos it stopped on).
-fn assert_same_tokens(case: &Case, key: &str, stopped_key: &str, r: &auris::Response) {
+pub(crate) fn assert_same_tokens(case: &Case, key: &str, stopped_key: &str, r: &auris::Response) {
     let mut expected = case.ids(key);
     if case.json[stopped_key].as_bool().unwrap_or(false) {
         let eos = expected.pop();
@@ -113,7 +113,7 @@ fn chat_template_renders_like_transformers() {
     };
     let text = p.render_prompt(&spec, &case.audio()).unwrap();
     assert_eq!(text, case.json["prompt"].as_str().unwrap());
-    assert_eq!(spec_default(&p), auris::pipeline::DEFAULT_CHAT_CAPTION);
+    assert_eq!(spec_default(&p), auris::family::qwen2_audio::CHAT_CAPTION);
 }
 
 fn spec_default(p: &auris::Pipeline) -> &'static str {
@@ -199,13 +199,13 @@ fn short_encoder_path_equals_full_length_path() {
     assert!(diff < 1e-6, "scores differ by {diff}");
 }
 
-fn selection(case: &Case, strategy: &str, keep: &str) -> Option<Vec<usize>> {
+pub(crate) fn selection(case: &Case, strategy: &str, keep: &str) -> Option<Vec<usize>> {
     case.json["selections"][strategy][keep]
         .as_array()
         .map(|a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect())
 }
 
-fn strategy(name: &str) -> Strategy {
+pub(crate) fn strategy(name: &str) -> Strategy {
     match name {
         "segmentwise" => Strategy::Segmentwise {
             segments: 10,
