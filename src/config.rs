@@ -18,7 +18,7 @@ use crate::Error;
 
 /// `config.json` of `Qwen2AudioForConditionalGeneration` or
 /// `AudioFlamingo3ForConditionalGeneration`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
     /// The audio encoder.
@@ -37,19 +37,6 @@ pub struct ModelConfig {
     /// Whether the projector's two layers have a bias (Audio Flamingo 3); absent: the family's
     /// default.
     pub projector_bias: Option<bool>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            audio_config: EncoderConfig::default(),
-            text_config: Qwen2Config::default(),
-            audio_token_index: None,
-            model_type: None,
-            projector_hidden_act: None,
-            projector_bias: None,
-        }
-    }
 }
 
 impl ModelConfig {

@@ -6,11 +6,17 @@
 //! Same tolerances as the Qwen2-Audio parity tests; greedy ids identical with the model's own
 //! generation defaults (only sampling turned off).
 
-use auris::pipeline::{PromptSpec, Task};
+use std::path::Path;
+
+use auris::pipeline::PromptSpec;
 use auris_prune::{Policy, Remainder, Strategy};
+use serde_json::Value;
 
 use crate::common::{assert_close, auris, fixture, load_model, model_dir, run, Case};
-use crate::parity::{assert_same_tokens, greedy_request, no_pruning, selection, strategy};
+use crate::parity::{
+    assert_pruned_like_reference, assert_same_tokens, check_choice_scores, greedy_request,
+    no_pruning, selection, strategy,
+};
 
 const REL: f32 = 1e-4;
 const SCORE_ABS: f32 = 1e-5;
@@ -85,18 +91,7 @@ fn af3_segmentwise_quarter_matches_transformers_on_one_window() {
         keep: 0.25,
     };
     let r = run_case("tiny-af3", &case, policy);
-    let kept: Vec<usize> =
-        serde_json::from_value(case.json["prune"]["kept_indices"].clone()).unwrap();
-    assert_eq!(r.kept_indices, kept);
-    assert_eq!(r.prompt_token_ids, case.ids("pruned_input_ids"));
-    let ins = r.inspection.as_ref().unwrap();
-    assert_close(
-        "af3 pruned prompt logits",
-        &ins.prompt_logits,
-        case.tensor("pruned_prompt_logits"),
-        REL,
-    );
-    assert_same_tokens(&case, "pruned_greedy_ids", "pruned_stopped_on_eos", &r);
+    assert_pruned_like_reference(&case, &r);
 }
 
 /// Every strategy's selection over auris's scores equals the reference's, on one window and on
@@ -133,37 +128,18 @@ fn af3_selections_match_transformers_scores() {
 
 #[test]
 fn af3_choice_scores_match_transformers() {
-    let p = load_model("tiny-af3");
-    let case = Case::load("tiny-af3", "ask_mc_dog");
-    let choices: Vec<String> = case.json["choice_logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let (_, text) = c["text"].as_str().unwrap().split_once(' ').unwrap();
-            text.to_string()
-        })
-        .collect();
-    let mut request = greedy_request(&p, &case, no_pruning());
-    request.task = Task::ScoreChoices(choices);
-    let ours = p
-        .run(&request, &mut |_| true)
-        .unwrap()
-        .choice_logprobs
-        .unwrap();
-    let theirs: Vec<f32> = case.json["choice_logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["sum"].as_f64().unwrap() as f32)
-        .collect();
-    // A 48 kHz MP3: auris decodes and resamples it its own way, hence the looser bound.
-    for (a, b) in ours.iter().zip(&theirs) {
-        assert!(
-            (a - b).abs() < 0.05 * b.abs().max(1.0),
-            "{ours:?} vs {theirs:?}"
-        );
-    }
+    check_choice_scores("tiny-af3");
+}
+
+/// `auris caption --json` on `model` with `extra` options: its one output object.
+fn caption_json(model: &Path, audio: &Path, extra: &[&str]) -> Value {
+    let out = run(auris()
+        .args(["caption", "--json", "--model"])
+        .arg(model)
+        .arg(audio)
+        .args(extra));
+    assert_eq!(out.code, 0, "{extra:?}: {}", out.stderr);
+    serde_json::from_str(out.stdout.trim()).unwrap()
 }
 
 /// The binary on an AF3 checkpoint: caption through the chat template, and a raw prompt with
@@ -171,37 +147,18 @@ fn af3_choice_scores_match_transformers() {
 #[test]
 fn af3_cli_caption_and_raw_prompt() {
     let case = Case::load("tiny-af3", "caption_librivox");
-    let out = run(auris()
-        .args([
-            "caption",
-            "--json",
-            "--greedy",
-            "--max-new-tokens",
-            "24",
-            "--model",
-        ])
-        .arg(model_dir("tiny-af3"))
-        .arg(case.audio()));
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let dir = model_dir("tiny-af3");
+    let greedy = ["--greedy", "--max-new-tokens", "24"];
+    let json = caption_json(&dir, &case.audio(), &greedy);
     assert_eq!(json["prompt"], case.json["prompt"]);
     assert_eq!(json["output_token_ids"], case.json["greedy_ids"]);
 
     let raw = case.json["prompt"].as_str().unwrap();
-    let out = run(auris()
-        .args([
-            "caption",
-            "--json",
-            "--greedy",
-            "--max-new-tokens",
-            "24",
-            "--model",
-        ])
-        .arg(model_dir("tiny-af3"))
-        .arg(case.audio())
-        .args(["--raw-prompt", raw]));
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let json = caption_json(
+        &dir,
+        &case.audio(),
+        &[&greedy[..], &["--raw-prompt", raw]].concat(),
+    );
     assert_eq!(json["prompt_token_ids"], case.json["input_ids"]);
     assert_eq!(json["n_audio_tokens"], 82);
 
@@ -212,4 +169,64 @@ fn af3_cli_caption_and_raw_prompt() {
         .args(["--raw-prompt", "<|audio_bos|><|AUDIO|><|audio_eos|>Hi"]));
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("<sound>"), "{}", out.stderr);
+}
+
+/// The other options on an AF3 checkpoint: every pruning strategy on two windows, the weight
+/// formats, `--score-choices`, and `--fit-context` on a copy whose context is too short for
+/// the whole 42 s clip.
+#[test]
+fn af3_cli_strategies_formats_and_fit_context() {
+    let long = fixture("audio/long_42s_16k.wav");
+    let caption = |model: &Path, extra: &[&str]| {
+        caption_json(model, &long, &[&["--max-new-tokens", "2"], extra].concat())
+    };
+    let dir = model_dir("tiny-af3");
+    for strategy in [
+        "segmentwise",
+        "topk",
+        "bottomk",
+        "random",
+        "uniform",
+        "visionzip",
+    ] {
+        let json = caption(&dir, &["--prune", strategy, "--keep", "0.25"]);
+        assert_eq!(json["n_audio_tokens"], 1050, "{strategy}");
+        // Each window keeps its quarter: 188 of 750 and 75 of 300.
+        assert_eq!(json["n_kept"], 263, "{strategy}");
+    }
+    for format in [
+        ["--dtype", "bf16"],
+        ["--quant", "q8_0"],
+        ["--quant", "q4_k"],
+    ] {
+        assert_eq!(caption(&dir, &format)["n_kept"], 1050, "{format:?}");
+    }
+
+    let case = Case::load("tiny-af3", "ask_mc_dog");
+    let out = run(auris()
+        .args(["ask", "--json", "--score-choices", "--model"])
+        .arg(&dir)
+        .arg(case.audio())
+        .args(["--question", "What can be heard?"])
+        .args(["--choice", "a dog barking", "--choice", "a violin"])
+        .args(["--choice", "a car engine"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(json["choice_logprobs"].as_array().map(Vec::len), Some(3));
+
+    let short = crate::common::copy_model("tiny-af3", "af3-short-context");
+    let path = short.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["text_config"]["max_position_embeddings"] = 600.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = run(auris()
+        .args(["caption", "--max-new-tokens", "2", "--model"])
+        .arg(&short)
+        .arg(&long));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("--fit-context"), "{}", out.stderr);
+    let json = caption(&short, &["--fit-context"]);
+    assert_eq!(json["context"]["fitted"], true);
+    let kept = json["n_kept"].as_u64().unwrap();
+    assert!(kept > 0 && kept < 1050, "{kept}");
 }

@@ -301,6 +301,12 @@ fn segmentwise_quarter_generation_matches_reference() {
     let r = p
         .run(&greedy_request(&p, &case, policy), &mut |_| true)
         .unwrap();
+    assert_pruned_like_reference(&case, &r);
+}
+
+/// Checks a pruned run against the reference's pruned case: kept indices, expanded ids, prompt
+/// logits and greedy ids.
+pub(crate) fn assert_pruned_like_reference(case: &Case, r: &auris::Response) {
     let kept: Vec<usize> = case.json["prune"]["kept_indices"]
         .as_array()
         .unwrap()
@@ -316,13 +322,18 @@ fn segmentwise_quarter_generation_matches_reference() {
         case.tensor("pruned_prompt_logits"),
         REL,
     );
-    assert_same_tokens(&case, "pruned_greedy_ids", "pruned_stopped_on_eos", &r);
+    assert_same_tokens(case, "pruned_greedy_ids", "pruned_stopped_on_eos", r);
 }
 
 #[test]
 fn choice_scores_match_reference() {
-    let p = load_model("tiny-chat");
-    let case = Case::load("tiny-chat", "ask_mc_dog");
+    check_choice_scores("tiny-chat");
+}
+
+/// `model`'s `ask_mc_dog` case: the choices' log-likelihoods and the best choice.
+pub(crate) fn check_choice_scores(model: &str) {
+    let p = load_model(model);
+    let case = Case::load(model, "ask_mc_dog");
     let choices: Vec<String> = case.json["choice_logprobs"]
         .as_array()
         .unwrap()
