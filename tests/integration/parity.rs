@@ -56,6 +56,12 @@ fn check_case(model: &str, case_name: &str) {
     let r = p
         .run(&greedy_request(&p, &case, no_pruning()), &mut |_| true)
         .unwrap();
+    assert_unpruned_like_reference(&format!("{model}/{case_name}"), &case, &r);
+}
+
+/// Checks an unpruned inspected run against the reference case `what`: expanded ids, audio
+/// token count, encoder output, projector output, prompt logits, scores and greedy ids.
+pub(crate) fn assert_unpruned_like_reference(what: &str, case: &Case, r: &auris::Response) {
     assert_eq!(
         r.prompt_token_ids,
         case.ids("input_ids"),
@@ -66,28 +72,17 @@ fn check_case(model: &str, case_name: &str) {
         case.json["n_audio_tokens"].as_u64().unwrap() as usize
     );
     let ins = r.inspection.as_ref().unwrap();
-    assert_close(
-        &format!("{model}/{case_name} audio_embeds"),
-        &ins.audio_embeds,
-        case.tensor("audio_embeds"),
-        REL,
-    );
-    assert_close(
-        &format!("{model}/{case_name} projected"),
-        &ins.projected,
-        case.tensor("projected"),
-        REL,
-    );
-    assert_close(
-        &format!("{model}/{case_name} prompt_logits"),
-        &ins.prompt_logits,
-        case.tensor("prompt_logits"),
-        REL,
-    );
+    for (name, ours) in [
+        ("audio_embeds", &ins.audio_embeds),
+        ("projected", &ins.projected),
+        ("prompt_logits", &ins.prompt_logits),
+    ] {
+        assert_close(&format!("{what} {name}"), ours, case.tensor(name), REL);
+    }
     let (diff, _) = crate::common::max_abs_diff(&ins.audio_scores, case.tensor("audio_scores"));
-    eprintln!("parity {model}/{case_name} audio_scores: max abs diff {diff:.3e}");
+    eprintln!("parity {what} audio_scores: max abs diff {diff:.3e}");
     assert!(diff <= SCORE_ABS, "scores differ by {diff}");
-    assert_same_tokens(&case, "greedy_ids", "greedy_stopped_on_eos", &r);
+    assert_same_tokens(case, "greedy_ids", "greedy_stopped_on_eos", r);
 }
 
 #[test]
