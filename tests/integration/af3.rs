@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use auris::pipeline::PromptSpec;
-use auris_prune::{Policy, Remainder, Strategy};
+use auris_prune::Policy;
 use serde_json::Value;
 
 use crate::common::{auris, fixture, load_model, model_dir, run, Case};
@@ -65,10 +65,7 @@ fn af3_f32_without_projector_bias_transcribes_like_transformers() {
 fn af3_segmentwise_quarter_matches_transformers_on_one_window() {
     let case = Case::load("tiny-af3", "prune_seg25_librivox");
     let policy = Policy {
-        strategy: Strategy::Segmentwise {
-            segments: 10,
-            remainder: Remainder::Spread,
-        },
+        strategy: strategy("segmentwise"),
         keep: 0.25,
     };
     let r = run_case("tiny-af3", &case, policy);
