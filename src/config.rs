@@ -1,8 +1,10 @@
-//! `config.json` and `generation_config.json` of a Qwen2-Audio checkpoint.
+//! `config.json` and `generation_config.json` of a Qwen2-Audio-like checkpoint.
 //!
-//! [`ModelConfig`] mirrors transformers' `Qwen2AudioConfig`: the nested `audio_config`
-//! ([`EncoderConfig`]) and `text_config` ([`Qwen2Config`]) take the transformers defaults for
-//! every field the file omits (the hub's Qwen2-Audio-7B config omits the LLM's sizes).
+//! [`ModelConfig`] mirrors transformers' `Qwen2AudioConfig` and `AudioFlamingo3Config`: the
+//! nested `audio_config` ([`EncoderConfig`]) and `text_config` ([`Qwen2Config`]) take the
+//! transformers defaults for every field the file omits (the hub's Qwen2-Audio-7B config omits
+//! the LLM's sizes; both config classes give their sub-configs the same defaults). `model_type`
+//! picks the [`Family`], which supplies the defaults that differ.
 
 use std::path::Path;
 
@@ -11,32 +13,30 @@ use auris_llm::{Qwen2Config, TokenIds};
 use serde::Deserialize;
 
 use crate::checkpoint::read_json;
+use crate::family::{self, Family};
 use crate::Error;
 
-/// `config.json` of `Qwen2AudioForConditionalGeneration`.
-#[derive(Debug, Clone, Deserialize)]
+/// `config.json` of `Qwen2AudioForConditionalGeneration` or
+/// `AudioFlamingo3ForConditionalGeneration`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
     /// The audio encoder.
     pub audio_config: EncoderConfig,
     /// The Qwen2 language model.
     pub text_config: Qwen2Config,
-    /// Id of the `<|AUDIO|>` placeholder token.
+    /// Id of the audio placeholder token; when absent, the family's default (read it through
+    /// [`ModelConfig::audio_token_id`]).
     #[serde(alias = "audio_token_id")]
-    pub audio_token_index: u32,
-    /// `model_type`; `qwen2_audio` for the supported architecture.
+    pub audio_token_index: Option<u32>,
+    /// `model_type`, which picks the family ([`ModelConfig::family`]).
     pub model_type: Option<String>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            audio_config: EncoderConfig::default(),
-            text_config: Qwen2Config::default(),
-            audio_token_index: 151_646,
-            model_type: None,
-        }
-    }
+    /// The activation between the projector's two layers (Audio Flamingo 3); absent: the
+    /// family's default.
+    pub projector_hidden_act: Option<auris_projector::ProjectorAct>,
+    /// Whether the projector's two layers have a bias (Audio Flamingo 3); absent: the family's
+    /// default.
+    pub projector_bias: Option<bool>,
 }
 
 impl ModelConfig {
@@ -47,25 +47,29 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks both sub-configs and how they fit together.
+    /// The model family `model_type` names.
+    pub fn family(&self) -> Result<&'static dyn Family, Error> {
+        family::for_model_type(self.model_type.as_deref())
+    }
+
+    /// Id of the audio placeholder token: the file's, else `family`'s default.
+    pub fn audio_token_id(&self, family: &dyn Family) -> u32 {
+        self.audio_token_index
+            .unwrap_or_else(|| family.default_audio_token_id())
+    }
+
+    /// Checks the family, both sub-configs and how they fit together.
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(kind) = &self.model_type {
-            if kind != "qwen2_audio" {
-                return Err(Error::InvalidConfig {
-                    field: "model_type".to_string(),
-                    value: kind.clone(),
-                    reason: "auris runs qwen2_audio checkpoints".to_string(),
-                });
-            }
-        }
+        let family = self.family()?;
         self.check_limits()?;
         self.audio_config.validate()?;
         self.text_config.validate()?;
         let vocab = self.text_config.vocab_size;
-        if self.audio_token_index as usize >= vocab {
+        let audio_token = self.audio_token_id(family);
+        if audio_token as usize >= vocab {
             return Err(Error::InvalidConfig {
                 field: "audio_token_index".to_string(),
-                value: self.audio_token_index.to_string(),
+                value: audio_token.to_string(),
                 reason: format!("outside the vocabulary of {vocab} rows"),
             });
         }
@@ -233,7 +237,39 @@ mod tests {
         assert_eq!(cfg.text_config.num_kv_heads(), 32);
         assert_eq!(cfg.text_config.intermediate_size, 11008);
         assert_eq!(cfg.audio_config.d_model, 1280);
-        assert_eq!(cfg.audio_token_index, 151646);
+        assert_eq!(cfg.audio_token_id(cfg.family().unwrap()), 151646);
+    }
+
+    #[test]
+    fn audioflamingo3_config_takes_its_family_defaults() {
+        // A config as transformers 5.x writes AudioFlamingo3Config (defaults left out).
+        let json = r#"{
+          "architectures": ["AudioFlamingo3ForConditionalGeneration"],
+          "audio_config": {"model_type": "audioflamingo3_encoder", "hidden_size": 64,
+            "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2},
+          "model_type": "audioflamingo3",
+          "text_config": {"model_type": "qwen2", "hidden_size": 64, "vocab_size": 151672,
+            "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}
+        }"#;
+        let cfg: ModelConfig = serde_json::from_str(json).unwrap();
+        cfg.validate().unwrap();
+        let family = cfg.family().unwrap();
+        assert_eq!(family.name(), "Audio Flamingo 3");
+        assert_eq!(cfg.audio_token_id(family), 151669);
+        assert_eq!(cfg.audio_config.d_model, 64);
+        assert_eq!(
+            family.projector(&cfg),
+            family::ProjectorKind::Mlp {
+                act: family::ProjectorAct::Gelu,
+                bias: true
+            }
+        );
+        let other: ModelConfig = serde_json::from_str(r#"{"model_type": "voxtral"}"#).unwrap();
+        let err = other.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("model_type") && err.contains("voxtral"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! auris: audio-language inference for Qwen2-Audio-style models on Candle, with segmentwise
-//! audio-token pruning.
+//! auris: audio-language inference for Qwen2-Audio-style models (Qwen2-Audio, Audio Flamingo 3)
+//! on Candle, with segmentwise audio-token pruning.
 //!
 //! The stages live in their own crates (`auris-audio`: decoding, log-mel and the encoder;
 //! `auris-projector`; `auris-prune`: token selection; `auris-llm`: the Qwen2 decoder). This
-//! crate loads checkpoints ([`checkpoint`], [`config`]), builds prompts ([`prompt`]) and chains
+//! crate loads checkpoints ([`checkpoint`], [`config`]), knows what differs between model
+//! families ([`family`]), builds prompts ([`prompt`]) and chains
 //! the stages ([`pipeline`]).
 //!
 //! ```no_run
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod family;
 pub mod hub;
 pub mod memory;
 pub mod pipeline;

@@ -1,11 +1,11 @@
 //! Prompts: the chat template, the special tokens and the expansion of audio placeholders.
 //!
-//! Follows `Qwen2AudioProcessor` (transformers' `processing_qwen2_audio.py`): the prompt text
-//! holds one `<|AUDIO|>` per audio input; each becomes `N` copies of `<|AUDIO|>`, one per audio
-//! token the encoder keeps, and the audio rows are later written into exactly those positions.
-//! Like transformers 4.x and vLLM (and unlike transformers 5.x, which dropped it), a placeholder
-//! with neither `<|audio_bos|>` before it nor `<|audio_eos|>` after it is wrapped in the pair,
-//! since that is the form the model was trained on.
+//! Follows the processors of transformers (`processing_qwen2_audio.py`,
+//! `processing_audioflamingo3.py`): the prompt text holds one placeholder per audio input; each
+//! becomes `N` copies of the placeholder, one per audio token the encoder keeps, and the audio
+//! rows are later written into exactly those positions. A family that marks audio spans
+//! (Qwen2-Audio's `<|audio_bos|>` … `<|audio_eos|>`) has a bare placeholder wrapped in its pair
+//! (see [`crate::family`]).
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,51 +15,44 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::checkpoint::read_json;
+use crate::family::AudioMarkup;
 use crate::Error;
-
-/// The audio placeholder string.
-pub const AUDIO_TOKEN: &str = "<|AUDIO|>";
-/// Opens an audio span.
-pub const AUDIO_BOS_TOKEN: &str = "<|audio_bos|>";
-/// Closes an audio span.
-pub const AUDIO_EOS_TOKEN: &str = "<|audio_eos|>";
-
-/// The ChatML template of Qwen2-Audio-7B-Instruct (transformers'
-/// `Qwen2AudioProcessor.default_chat_template`, in
-/// `src/transformers/models/qwen2_audio/processing_qwen2_audio.py`), used only when a chat model
-/// ships no template of its own (the hub's Qwen2-Audio-7B-Instruct keeps its template in an
-/// unmerged pull request, and transformers falls back to this one).
-pub const BUILTIN_CHAT_TEMPLATE: &str = "{% set audio_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// How prompts are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PromptFormat {
-    /// The model's chat template when it has one; the built-in ChatML template when it has
-    /// none but is named like an instruct model (`*Instruct*`) and its tokenizer knows
-    /// `<|im_start|>`; the base prompt otherwise.
+    /// The model's chat template when it has one; else its family's built-in template when
+    /// the family says the checkpoint is a chat model (for Qwen2-Audio: named like an instruct
+    /// model, `*Instruct*`, with `<|im_start|>` in its tokenizer); the base prompt otherwise.
     #[default]
     Auto,
-    /// The chat template (the model's own, else the built-in ChatML one).
+    /// The chat template (the model's own, else its family's built-in one).
     Chat,
-    /// `<|audio_bos|><|AUDIO|><|audio_eos|>` followed by the instruction.
+    /// The audio placeholder (in its span, `<|audio_bos|><|AUDIO|><|audio_eos|>` for
+    /// Qwen2-Audio) followed by the instruction.
     Base,
 }
 
 /// Ids of the tokens the prompt format needs, looked up by their strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialTokens {
-    /// `<|AUDIO|>`.
+    /// The audio placeholder's text (`<|AUDIO|>`, `<sound>`), for messages.
+    pub placeholder: String,
+    /// The audio placeholder's id.
     pub audio: u32,
-    /// `<|audio_bos|>`.
-    pub audio_bos: u32,
-    /// `<|audio_eos|>`.
-    pub audio_eos: u32,
+    /// What opens and closes an audio span, for families that mark one
+    /// (`<|audio_bos|>`, `<|audio_eos|>`).
+    pub span: Option<(u32, u32)>,
 }
 
 impl SpecialTokens {
-    /// Looks the audio tokens up in `tokenizer` and checks `<|AUDIO|>` against the model's
-    /// `audio_token_index`.
-    pub fn from_tokenizer(tokenizer: &Tokenizer, audio_token_index: u32) -> Result<Self, Error> {
+    /// Looks `markup`'s tokens up in `tokenizer` and checks the placeholder against the
+    /// model's `audio_token_index`.
+    pub fn from_tokenizer(
+        tokenizer: &Tokenizer,
+        markup: &AudioMarkup,
+        audio_token_index: u32,
+    ) -> Result<Self, Error> {
         let id = |token: &str| {
             tokenizer
                 .token_to_id(token)
@@ -67,18 +60,22 @@ impl SpecialTokens {
                     token: token.to_string(),
                 })
         };
-        let audio = id(AUDIO_TOKEN)?;
+        let audio = id(&markup.placeholder)?;
         if audio != audio_token_index {
             return Err(Error::InvalidConfig {
                 field: "audio_token_index".to_string(),
                 value: audio_token_index.to_string(),
-                reason: format!("the tokenizer maps {AUDIO_TOKEN} to {audio}"),
+                reason: format!("the tokenizer maps {} to {audio}", markup.placeholder),
             });
         }
+        let span = match &markup.span {
+            Some((open, close)) => Some((id(open)?, id(close)?)),
+            None => None,
+        };
         Ok(Self {
+            placeholder: markup.placeholder.clone(),
             audio,
-            audio_bos: id(AUDIO_BOS_TOKEN)?,
-            audio_eos: id(AUDIO_EOS_TOKEN)?,
+            span,
         })
     }
 }
@@ -248,9 +245,9 @@ pub struct ExpandedPrompt {
     pub audio_spans: Vec<Range<usize>>,
 }
 
-/// Counts the `<|AUDIO|>` placeholders of a prompt text.
-pub fn count_placeholders(text: &str) -> usize {
-    text.matches(AUDIO_TOKEN).count()
+/// Counts the `placeholder`s (`<|AUDIO|>`, `<sound>`) of a prompt text.
+pub fn count_placeholders(text: &str, placeholder: &str) -> usize {
+    text.matches(placeholder).count()
 }
 
 /// Tokenizes `text` like the reference tokenizer call (special tokens parsed as single ids).
@@ -264,8 +261,9 @@ pub fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, Error> {
         })
 }
 
-/// Replaces the `i`-th `<|AUDIO|>` id of `ids` by `counts[i]` copies, wrapping it in
-/// `<|audio_bos|>` / `<|audio_eos|>` when neither neighbour is already there.
+/// Replaces the `i`-th placeholder id of `ids` by `counts[i]` copies; for a family that marks
+/// audio spans, wraps it in the span's tokens (`<|audio_bos|>` / `<|audio_eos|>`) when neither
+/// neighbour is already there.
 pub fn expand(
     ids: &[u32],
     counts: &[usize],
@@ -276,7 +274,7 @@ pub fn expand(
         return Err(Error::PlaceholderCount {
             placeholders,
             audios: counts.len(),
-            token: AUDIO_TOKEN.to_string(),
+            token: special.placeholder.clone(),
         });
     }
     let mut out = Vec::with_capacity(ids.len() + counts.iter().sum::<usize>() + 2 * counts.len());
@@ -288,16 +286,17 @@ pub fn expand(
             continue;
         }
         let n = next.next().copied().unwrap_or(0);
-        let wrapped = (i > 0 && ids[i - 1] == special.audio_bos)
-            || ids.get(i + 1) == Some(&special.audio_eos);
-        if !wrapped {
-            out.push(special.audio_bos);
+        let wrap = special.span.filter(|&(open, close)| {
+            !((i > 0 && ids[i - 1] == open) || ids.get(i + 1) == Some(&close))
+        });
+        if let Some((open, _)) = wrap {
+            out.push(open);
         }
         let start = out.len();
         out.extend(std::iter::repeat_n(special.audio, n));
         spans.push(start..out.len());
-        if !wrapped {
-            out.push(special.audio_eos);
+        if let Some((_, close)) = wrap {
+            out.push(close);
         }
     }
     Ok(ExpandedPrompt {
@@ -346,25 +345,61 @@ pub fn parse_choice(answer: &str, choices: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::family::qwen2_audio::{AUDIO_TOKEN, CHAT_TEMPLATE as BUILTIN_CHAT_TEMPLATE};
 
-    const SPECIAL: SpecialTokens = SpecialTokens {
-        audio: 9,
-        audio_bos: 7,
-        audio_eos: 8,
-    };
+    fn special() -> SpecialTokens {
+        SpecialTokens {
+            placeholder: AUDIO_TOKEN.to_string(),
+            audio: 9,
+            span: Some((7, 8)),
+        }
+    }
 
     #[test]
     fn expands_wrapped_placeholder() {
-        let e = expand(&[1, 7, 9, 8, 2], &[3], &SPECIAL).unwrap();
+        let e = expand(&[1, 7, 9, 8, 2], &[3], &special()).unwrap();
         assert_eq!(e.ids, vec![1, 7, 9, 9, 9, 8, 2]);
         assert_eq!(e.audio_spans, vec![2..5]);
     }
 
     #[test]
     fn wraps_bare_placeholder_and_keeps_order() {
-        let e = expand(&[9, 5, 7, 9, 8], &[2, 1], &SPECIAL).unwrap();
+        let e = expand(&[9, 5, 7, 9, 8], &[2, 1], &special()).unwrap();
         assert_eq!(e.ids, vec![7, 9, 9, 8, 5, 7, 9, 8]);
         assert_eq!(e.audio_spans, vec![1..3, 6..7]);
+    }
+
+    #[test]
+    fn a_family_without_spans_repeats_the_placeholder_only() {
+        let bare = SpecialTokens {
+            placeholder: "<sound>".to_string(),
+            audio: 9,
+            span: None,
+        };
+        let e = expand(&[1, 9, 2, 9], &[2, 1], &bare).unwrap();
+        assert_eq!(e.ids, vec![1, 9, 9, 2, 9]);
+        assert_eq!(e.audio_spans, vec![1..3, 4..5]);
+    }
+
+    #[test]
+    fn audioflamingo3_template_puts_the_sound_before_the_text() {
+        let t = ChatTemplate::new(crate::family::audioflamingo3::CHAT_TEMPLATE);
+        let messages = [Message {
+            role: "user".into(),
+            content: vec![
+                Part::Text {
+                    text: "What is it?".into(),
+                },
+                Part::Audio {
+                    audio_url: "a.wav".into(),
+                },
+            ],
+        }];
+        let text = t.render(&messages, true).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<sound>What is it?<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
@@ -380,7 +415,7 @@ mod tests {
 
     #[test]
     fn count_mismatch_is_an_error() {
-        let err = expand(&[1, 9, 2], &[3, 4], &SPECIAL).unwrap_err();
+        let err = expand(&[1, 9, 2], &[3, 4], &special()).unwrap_err();
         assert!(matches!(
             err,
             Error::PlaceholderCount {

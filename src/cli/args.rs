@@ -381,12 +381,13 @@ pub(super) struct PromptArgs {
     /// A system message (chat models only).
     #[arg(long, conflicts_with = "raw_prompt")]
     pub(super) system: Option<String>,
-    /// The complete prompt text, used verbatim; its <|AUDIO|> placeholder is expanded into
-    /// the audio tokens.
+    /// The complete prompt text, used verbatim; its audio placeholder (<|AUDIO|> for
+    /// Qwen2-Audio, <sound> for Audio Flamingo 3) is expanded into the audio tokens.
     #[arg(long)]
     pub(super) raw_prompt: Option<String>,
-    /// Prompt layout: auto (the model's chat template if it has one, the built-in Qwen2-Audio
-    /// ChatML template for models named *Instruct*, else the base prompt), chat or base.
+    /// Prompt layout: auto (the model's chat template if it has one, else its family's
+    /// built-in one for Audio Flamingo 3 and for Qwen2-Audio models named *Instruct*, else the
+    /// base prompt), chat or base.
     #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
     pub(super) prompt_format: FormatArg,
 }

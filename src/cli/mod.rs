@@ -383,12 +383,16 @@ pub(crate) fn main() -> Result<ExitCode> {
     }
 }
 
+/// A raw prompt must hold some family's audio placeholder (the model, not loaded yet, then
+/// checks that it is its own, exactly once).
 fn check_prompt_args(common: &Common) -> Result<()> {
     if let Some(raw) = &common.prompt.raw_prompt {
-        if !raw.contains(auris::prompt::AUDIO_TOKEN) {
+        let markups = auris::family::FAMILIES.map(|f| f.markup(&Default::default()));
+        if !markups.iter().any(|m| raw.contains(&m.placeholder)) {
+            let names: Vec<String> = markups.iter().map(|m| m.placeholder.clone()).collect();
             return Err(usage(format!(
                 "--raw-prompt must contain the audio placeholder {}",
-                auris::prompt::AUDIO_TOKEN
+                names.join(" or ")
             )));
         }
     }
@@ -477,8 +481,8 @@ fn hint_for_error(err: &Error) -> Option<String> {
         Error::Checksum(_) => {
             "the damaged file was removed from the cache; run again to download it anew".to_string()
         }
-        Error::PlaceholderCount { .. } => {
-            "a prompt needs exactly one <|AUDIO|> placeholder per audio file".to_string()
+        Error::PlaceholderCount { token, .. } => {
+            format!("a prompt needs exactly one {token} placeholder per audio file")
         }
         Error::Audio(auris_audio::AudioError::TooShort { .. }) => {
             "the encoder needs at least 3 mel frames (about 0.02 s of audio)".to_string()

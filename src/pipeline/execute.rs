@@ -34,11 +34,11 @@ enum Measured<'a> {
 }
 
 impl Measured<'_> {
-    fn counts(&self) -> Vec<usize> {
+    fn counts(&self, family: &dyn Family) -> Vec<usize> {
         match self {
             Measured::Stream { counts, .. } => counts.clone(),
-            Measured::Whole(audio) => audio_token_counts(audio),
-            Measured::Encoded { audio, .. } => audio_token_counts(audio),
+            Measured::Whole(audio) => audio_token_counts(family, audio),
+            Measured::Encoded { audio, .. } => audio_token_counts(family, audio),
         }
     }
 
@@ -100,7 +100,7 @@ impl Pipeline {
             .iter()
             .map(|s| self.measure(s, request.task.inspects(), &mut timings))
             .collect::<Result<Vec<_>, _>>()?;
-        let counts: Vec<Vec<usize>> = measured.iter().map(Measured::counts).collect();
+        let counts: Vec<Vec<usize>> = measured.iter().map(|m| m.counts(self.family)).collect();
         let plan = self.plan(request, &counts)?;
         let gathered = self.gather(measured, &counts, &plan.policy, &mut timings)?;
         self.finish(request, plan, gathered, timings, on_token)
@@ -158,7 +158,7 @@ impl Pipeline {
     fn plan(&self, request: &AudioRequest<'_>, counts: &[Vec<usize>]) -> Result<Plan, Error> {
         let prompt_text = self.request_prompt(&request.prompt, &request.inputs)?;
         let ids = prompt::tokenize(&self.tokenizer, &prompt_text)?;
-        // Each placeholder becomes its audio, wrapped in <|audio_bos|>/<|audio_eos|> if needed.
+        // Each placeholder becomes its audio, in its span's tokens if the family marks one.
         let text = prompt::expand(&ids, &vec![0; counts.len()], &self.special)?
             .ids
             .len();

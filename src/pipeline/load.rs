@@ -12,8 +12,9 @@ use tokenizers::Tokenizer;
 use super::Pipeline;
 use crate::checkpoint::{self, ModelFiles, ModelSource, TensorInfo, WeightStore};
 use crate::config::{GenerationConfig, ModelConfig};
+use crate::family::{AudioMarkup, Family, ProcessorStrings};
 use crate::memory::{self, Placement};
-use crate::prompt::{ChatTemplate, PromptFormat, SpecialTokens, BUILTIN_CHAT_TEMPLATE};
+use crate::prompt::{ChatTemplate, PromptFormat, SpecialTokens};
 use crate::Error;
 
 /// How to load a model.
@@ -121,10 +122,11 @@ impl std::fmt::Display for Weights {
 
 /// The dtype of the language model's tensors in the checkpoint (that of its embedding table,
 /// else f32).
-fn llm_checkpoint_dtype(infos: &[TensorInfo]) -> DType {
+fn llm_checkpoint_dtype(infos: &[TensorInfo], family: &dyn Family) -> DType {
+    let embed = family.layout().embed_tokens();
     infos
         .iter()
-        .find(|i| i.name == "language_model.model.embed_tokens.weight")
+        .find(|i| i.name == embed)
         .and_then(|i| i.dtype)
         .unwrap_or(DType::F32)
 }
@@ -152,7 +154,7 @@ fn check_memory(
     let Some(available) = available else {
         return Ok(());
     };
-    let checkpoint = llm_checkpoint_dtype(infos);
+    let checkpoint = llm_checkpoint_dtype(infos, cfg.family()?);
     let need = |w: Weights| {
         memory::estimate(
             cfg,
@@ -196,43 +198,52 @@ impl Pipeline {
     /// Loads a model whose files are already resolved.
     pub fn from_files(files: &ModelFiles, name: &str, opts: &LoadOptions) -> Result<Self, Error> {
         let config = ModelConfig::from_file(&files.config)?;
+        let family = config.family()?;
         let generation = GenerationConfig::from_file(files.generation_config.as_deref())?;
         let mel_config = files.mel_config(config.audio_config.num_mel_bins)?;
         check_front_end(&mel_config, &config.audio_config)?;
-        let (tokenizer, special) = load_tokenizer(files, config.audio_token_index)?;
-        let chat_template = chat_template(files, opts.prompt_format, name, &tokenizer)?;
+        let markup = family.markup(&ProcessorStrings::from_file(
+            files.processor_config.as_deref(),
+        )?);
+        let (tokenizer, special) = load_tokenizer(files, &markup, config.audio_token_id(family))?;
+        let chat_template = chat_template(files, opts.prompt_format, name, &tokenizer, family)?;
 
         let store = WeightStore::open_model(files)?;
         let infos = store.infos();
         let place = opts
             .weights
-            .placement(opts.dtype, llm_checkpoint_dtype(&infos));
+            .placement(opts.dtype, llm_checkpoint_dtype(&infos, family));
         // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
         // device memory (the memory-mapped file is read through once), and an oversized model
         // fails with the driver's out-of-memory error instead.
         if opts.memory_check && opts.device.is_cpu() {
             check_memory(&config, &infos, opts, name, memory::available())?;
         }
-        let vb = store.var_builder(opts.dtype, &opts.device);
+        let layout = family.layout();
         let encoder = Qwen2AudioEncoder::load_with(
             &config.audio_config,
             store
                 .var_builder(place.audio_linear, &opts.device)
-                .pp("audio_tower"),
+                .pp(layout.audio_tower),
             opts.dtype,
         )?;
-        let projector = MultiModalProjector::load(
+        let projector = MultiModalProjector::load_kind(
+            family.projector(&config),
             config.audio_config.d_model,
             config.text_config.hidden_size,
-            vb.pp("multi_modal_projector"),
+            store
+                .var_builder(opts.dtype, &opts.device)
+                .pp(layout.projector),
         )?;
-        let decoder = load_decoder(&config, &store, &place, &opts.device)?;
-        store.check_coverage(&["language_model.lm_head.weight"])?;
+        let decoder = load_decoder(&config, &store, &place, &opts.device, family)?;
+        store.check_coverage(&[layout.lm_head().as_str()])?;
 
-        let stop_ids = stop_ids(&generation, &config, &tokenizer);
+        let stop_ids = stop_ids(&generation, &config, &tokenizer, family);
         let mel = MelExtractor::new(mel_config)?;
         Ok(Self {
             config,
+            family,
+            markup,
             generation,
             mel,
             encoder,
@@ -252,14 +263,15 @@ impl Pipeline {
 /// audio model's).
 fn load_tokenizer(
     files: &ModelFiles,
+    markup: &AudioMarkup,
     audio_token_index: u32,
 ) -> Result<(Tokenizer, SpecialTokens), Error> {
     let tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|source| Error::Tokenizer {
         context: format!("loading {}", files.tokenizer.display()),
         source,
     })?;
-    let special =
-        SpecialTokens::from_tokenizer(&tokenizer, audio_token_index).map_err(|e| match e {
+    let special = SpecialTokens::from_tokenizer(&tokenizer, markup, audio_token_index).map_err(
+        |e| match e {
             Error::MissingToken { token } => Error::BadFile {
                 path: files.tokenizer.clone(),
                 reason: format!(
@@ -267,34 +279,33 @@ fn load_tokenizer(
                 ),
             },
             e => e,
-        })?;
+        },
+    )?;
     Ok((tokenizer, special))
 }
 
-/// The chat template `format` asks for: the model's own, else the built-in one (always for
-/// [`PromptFormat::Chat`]; under [`PromptFormat::Auto`] for a model named `*instruct*` whose
-/// tokenizer has `<|im_start|>`); `None` means the base prompt.
+/// The chat template `format` asks for: the model's own, else its family's built-in one
+/// (always for [`PromptFormat::Chat`]; under [`PromptFormat::Auto`] when the family says the
+/// checkpoint is a chat model); `None` means the base prompt.
 fn chat_template(
     files: &ModelFiles,
     format: PromptFormat,
     name: &str,
     tokenizer: &Tokenizer,
+    family: &dyn Family,
 ) -> Result<Option<ChatTemplate>, Error> {
     let own_template = ChatTemplate::from_model_files(
         files.chat_template.as_deref(),
         files.processor_config.as_deref(),
         files.tokenizer_config.as_deref(),
     )?;
+    let builtin = || ChatTemplate::new(family.builtin_chat_template());
     Ok(match format {
         PromptFormat::Base => None,
-        PromptFormat::Chat => {
-            Some(own_template.unwrap_or_else(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE)))
+        PromptFormat::Chat => Some(own_template.unwrap_or_else(builtin)),
+        PromptFormat::Auto => {
+            own_template.or_else(|| family.chats_without_template(name, tokenizer).then(builtin))
         }
-        PromptFormat::Auto => own_template.or_else(|| {
-            let instruct = name.to_lowercase().contains("instruct")
-                && tokenizer.token_to_id("<|im_start|>").is_some();
-            instruct.then(|| ChatTemplate::new(BUILTIN_CHAT_TEMPLATE))
-        }),
     })
 }
 
@@ -304,10 +315,11 @@ fn load_decoder(
     store: &WeightStore,
     place: &Placement,
     device: &Device,
+    family: &dyn Family,
 ) -> Result<Qwen2Decoder, Error> {
     let vb = store
         .var_builder(place.llm_read, device)
-        .pp("language_model");
+        .pp(family.layout().language_model);
     Ok(match place.llm_format {
         None => Qwen2Decoder::load(&config.text_config, vb)?,
         Some(weights) => {
@@ -318,11 +330,13 @@ fn load_decoder(
 
 /// The stop ids of a model (see [`Pipeline::stop_ids`]): `generation_config.json`'s
 /// `eos_token_id` when it has one (what `generate` uses), else the text config's
-/// `eos_token_id` plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
+/// `eos_token_id` plus the family's fallback stop tokens (`<|im_end|>`, `<|endoftext|>`) that
+/// the tokenizer has.
 fn stop_ids(
     generation: &GenerationConfig,
     config: &ModelConfig,
     tokenizer: &Tokenizer,
+    family: &dyn Family,
 ) -> Vec<u32> {
     if let Some(eos) = &generation.eos_token_id {
         return eos.to_vec();
@@ -333,7 +347,7 @@ fn stop_ids(
         .as_ref()
         .map(|e| e.to_vec())
         .unwrap_or_default();
-    for token in ["<|im_end|>", "<|endoftext|>"] {
+    for token in family.fallback_stop_tokens() {
         if let Some(id) = tokenizer.token_to_id(token) {
             if !ids.contains(&id) {
                 ids.push(id);

@@ -50,7 +50,8 @@ use tokenizers::Tokenizer;
 
 use crate::budget::ContextUse;
 use crate::config::{GenerationConfig, ModelConfig};
-use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens, AUDIO_TOKEN};
+use crate::family::{AudioMarkup, Family};
+use crate::prompt::{self, ChatTemplate, Message, Part, SpecialTokens};
 use crate::Error;
 
 mod execute;
@@ -63,11 +64,6 @@ pub use request::{
     AudioRequest, AudioSource, Inspection, PromptSpec, Request, Response, Task, Timings,
 };
 pub use tokens::{select_tokens, AudioTokens, TokenGatherer};
-
-/// The instruction used by `caption` on a chat model when the user gives none.
-pub const DEFAULT_CHAT_CAPTION: &str = "Describe the audio in one sentence.";
-/// The instruction used by `caption` on a base model (the model card's captioning prompt).
-pub const DEFAULT_BASE_CAPTION: &str = "Generate the caption in English:";
 
 /// A decoded audio file, cut into 30 s windows of log-mel features.
 #[derive(Debug, Clone)]
@@ -98,6 +94,8 @@ impl AudioInput {
 /// A loaded model: every stage, the tokenizer and the prompt format.
 pub struct Pipeline {
     config: ModelConfig,
+    family: &'static dyn Family,
+    markup: AudioMarkup,
     generation: GenerationConfig,
     mel: MelExtractor,
     encoder: Qwen2AudioEncoder,
@@ -124,6 +122,16 @@ impl Pipeline {
     /// The parsed `config.json`.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The model family (Qwen2-Audio, Audio Flamingo 3), from `config.json`'s `model_type`.
+    pub fn family(&self) -> &'static dyn Family {
+        self.family
+    }
+
+    /// How this checkpoint marks audio in its prompts (`<|AUDIO|>`, `<sound>`).
+    pub fn audio_markup(&self) -> &AudioMarkup {
+        &self.markup
     }
 
     /// The model's decoding defaults.
@@ -247,7 +255,7 @@ impl Pipeline {
     /// Runs the encoder on one window. A last window of 320 samples or fewer (2 mel frames)
     /// yields no token, which the encoder refuses: it gets an empty output instead.
     fn encode_window(&self, mel: &LogMel, scores: bool) -> Result<EncoderOutput, Error> {
-        if auris_audio::audio_token_count(mel.valid_frames) == 0 {
+        if self.family.window_tokens(mel.valid_frames) == 0 {
             let d = self.encoder.config().d_model;
             return Ok(EncoderOutput {
                 hidden: Tensor::zeros((0, d), DType::F32, &self.device)?,
@@ -273,12 +281,12 @@ impl Pipeline {
     pub fn render_prompt(&self, spec: &PromptSpec, audio: &Path) -> Result<String, Error> {
         match spec {
             PromptSpec::Raw(text) => {
-                let n = prompt::count_placeholders(text);
+                let n = prompt::count_placeholders(text, &self.markup.placeholder);
                 if n != 1 {
                     return Err(Error::PlaceholderCount {
                         placeholders: n,
                         audios: 1,
-                        token: AUDIO_TOKEN.to_string(),
+                        token: self.markup.placeholder.clone(),
                     });
                 }
                 Ok(text.clone())
@@ -312,7 +320,7 @@ impl Pipeline {
                                 .to_string(),
                         ));
                     }
-                    Ok(format!("<|audio_bos|>{AUDIO_TOKEN}<|audio_eos|>{text}"))
+                    Ok(self.markup.base_prompt(text))
                 }
             },
             PromptSpec::Chat(messages) => self.render_chat(messages),
@@ -329,11 +337,7 @@ impl Pipeline {
 
     /// The default instruction of `caption` for this model.
     pub fn default_caption_instruction(&self) -> &'static str {
-        if self.is_chat() {
-            DEFAULT_CHAT_CAPTION
-        } else {
-            DEFAULT_BASE_CAPTION
-        }
+        self.family.caption_instruction(self.is_chat())
     }
 
     /// Embeds `ids` and writes `rows[i]` into the placeholder span `spans[i]` of each audio
@@ -583,9 +587,13 @@ impl Pipeline {
     }
 }
 
-/// Audio tokens of each window of `audio`.
-fn audio_token_counts(audio: &AudioInput) -> Vec<usize> {
-    crate::budget::window_tokens(audio.windows.iter().map(|w| w.valid_frames))
+/// Audio tokens of each window of `audio`, as `family` counts them.
+fn audio_token_counts(family: &dyn Family, audio: &AudioInput) -> Vec<usize> {
+    audio
+        .windows
+        .iter()
+        .map(|w| family.window_tokens(w.valid_frames))
+        .collect()
 }
 
 /// The audio of a request as the response reports it.

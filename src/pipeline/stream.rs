@@ -27,7 +27,7 @@ impl Pipeline {
     pub(super) fn window_token_counts(&self, samples_16k: usize) -> Vec<usize> {
         let mel = self.mel.config();
         auris_audio::window_lengths(samples_16k, mel.n_samples)
-            .map(|len| auris_audio::audio_token_count(mel.valid_frames(len)))
+            .map(|len| self.family.window_tokens(mel.valid_frames(len)))
             .collect()
     }
 

@@ -3,6 +3,7 @@
 //! Every expected value comes from `scripts/make_fixtures.sh`, which runs transformers itself on
 //! the same checkpoints and audio (see `tests/fixtures/README.md`).
 
+mod af3;
 mod asr;
 mod checkpoint_faults;
 mod cli;

@@ -14,7 +14,7 @@ use crate::common::{assert_close, load_model, Case};
 const REL: f32 = 1e-4;
 const SCORE_ABS: f32 = 1e-5;
 
-fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
+pub(crate) fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
     let mut generate = p.default_generate_options(
         case.json["generation"]["max_new_tokens"].as_u64().unwrap() as usize,
     );
@@ -31,7 +31,7 @@ fn greedy_request(p: &auris::Pipeline, case: &Case, policy: Policy) -> Request {
     }
 }
 
-fn no_pruning() -> Policy {
+pub(crate) fn no_pruning() -> Policy {
     Policy {
         strategy: Strategy::None,
         keep: 1.0,
@@ -39,7 +39,7 @@ fn no_pruning() -> Policy {
 }
 
 /// Checks the reference's greedy ids against ours (the reference keeps the eos it stopped on).
-fn assert_same_tokens(case: &Case, key: &str, stopped_key: &str, r: &auris::Response) {
+pub(crate) fn assert_same_tokens(case: &Case, key: &str, stopped_key: &str, r: &auris::Response) {
     let mut expected = case.ids(key);
     if case.json[stopped_key].as_bool().unwrap_or(false) {
         let eos = expected.pop();
@@ -56,6 +56,12 @@ fn check_case(model: &str, case_name: &str) {
     let r = p
         .run(&greedy_request(&p, &case, no_pruning()), &mut |_| true)
         .unwrap();
+    assert_unpruned_like_reference(&format!("{model}/{case_name}"), &case, &r);
+}
+
+/// Checks an unpruned inspected run against the reference case `what`: expanded ids, audio
+/// token count, encoder output, projector output, prompt logits, scores and greedy ids.
+pub(crate) fn assert_unpruned_like_reference(what: &str, case: &Case, r: &auris::Response) {
     assert_eq!(
         r.prompt_token_ids,
         case.ids("input_ids"),
@@ -66,28 +72,17 @@ fn check_case(model: &str, case_name: &str) {
         case.json["n_audio_tokens"].as_u64().unwrap() as usize
     );
     let ins = r.inspection.as_ref().unwrap();
-    assert_close(
-        &format!("{model}/{case_name} audio_embeds"),
-        &ins.audio_embeds,
-        case.tensor("audio_embeds"),
-        REL,
-    );
-    assert_close(
-        &format!("{model}/{case_name} projected"),
-        &ins.projected,
-        case.tensor("projected"),
-        REL,
-    );
-    assert_close(
-        &format!("{model}/{case_name} prompt_logits"),
-        &ins.prompt_logits,
-        case.tensor("prompt_logits"),
-        REL,
-    );
+    for (name, ours) in [
+        ("audio_embeds", &ins.audio_embeds),
+        ("projected", &ins.projected),
+        ("prompt_logits", &ins.prompt_logits),
+    ] {
+        assert_close(&format!("{what} {name}"), ours, case.tensor(name), REL);
+    }
     let (diff, _) = crate::common::max_abs_diff(&ins.audio_scores, case.tensor("audio_scores"));
-    eprintln!("parity {model}/{case_name} audio_scores: max abs diff {diff:.3e}");
+    eprintln!("parity {what} audio_scores: max abs diff {diff:.3e}");
     assert!(diff <= SCORE_ABS, "scores differ by {diff}");
-    assert_same_tokens(&case, "greedy_ids", "greedy_stopped_on_eos", &r);
+    assert_same_tokens(case, "greedy_ids", "greedy_stopped_on_eos", r);
 }
 
 #[test]
@@ -113,7 +108,7 @@ fn chat_template_renders_like_transformers() {
     };
     let text = p.render_prompt(&spec, &case.audio()).unwrap();
     assert_eq!(text, case.json["prompt"].as_str().unwrap());
-    assert_eq!(spec_default(&p), auris::pipeline::DEFAULT_CHAT_CAPTION);
+    assert_eq!(spec_default(&p), auris::family::qwen2_audio::CHAT_CAPTION);
 }
 
 fn spec_default(p: &auris::Pipeline) -> &'static str {
@@ -199,13 +194,13 @@ fn short_encoder_path_equals_full_length_path() {
     assert!(diff < 1e-6, "scores differ by {diff}");
 }
 
-fn selection(case: &Case, strategy: &str, keep: &str) -> Option<Vec<usize>> {
+pub(crate) fn selection(case: &Case, strategy: &str, keep: &str) -> Option<Vec<usize>> {
     case.json["selections"][strategy][keep]
         .as_array()
         .map(|a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect())
 }
 
-fn strategy(name: &str) -> Strategy {
+pub(crate) fn strategy(name: &str) -> Strategy {
     match name {
         "segmentwise" => Strategy::Segmentwise {
             segments: 10,
@@ -301,6 +296,12 @@ fn segmentwise_quarter_generation_matches_reference() {
     let r = p
         .run(&greedy_request(&p, &case, policy), &mut |_| true)
         .unwrap();
+    assert_pruned_like_reference(&case, &r);
+}
+
+/// Checks a pruned run against the reference's pruned case: kept indices, expanded ids, prompt
+/// logits and greedy ids.
+pub(crate) fn assert_pruned_like_reference(case: &Case, r: &auris::Response) {
     let kept: Vec<usize> = case.json["prune"]["kept_indices"]
         .as_array()
         .unwrap()
@@ -316,13 +317,18 @@ fn segmentwise_quarter_generation_matches_reference() {
         case.tensor("pruned_prompt_logits"),
         REL,
     );
-    assert_same_tokens(&case, "pruned_greedy_ids", "pruned_stopped_on_eos", &r);
+    assert_same_tokens(case, "pruned_greedy_ids", "pruned_stopped_on_eos", r);
 }
 
 #[test]
 fn choice_scores_match_reference() {
-    let p = load_model("tiny-chat");
-    let case = Case::load("tiny-chat", "ask_mc_dog");
+    check_choice_scores("tiny-chat");
+}
+
+/// `model`'s `ask_mc_dog` case: the choices' log-likelihoods and the best choice.
+pub(crate) fn check_choice_scores(model: &str) {
+    let p = load_model(model);
+    let case = Case::load(model, "ask_mc_dog");
     let choices: Vec<String> = case.json["choice_logprobs"]
         .as_array()
         .unwrap()
