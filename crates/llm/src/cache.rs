@@ -15,6 +15,10 @@ const GROW_BY: usize = 512;
 /// of reallocating. All layers always hold the same number of positions, [`KvCache::len`],
 /// which is also the RoPE position of the next token.
 ///
+/// A cache is one sequence's (the rows of a batch sharing it share its positions): sequences at
+/// different positions each have their own, as a [`crate::Sequence`] does, and
+/// [`crate::Qwen2Decoder::forward_batch`] runs several of them in one call.
+///
 /// [`KvCache::truncate`] drops the newest positions, e.g. to score several continuations of
 /// one prompt. `clone` copies the buffers, so clones evolve independently.
 #[derive(Debug)]

@@ -37,14 +37,20 @@
 //! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
 //!   to the compute dtype) → logits of the last position `(batch, vocab)`, f32. [`Qwen2Decoder::forward_embeds_all`] → `(batch, seq,
 //!   vocab)`, f32. New tokens take the contiguous RoPE positions `cache.len()..cache.len() +
-//!   seq` and are appended to the [`KvCache`]; every sequence of a batch shares the positions
-//!   (no padding support).
+//!   seq` and are appended to the [`KvCache`]; every row of a batch shares the positions
+//!   (no padding support). Sequences at different positions each have their own cache:
+//!   [`Qwen2Decoder::forward_batch`] runs several, each [`SequenceInput`] at its cache's
+//!   positions.
 //! - [`KvCache`] is owned by the caller ([`Qwen2Decoder::new_cache`]); it grows in place,
 //!   [`KvCache::truncate`] rewinds it (to reuse a prompt for several continuations) and
 //!   `clone` forks it.
-//! - [`generate`] runs greedy or sampled decoding for one sequence with transformers'
+//! - [`Sequence`] is one sequence's decoding state (its cache and position, seeded sampler,
+//!   the ids the repetition penalty sees, token limit, stop ids, [`StopStrings`]):
+//!   [`Sequence::prefill`] makes it, [`Sequence::step`] emits one token with transformers'
 //!   `generate` semantics (repetition penalty → temperature → top-k → top-p), sampling through
-//!   `candle_transformers::generation::LogitsProcessor`.
+//!   `candle_transformers::generation::LogitsProcessor`; [`step_many`] advances several
+//!   together through [`Qwen2Decoder::forward_batch`], each at its own position.
+//!   [`generate`] and [`generate_from_logits`] are the loop over one sequence's steps.
 //!
 //! The maths follows transformers' `modeling_qwen2.py` (eager attention): pre-RMSNorm blocks,
 //! q/k/v projections with bias and o without, rotate-half RoPE with `inv_freq` in f32, GQA by
@@ -67,6 +73,9 @@ mod linear;
 mod model;
 mod q4k;
 mod qgemv;
+mod sampling;
+mod sequence;
+mod stop;
 #[cfg(test)]
 mod test_values;
 #[cfg(test)]
@@ -76,5 +85,8 @@ pub use cache::KvCache;
 pub use config::{HiddenAct, Qwen2Config, RopeParameters, TokenIds};
 pub use error::LlmError;
 pub use format::{LoadOptions, WeightFormat};
-pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
-pub use model::{Qwen2Decoder, PREFILL_CHUNK};
+pub use generate::{generate, generate_from_logits, GenerateOptions, Generation};
+pub use model::{Qwen2Decoder, SequenceInput, PREFILL_CHUNK};
+pub use sampling::SamplingParams;
+pub use sequence::{step_many, Finish, Sequence};
+pub use stop::StopStrings;

@@ -449,11 +449,12 @@ impl DecoderLayer {
     }
 }
 
-/// What every layer shares within one forward call.
+/// One sequence's positions in one pass, which every layer shares: each sequence of a
+/// [`Qwen2Decoder::forward_batch`] has its own.
 struct Step {
     cos: Tensor,
     sin: Tensor,
-    /// Position of the first query, and the number of queries.
+    /// Position of the first query (the sequence's cache length), and the number of queries.
     start: usize,
     len: usize,
     device: Device,
@@ -465,6 +466,26 @@ struct Step {
 }
 
 impl Step {
+    /// Queries at positions `start..start + len`.
+    fn new(
+        rope: &Rope,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, LlmError> {
+        let (cos, sin) = rope.cos_sin(start, len, dtype, device)?;
+        Ok(Self {
+            cos,
+            sin,
+            start,
+            len,
+            device: device.clone(),
+            causal_mask: OnceCell::new(),
+            sliding_mask: OnceCell::new(),
+        })
+    }
+
     /// The mask of a layer with sliding window `window` (see [`attention_mask`]).
     fn mask(&self, window: Option<usize>) -> Result<Option<&Tensor>, LlmError> {
         let cell = if window.is_some() {
@@ -478,6 +499,23 @@ impl Step {
         }
         Ok(cell.get().and_then(Option::as_ref))
     }
+}
+
+/// One sequence in one pass through the stack: its activations, positions and cache.
+struct Pass<'c> {
+    xs: Tensor,
+    step: Step,
+    cache: &'c mut KvCache,
+}
+
+/// One sequence's part of a [`Qwen2Decoder::forward_batch`] call.
+#[derive(Debug)]
+pub struct SequenceInput<'a> {
+    /// The new positions' embeddings, `(batch, seq, hidden)` as for
+    /// [`Qwen2Decoder::forward_embeds`] (a batch's rows share the cache and its positions).
+    pub embeds: &'a Tensor,
+    /// The sequence's cache: the new positions follow what it holds and are appended to it.
+    pub cache: &'a mut KvCache,
 }
 
 /// A Qwen2 decoder (`Qwen2ForCausalLM`) that takes input embeddings.
@@ -724,16 +762,18 @@ impl Qwen2Decoder {
     /// The new tokens take RoPE positions `cache.len()..cache.len() + seq` and are appended to
     /// `cache`. `embeds` (any float dtype) is cast to the compute dtype. `lm_head` runs on the last position only.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
-        on_pool(|| {
-            let hidden = self.forward_hidden(embeds, cache)?;
-            let s = hidden.dim(1)?;
-            let last = hidden.narrow(1, s - 1, 1)?;
-            Ok(self
-                .lm_head
-                .forward(&last)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?)
-        })
+        on_pool(|| self.last_logits(&self.forward_hidden(embeds, cache)?))
+    }
+
+    /// `lm_head` on the last position of `hidden` `(batch, seq, hidden)`: `(batch, vocab)` f32.
+    fn last_logits(&self, hidden: &Tensor) -> Result<Tensor, LlmError> {
+        let s = hidden.dim(1)?;
+        let last = hidden.narrow(1, s - 1, 1)?;
+        Ok(self
+            .lm_head
+            .forward(&last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Like [`Qwen2Decoder::forward_embeds`] but returns the logits of every new position,
@@ -746,6 +786,24 @@ impl Qwen2Decoder {
         on_pool(|| {
             let hidden = self.forward_hidden(embeds, cache)?;
             Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        })
+    }
+
+    /// Runs several sequences, each at its own positions: for every input, its `embeds` after
+    /// the positions its cache holds, appended to that cache. Returns the last position's
+    /// logits of each, `(batch, vocab)` in f32, in order: what [`Qwen2Decoder::forward_embeds`]
+    /// returns for that input alone (bit for bit, for inputs of up to [`PREFILL_CHUNK`]
+    /// positions). Each layer runs over every input in turn, and each input is one pass: a
+    /// caller with long prompts feeds them in chunks of [`PREFILL_CHUNK`] (chunked prefill).
+    /// After an error no cache has changed length.
+    pub fn forward_batch(&self, inputs: &mut [SequenceInput<'_>]) -> Result<Vec<Tensor>, LlmError> {
+        on_pool(|| {
+            let mut passes = inputs
+                .iter_mut()
+                .map(|input| self.begin_pass(input.embeds, input.cache))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.run_passes(&mut passes)?;
+            passes.iter().map(|p| self.last_logits(&p.xs)).collect()
         })
     }
 
@@ -780,6 +838,17 @@ impl Qwen2Decoder {
 
     /// One pass of the stack over `embeds` after the cached positions.
     fn forward_chunk(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, LlmError> {
+        let mut pass = self.begin_pass(embeds, cache)?;
+        self.run_passes(std::slice::from_mut(&mut pass))?;
+        Ok(pass.xs)
+    }
+
+    /// Checks `embeds` against the model and `cache`, and places it after the cached positions.
+    fn begin_pass<'c>(
+        &self,
+        embeds: &Tensor,
+        cache: &'c mut KvCache,
+    ) -> Result<Pass<'c>, LlmError> {
         let (b, s, h) = embeds.dims3().map_err(|_| self.bad_embeds(embeds))?;
         if b == 0 || s == 0 || h != self.cfg.hidden_size {
             return Err(self.bad_embeds(embeds));
@@ -800,23 +869,28 @@ impl Qwen2Decoder {
                 });
             }
         }
-        let start = cache.len();
-        let (cos, sin) = self.rope.cos_sin(start, s, self.dtype, &self.device)?;
-        let step = Step {
-            cos,
-            sin,
-            start,
-            len: s,
-            device: self.device.clone(),
-            causal_mask: OnceCell::new(),
-            sliding_mask: OnceCell::new(),
-        };
-        let mut xs = embeds.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let step = Step::new(&self.rope, cache.len(), s, self.dtype, &self.device)?;
+        let xs = embeds.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(Pass { xs, step, cache })
+    }
+
+    /// Runs the stack layer by layer over every pass (each sequence attending to its own cache
+    /// at its own positions), commits the new positions to each cache and leaves each pass's
+    /// hidden states after the final norm in its `xs`. A sequence's result is the same
+    /// whatever passes run beside it: they share nothing but the weights.
+    fn run_passes(&self, passes: &mut [Pass<'_>]) -> Result<(), LlmError> {
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &step, cache, i)?;
+            for pass in passes.iter_mut() {
+                pass.xs = layer.forward(&pass.xs, &pass.step, pass.cache, i)?;
+            }
         }
-        cache.commit(s);
-        self.norm.forward(&xs)
+        for pass in passes.iter_mut() {
+            pass.xs = self.norm.forward(&pass.xs)?;
+        }
+        for pass in passes.iter_mut() {
+            pass.cache.commit(pass.step.len);
+        }
+        Ok(())
     }
 
     fn bad_embeds(&self, embeds: &Tensor) -> LlmError {

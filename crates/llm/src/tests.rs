@@ -648,7 +648,7 @@ fn naive_greedy(
     for _ in 0..steps {
         let logits = model.forward_embeds(&seq, &mut model.new_cache()).unwrap();
         let mut row: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
-        crate::generate::apply_repetition_penalty(&mut row, penalty, &seen);
+        crate::sampling::apply_repetition_penalty(&mut row, penalty, &seen);
         let best = row
             .iter()
             .enumerate()
@@ -1001,3 +1001,5 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
         .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
 }
+
+mod steps;
