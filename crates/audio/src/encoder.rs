@@ -1,15 +1,17 @@
-//! The Qwen2-Audio audio encoder (`audio_tower`): a Whisper encoder followed by an average pool.
+//! The Qwen2-Audio audio encoder (`audio_tower`): a Whisper encoder whose frames are pooled in
+//! pairs before the final LayerNorm.
 //!
 //! Mirrors `Qwen2AudioEncoder` in transformers'
 //! `src/transformers/models/qwen2_audio/modeling_qwen2_audio.py`:
 //!
 //! ```text
-//! mel (1, n_mels, 2P) -> gelu(conv1 k3 p1) -> gelu(conv2 k3 s2 p1) -> (1, P, d) + embed_positions
-//!     -> L x [x + out_proj(MHA(LN1 x)); x + fc2(act(fc1(LN2 x)))]       (keys >= T1 masked)
+//! mel (1, n_mels, 2P) -> [WhisperEncoder stem, positions, layers]   (keys >= T1 masked)
 //!     -> AvgPool1d(2, 2) -> LayerNorm -> (N, d)
 //! ```
 //! with `P = max_source_positions`, `T1 = (F - 1) / 2 + 1` for `F` valid mel frames and
-//! `N = (T1 - 2) / 2 + 1` valid output tokens.
+//! `N = (T1 - 2) / 2 + 1` valid output tokens. [`WhisperEncoder`] is the Whisper encoder on its
+//! own (every frame out, the LayerNorm on each), as candle-transformers keeps
+//! `whisper::model::AudioEncoder`; [`Qwen2AudioEncoder`] layers the pooling on top of it.
 //!
 //! The reference always runs all `P` positions and masks the padded keys. Since masked keys
 //! receive no attention and the valid rows only see the convolution's receptive field, running
@@ -20,32 +22,26 @@
 //! receives in the last layer, averaged over heads and valid queries, then averaged in pairs like
 //! the pooler, so that each score belongs to one output token.
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv1d, linear, Activation, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+mod whisper;
 
-use crate::attention::{apply, apply_then, layer_norm, Attention, Product};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::VarBuilder;
+
+pub use whisper::WhisperEncoder;
 
 use crate::config::EncoderConfig;
-use crate::stem::Stem;
 use crate::{audio_token_count, conv_output_len, AudioError, LogMel};
+use whisper::Span;
 
-/// `torch.finfo(torch.float16).max - 1000`: the reference clamps f16 activations to this.
-const F16_CLAMP: f64 = 64504.0;
-
-/// Which positions the encoder runs and what it returns.
+/// Which positions [`Qwen2AudioEncoder::forward`] runs; both give the same tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EncoderMode {
-    /// Only the valid prefix (`T1` positions), pooled to the `N` valid tokens. The default.
+    /// Only the valid prefix (`T1` positions). The default.
     #[default]
     ValidFrames,
-    /// All `max_source_positions` positions with a key-padding mask, as the reference does,
-    /// pooled to the `N` valid tokens. Slower; the valid rows are the same.
+    /// All `max_source_positions` positions with a key-padding mask, as the reference does.
+    /// Slower; the valid rows are the same.
     Window,
-    /// Whisper's own encoder: all `max_source_positions` frames with no mask and no average
-    /// pool (the LayerNorm applies to every frame). The output has one row per frame, padding
-    /// included, and the scores are per frame, averaged over heads and all queries. This is
-    /// what a Whisper text decoder cross-attends to.
-    WhisperFrames,
 }
 
 /// What [`Qwen2AudioEncoder::forward`] should compute besides the hidden states.
@@ -53,22 +49,29 @@ pub enum EncoderMode {
 pub struct EncodeOptions {
     /// Also return the per-token attention scores of the last layer.
     pub scores: bool,
-    /// Which positions run and what comes out.
+    /// Which positions run.
     pub mode: EncoderMode,
+}
+
+/// What [`WhisperEncoder::forward`] should compute besides the frames.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameOptions {
+    /// Also return the per-frame attention scores of the last layer.
+    pub scores: bool,
 }
 
 /// The encoder's output for one window.
 #[derive(Debug, Clone)]
 pub struct EncoderOutput {
-    /// `(N, d_model)`: the valid tokens after the pool and the final LayerNorm (with
-    /// [`EncoderMode::WhisperFrames`], `(max_source_positions, d_model)`: every frame).
+    /// One row per output token, `(rows, d_model)`: the `N` pooled tokens of
+    /// [`Qwen2AudioEncoder::forward`], or every frame of [`WhisperEncoder::forward`].
     pub hidden: Tensor,
-    /// One attention score per row of `hidden`, when [`EncodeOptions::scores`] asked for them.
+    /// One attention score per row of `hidden`, when the options asked for them.
     pub scores: Option<Vec<f32>>,
 }
 
 impl EncoderOutput {
-    /// Number of valid audio tokens `N`.
+    /// Number of rows (for [`Qwen2AudioEncoder`], the valid audio tokens `N`).
     pub fn len(&self) -> usize {
         self.hidden.dims().first().copied().unwrap_or(0)
     }
@@ -79,98 +82,9 @@ impl EncoderOutput {
     }
 }
 
-struct EncoderLayer {
-    self_attn: Attention,
-    self_attn_layer_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    final_layer_norm: LayerNorm,
-    activation: Activation,
-}
-
-impl EncoderLayer {
-    /// Linear layers from `vb` (their storage dtype), norms from `f` (the compute dtype).
-    fn load(cfg: &EncoderConfig, vb: VarBuilder, f: VarBuilder) -> candle_core::Result<Self> {
-        let d = cfg.d_model;
-        Ok(Self {
-            self_attn: Attention::load(
-                d,
-                cfg.encoder_attention_heads,
-                Product::RowsTimesWeight,
-                vb.pp("self_attn"),
-            )?,
-            self_attn_layer_norm: layer_norm(d, f.pp("self_attn_layer_norm"))?,
-            fc1: linear(d, cfg.encoder_ffn_dim, vb.pp("fc1"))?,
-            fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
-            final_layer_norm: layer_norm(d, f.pp("final_layer_norm"))?,
-            activation: cfg.activation_function,
-        })
-    }
-
-    /// One layer; with `scores = Some(n)` also the attention each key received in this layer,
-    /// averaged over the heads and the first `n` queries.
-    fn forward(
-        &self,
-        x: &Tensor,
-        keys: &KeyMask,
-        scores: Option<usize>,
-    ) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
-        let h = self.self_attn_layer_norm.forward(x)?;
-        let (h, received) = match self.self_attn.forward_fused(&h, keys.valid, scores)? {
-            Some(fused) => fused,
-            None => {
-                let (h, probs) =
-                    self.self_attn
-                        .forward(&h, keys.tensor.as_ref(), scores.is_some())?;
-                let received = match (probs, scores) {
-                    (Some(p), Some(n)) => Some(received_attention(&p, n)?.to_vec1::<f32>()?),
-                    _ => None,
-                };
-                (h, received)
-            }
-        };
-        let x = (x + h)?;
-        let h = self.final_layer_norm.forward(&x)?;
-        let h = apply_then(&self.fc1, &h, self.activation)?;
-        let h = apply(&self.fc2, &h)?;
-        let mut x = (x + h)?;
-        if x.dtype() == DType::F16 {
-            x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
-        }
-        Ok((x, received))
-    }
-}
-
-/// The keys a window's queries may attend to: the first `valid` (the rest is padding), as a
-/// count for the fused CPU attention and as an additive `-inf` mask for candle's.
-struct KeyMask {
-    valid: usize,
-    tensor: Option<Tensor>,
-}
-
-impl KeyMask {
-    fn new(valid: usize, positions: usize, device: &Device) -> candle_core::Result<Self> {
-        let tensor = if valid < positions {
-            let row: Vec<f32> = (0..positions)
-                .map(|j| if j < valid { 0.0 } else { f32::NEG_INFINITY })
-                .collect();
-            Some(Tensor::from_vec(row, (1, 1, 1, positions), device)?)
-        } else {
-            None
-        };
-        Ok(Self { valid, tensor })
-    }
-}
-
-/// The Whisper-style encoder of Qwen2-Audio with its average pool and final LayerNorm.
+/// Qwen2-Audio's audio tower: a [`WhisperEncoder`] with its average pool and final LayerNorm.
 pub struct Qwen2AudioEncoder {
-    stem: Stem,
-    embed_positions: Tensor,
-    layers: Vec<EncoderLayer>,
-    layer_norm: LayerNorm,
-    cfg: EncoderConfig,
-    dtype: DType,
-    device: Device,
+    whisper: WhisperEncoder,
 }
 
 impl Qwen2AudioEncoder {
@@ -182,75 +96,35 @@ impl Qwen2AudioEncoder {
     }
 
     /// Like [`Qwen2AudioEncoder::load`], but computes in `compute` while the linear layers
-    /// keep `vb`'s dtype (bf16 weights of an f32 encoder on the CPU: half the memory, and the
-    /// same results as widening them at load, since each product widens its weight exactly).
-    /// Convolutions, positions and norms are read in `compute`.
+    /// keep `vb`'s dtype (see [`WhisperEncoder::load_with`]).
     pub fn load_with(
         cfg: &EncoderConfig,
         vb: VarBuilder,
         compute: DType,
     ) -> Result<Self, AudioError> {
-        cfg.validate()?;
-        let d = cfg.d_model;
-        let f = vb.clone().set_dtype(compute);
-        let conv1 = conv1d(
-            cfg.num_mel_bins,
-            d,
-            3,
-            Conv1dConfig {
-                padding: 1,
-                ..Default::default()
-            },
-            f.pp("conv1"),
-        )?;
-        let conv2 = conv1d(
-            d,
-            d,
-            3,
-            Conv1dConfig {
-                padding: 1,
-                stride: 2,
-                ..Default::default()
-            },
-            f.pp("conv2"),
-        )?;
-        let embed_positions = f
-            .pp("embed_positions")
-            .get((cfg.max_source_positions, d), "weight")?;
-        let layers = (0..cfg.encoder_layers)
-            .map(|i| EncoderLayer::load(cfg, vb.pp("layers").pp(i), f.pp("layers").pp(i)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let layer_norm = layer_norm(d, f.pp("layer_norm"))?;
         Ok(Self {
-            stem: Stem::new(conv1, conv2)?,
-            embed_positions,
-            layers,
-            layer_norm,
-            cfg: cfg.clone(),
-            dtype: compute,
-            device: vb.device().clone(),
+            whisper: WhisperEncoder::load_with(cfg, vb, compute)?,
         })
     }
 
     /// The configuration the encoder was built from.
     pub fn config(&self) -> &EncoderConfig {
-        &self.cfg
+        self.whisper.config()
+    }
+
+    /// The Whisper encoder under the pooling.
+    pub fn whisper(&self) -> &WhisperEncoder {
+        &self.whisper
     }
 
     /// Encodes one 30 s window of log-mel features.
     ///
     /// `mel` must have `num_mel_bins` rows and `2 * max_source_positions` frames, of which
-    /// `mel.valid_frames` are real audio. Returns the `N` valid tokens.
+    /// `mel.valid_frames` are real audio (at least 3: one token). Returns the `N` valid tokens.
     pub fn forward(&self, mel: &LogMel, opts: EncodeOptions) -> Result<EncoderOutput, AudioError> {
-        let frames = self.cfg.mel_frames();
-        if mel.n_mels != self.cfg.num_mel_bins || mel.n_frames != frames {
-            return Err(AudioError::ShapeMismatch {
-                what: "log-mel features".to_string(),
-                expected: format!("({}, {frames})", self.cfg.num_mel_bins),
-                actual: format!("({}, {})", mel.n_mels, mel.n_frames),
-            });
-        }
-        let t1 = conv_output_len(mel.valid_frames).min(self.cfg.max_source_positions);
+        self.whisper.check_mel(mel)?;
+        let cfg = self.config();
+        let t1 = conv_output_len(mel.valid_frames).min(cfg.max_source_positions);
         let n = audio_token_count(mel.valid_frames).min(t1 / 2);
         if n == 0 {
             return Err(AudioError::ShapeMismatch {
@@ -259,72 +133,31 @@ impl Qwen2AudioEncoder {
                 actual: mel.valid_frames.to_string(),
             });
         }
-        // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding 1), so
-        // the short path keeps exactly the receptive field of the first T1 positions.
-        let (input_frames, positions) = if opts.mode != EncoderMode::ValidFrames {
-            (frames, self.cfg.max_source_positions)
-        } else {
-            ((2 * t1 + 1).min(frames), t1)
+        let (input_frames, positions) = match opts.mode {
+            // Frames past 2*T1 never reach a valid conv2 output (kernel 3, stride 2, padding
+            // 1), so the short path keeps exactly the receptive field of the first T1 positions.
+            EncoderMode::ValidFrames => ((2 * t1 + 1).min(cfg.mel_frames()), t1),
+            EncoderMode::Window => (cfg.mel_frames(), cfg.max_source_positions),
         };
-        let x = self
-            .stem
-            .forward(mel, input_frames, positions, self.dtype, &self.device)?;
-        let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, positions)?)?;
-
-        let valid = if opts.mode == EncoderMode::Window {
-            t1.min(positions)
-        } else {
-            positions
+        let span = Span {
+            input_frames,
+            positions,
+            valid_keys: t1,
+            score_queries: opts.scores.then_some(t1),
         };
-        let keys = KeyMask::new(valid, positions, &self.device)?;
-        // Whisper's frames are scored over every position, the pooled tokens over the valid ones.
-        let score_queries = match opts.mode {
-            EncoderMode::WhisperFrames => positions,
-            _ => t1,
-        };
-        let last = self.layers.len().saturating_sub(1);
-        let mut received = None;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let want = (opts.scores && i == last).then_some(score_queries);
-            let (next, r) = layer.forward(&x, &keys, want)?;
-            x = next;
-            if r.is_some() {
-                received = r;
-            }
-        }
-
-        if opts.mode == EncoderMode::WhisperFrames {
-            let hidden = self.layer_norm.forward(&x.squeeze(0)?)?;
-            return Ok(EncoderOutput {
-                hidden,
-                scores: received,
-            });
-        }
+        let (x, received) = self.whisper.hidden_states(mel, span)?;
 
         // AvgPool1d(2, 2) over the valid prefix, then the final LayerNorm.
-        let d = self.cfg.d_model;
+        let d = cfg.d_model;
         let pooled = x
             .narrow(1, 0, 2 * n)?
             .reshape((1, n, 2, d))?
             .mean(2)?
             .squeeze(0)?;
-        let hidden = self.layer_norm.forward(&pooled)?;
-
+        let hidden = self.whisper.layer_norm().forward(&pooled)?;
         let scores = received.map(|r| pooled_scores(&r, n));
         Ok(EncoderOutput { hidden, scores })
     }
-}
-
-/// Attention received per key `(keys,)`, averaged over heads and the first `queries` queries.
-fn received_attention(probs: &Tensor, queries: usize) -> candle_core::Result<Tensor> {
-    let (_, heads, _, keys) = probs.dims4()?;
-    // Column sums as a (1 x queries) by (queries x keys) product per head: a strided reduction
-    // over the query axis is an order of magnitude slower on the CPU.
-    let ones = Tensor::ones((1, heads, 1, queries), DType::F32, probs.device())?;
-    ones.matmul(&probs.narrow(2, 0, queries)?.contiguous()?)?
-        .reshape((heads, keys))?
-        .sum(0)?
-        .affine(1.0 / (heads * queries) as f64, 0.0)
 }
 
 /// The attention received per key averaged over key pairs like the pooler:

@@ -1,10 +1,9 @@
 //! auris-whisper: Whisper speech recognition over (possibly pruned) encoder frames, for
 //! measuring what pruning costs a real model (`auris eval asr-pruning`).
 //!
-//! Qwen2-Audio's audio tower *is* a Whisper encoder, so a Whisper checkpoint
+//! Qwen2-Audio's audio tower is a Whisper encoder with a pool on top, so a Whisper checkpoint
 //! (`WhisperForConditionalGeneration`, hub layout) runs through the encoder of `auris-audio`
-//! in its Whisper form ([`auris_audio::encoder::EncoderMode::WhisperFrames`]: all 1500 frames,
-//! no mask, no pool). [`WhisperDecoder`] mirrors transformers' `WhisperDecoder`
+//! without the pool ([`auris_audio::encoder::WhisperEncoder`]: all 1500 frames, no mask). [`WhisperDecoder`] mirrors transformers' `WhisperDecoder`
 //! (`src/transformers/models/whisper/modeling_whisper.py`):
 //!
 //! ```text

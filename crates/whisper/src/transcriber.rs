@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use auris_audio::encoder::{EncodeOptions, EncoderMode, EncoderOutput, Qwen2AudioEncoder};
+use auris_audio::encoder::{EncoderOutput, FrameOptions, WhisperEncoder};
 use auris_audio::{MelConfig, MelExtractor, SAMPLE_RATE};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -34,7 +34,7 @@ impl EncodedClip {
 /// A loaded Whisper model: log-mel front-end, encoder, text decoder and tokenizer.
 pub struct Transcriber {
     mel: MelExtractor,
-    encoder: Qwen2AudioEncoder,
+    encoder: WhisperEncoder,
     decoder: WhisperDecoder,
     tokenizer: Tokenizer,
     prompt: Vec<u32>,
@@ -88,7 +88,7 @@ impl Transcriber {
             (Some(en), Some(transcribe)) => vec![sot, en, transcribe, no_timestamps],
             _ => vec![sot, no_timestamps],
         };
-        let encoder = Qwen2AudioEncoder::load(&cfg.encoder_config(), vb.pp("model.encoder"))?;
+        let encoder = WhisperEncoder::load(&cfg.encoder_config(), vb.pp("model.encoder"))?;
         let head = if untied_head {
             Some(vb.get((cfg.vocab_size, cfg.d_model), "proj_out.weight")?)
         } else {
@@ -125,7 +125,7 @@ impl Transcriber {
     }
 
     /// The encoder.
-    pub fn encoder(&self) -> &Qwen2AudioEncoder {
+    pub fn encoder(&self) -> &WhisperEncoder {
         &self.encoder
     }
 
@@ -140,13 +140,9 @@ impl Transcriber {
             });
         }
         let window = windows.remove(0);
-        let output = self.encoder.forward(
-            &window,
-            EncodeOptions {
-                scores: true,
-                mode: EncoderMode::WhisperFrames,
-            },
-        )?;
+        let output = self
+            .encoder
+            .forward(&window, FrameOptions { scores: true })?;
         Ok(EncodedClip {
             output,
             samples: samples.len(),
