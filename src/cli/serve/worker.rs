@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use auris::budget::ContextFit;
 use auris::pipeline::{AudioRequest, AudioSource, PromptSpec, Task, TextStream};
 use auris::{Error, Pipeline, Response};
-use auris_llm::GenerateOptions;
+use auris_llm::{GenerateOptions, StopStrings};
 use axum::http::StatusCode;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -91,7 +91,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         context: ContextFit::default(),
     };
     let mut text = TextStream::new(p.tokenizer());
-    let mut stops = StopScan::new(&params.stop);
+    let mut stops = StopStrings::new(params.stop.iter().cloned());
     let response = p
         .execute(&request, &mut |id| {
             if let Ok(Some(piece)) = text.push(id) {
@@ -100,7 +100,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
                     let _ = job.events.send(Event::Delta(out));
                 }
             }
-            !stops.hit && !job.events.is_closed()
+            !stops.hit() && !job.events.is_closed()
         })
         .map_err(api_error)?;
     if job.events.is_closed() {
@@ -110,7 +110,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         );
     }
     // The stream holds back a trailing partial character; the full decode has it (as U+FFFD).
-    if let Some(tail) = response.text.strip_prefix(stops.text.as_str()) {
+    if let Some(tail) = response.text.strip_prefix(stops.text()) {
         let out = stops.push(tail);
         if !out.is_empty() {
             let _ = job.events.send(Event::Delta(out));
@@ -120,7 +120,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
     if !rest.is_empty() {
         let _ = job.events.send(Event::Delta(rest));
     }
-    let finish_reason = if stops.hit || response.stopped_on.is_some() {
+    let finish_reason = if stops.hit() || response.stopped_on.is_some() {
         "stop"
     } else if response.output_token_ids.len() >= params.max_tokens {
         "length"
@@ -128,7 +128,7 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         "stop"
     };
     Ok(Box::new(Outcome {
-        text: stops.text,
+        text: stops.into_text(),
         response,
         finish_reason,
     }))
@@ -158,105 +158,5 @@ fn api_error(e: Error) -> ApiError {
         }
         Error::Prune(_) => ApiError::bad("prune", e.to_string()),
         e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// Holds back text that may be the start of a stop string, and cuts the text at the first
-/// stop string.
-pub(super) struct StopScan<'a> {
-    stops: &'a [String],
-    longest: usize,
-    /// All text so far (cut at the stop string once one is seen).
-    pub(super) text: String,
-    emitted: usize,
-    pub(super) hit: bool,
-}
-
-impl<'a> StopScan<'a> {
-    pub(super) fn new(stops: &'a [String]) -> Self {
-        Self {
-            stops,
-            longest: stops.iter().map(String::len).max().unwrap_or(0),
-            text: String::new(),
-            emitted: 0,
-            hit: false,
-        }
-    }
-
-    /// Adds a piece; returns the text now safe to send.
-    pub(super) fn push(&mut self, piece: &str) -> String {
-        if self.hit {
-            return String::new();
-        }
-        self.text.push_str(piece);
-        let from = self.emitted.saturating_sub(self.longest);
-        let from = (0..=from)
-            .rev()
-            .find(|&i| self.text.is_char_boundary(i))
-            .unwrap_or(0);
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
-            .min();
-        let safe = match first {
-            Some(at) => {
-                self.hit = true;
-                self.text.truncate(at);
-                at
-            }
-            None => {
-                let mut safe = self
-                    .text
-                    .len()
-                    .saturating_sub(self.longest.saturating_sub(1));
-                while !self.text.is_char_boundary(safe) {
-                    safe -= 1;
-                }
-                safe.max(self.emitted)
-            }
-        };
-        let out = self.text[self.emitted..safe].to_string();
-        self.emitted = safe;
-        out
-    }
-
-    /// The text held back at the end.
-    pub(super) fn finish(&mut self) -> String {
-        let out = self.text[self.emitted..].to_string();
-        self.emitted = self.text.len();
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, Vec<String>, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut scan = StopScan::new(&stops);
-        let mut sent: Vec<String> = pieces.iter().map(|p| scan.push(p)).collect();
-        sent.push(scan.finish());
-        (scan.text.clone(), sent, scan.hit)
-    }
-
-    #[test]
-    fn stop_string_across_pieces_is_cut_and_never_sent() {
-        let (text, sent, hit) = run(&["END"], &["hello E", "N", "D more"]);
-        assert_eq!(text, "hello ");
-        assert!(hit);
-        assert_eq!(sent.concat(), "hello ");
-        assert!(!sent.iter().any(|s| s.contains('E')));
-    }
-
-    #[test]
-    fn without_stop_all_text_is_sent() {
-        let (text, sent, hit) = run(&["zz"], &["é", "ab", "z", "c"]);
-        assert_eq!(text, "éabzc");
-        assert_eq!(sent.concat(), "éabzc");
-        assert!(!hit);
-        let (_, sent, _) = run(&[], &["a", "b"]);
-        assert_eq!(sent, ["a", "b", ""]);
     }
 }
