@@ -91,8 +91,7 @@ impl Qwen2AudioEncoder {
     /// Loads the encoder from `vb`, which must point at the checkpoint's `audio_tower` prefix;
     /// it computes in `vb`'s dtype.
     pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self, AudioError> {
-        let compute = vb.dtype();
-        Self::load_with(cfg, vb, compute)
+        WhisperEncoder::load(cfg, vb).map(Self::new)
     }
 
     /// Like [`Qwen2AudioEncoder::load`], but computes in `compute` while the linear layers
@@ -102,9 +101,12 @@ impl Qwen2AudioEncoder {
         vb: VarBuilder,
         compute: DType,
     ) -> Result<Self, AudioError> {
-        Ok(Self {
-            whisper: WhisperEncoder::load_with(cfg, vb, compute)?,
-        })
+        WhisperEncoder::load_with(cfg, vb, compute).map(Self::new)
+    }
+
+    /// The pooling on top of `whisper` (the audio tower's weights, loaded by the caller).
+    pub fn new(whisper: WhisperEncoder) -> Self {
+        Self { whisper }
     }
 
     /// The configuration the encoder was built from.

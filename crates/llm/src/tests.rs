@@ -742,6 +742,17 @@ fn greedy_generate_matches_uncached_decoding() {
     }
 }
 
+/// Seeded sampling with every warper and a repetition penalty.
+fn sampled_params() -> SamplingParams {
+    SamplingParams {
+        temperature: Some(0.9),
+        top_k: Some(20),
+        top_p: Some(0.9),
+        repetition_penalty: 1.1,
+        seed: 99,
+    }
+}
+
 #[test]
 fn sampled_generate_is_reproducible() {
     let (cfg, model) = tiny_model(14);
@@ -749,13 +760,7 @@ fn sampled_generate_is_reproducible() {
     let opts = GenerateOptions {
         max_new_tokens: 10,
         stop_ids: vec![],
-        sampling: SamplingParams {
-            temperature: Some(0.9),
-            top_k: Some(20),
-            top_p: Some(0.9),
-            repetition_penalty: 1.1,
-            seed: 99,
-        },
+        sampling: sampled_params(),
     };
     let run = || {
         generate(

@@ -17,13 +17,7 @@ fn options() -> Vec<GenerateOptions> {
         GenerateOptions {
             max_new_tokens: 12,
             stop_ids: vec![],
-            sampling: SamplingParams {
-                temperature: Some(0.9),
-                top_k: Some(20),
-                top_p: Some(0.9),
-                repetition_penalty: 1.1,
-                seed: 99,
-            },
+            sampling: sampled_params(),
         },
     ]
 }
