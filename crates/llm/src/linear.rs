@@ -18,12 +18,12 @@ use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use auris_kernels::gemv::gemv;
+use auris_kernels::halfgemv::{gemv_half, HalfKind};
 use auris_kernels::linear::{linear_into, Rows};
+use auris_kernels::q4k::q4k_gemv;
+use auris_kernels::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 
-use crate::gemv::gemv;
-use crate::halfgemv::{gemv_half, HalfKind};
-use crate::q4k::q4k_gemv;
-use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
 
 /// Weights converted to f32 at once while quantising a tensor at load: 32 MiB of f32, so a
@@ -911,6 +911,49 @@ mod tests {
             let chunked = lin.quant_rows(&xs, qtensor, format, 7 * k).unwrap();
             assert_eq!(chunked.dims(), &[1, m, n]);
             assert_close(&values(chunked), &e, 1e-5);
+        }
+    }
+
+    /// auris-kernels' reading of the `q4_K` layout equals candle's `dequantize`: its products
+    /// at every level equal the f64 product of the quantised activations and candle's
+    /// dequantised weights, on 1 to 3 threads.
+    #[test]
+    fn q4k_kernel_matches_candles_dequantised_weights() {
+        use auris_kernels::cpu::Cpu;
+        use auris_kernels::q4k::q4k_gemv_at;
+        use auris_kernels::qgemv::BLOCK;
+
+        for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
+            let w = crate::test_values::values(n * k, 3 + n as u64);
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+            let deq = values(q.dequantize(&Device::Cpu).unwrap());
+            let bytes = q.data().unwrap();
+            let x = QuantRow::new(&crate::test_values::values(k, 7 + k as u64));
+            for cpu in Cpu::detected().levels() {
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = vec![f32::NAN; n];
+                    pool.install(|| q4k_gemv_at(cpu, &x, &bytes, None, &mut got));
+                    for (j, &g) in got.iter().enumerate() {
+                        let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
+                            (0.0f64, 0.0f64),
+                            |(s, m), (i, &wv)| {
+                                let xv = f64::from(x.qs[i]) * f64::from(x.scales[i / BLOCK]);
+                                let p = f64::from(wv) * xv;
+                                (s + p, m + p.abs())
+                            },
+                        );
+                        assert!(
+                            (f64::from(g) - e).abs() <= 1e-5 * mag.max(1.0),
+                            "{cpu:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -840,7 +840,8 @@ impl Qwen2Decoder {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`crate::gemv`] use it).
+/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`auris_kernels::gemv`] use
+/// it).
 ///
 /// A decode step runs about a hundred parallel products; called from outside the pool, each
 /// would park this thread until the pool finishes and wake it again. From inside, the pool's

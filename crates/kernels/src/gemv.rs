@@ -3,70 +3,49 @@
 //! `out[j] = dot(x, w[j * k..(j + 1) * k]) (+ bias[j])` with `w` row-major `(n, k)`, as in
 //! `x · wᵀ` of a linear layer. Every weight is read once, so the speed is the memory
 //! bandwidth: rows are split over the rayon pool (the gemm crate's matrix-vector path runs on
-//! one thread), and each thread walks four rows at a time with 8-wide FMA (AVX2, detected at
-//! run time) so the input is loaded once per four rows.
+//! one thread), and each thread walks four rows at a time with 8-wide FMA (AVX2, when the
+//! [`Cpu`] has it) so the input is loaded once per four rows.
 
-use rayon::prelude::*;
+use crate::cpu::{Cpu, Feature};
+use crate::halfgemv::{split_rows, ROW_BLOCK};
 
-/// Below this many weights a product runs on the calling thread: waking the pool would cost
-/// more than it saves.
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+/// Computes `out = x · wᵀ (+ bias)` for `x` of length `k`, `w` of `out.len()` rows of `k`,
+/// with the features of this CPU; see [`gemv_at`].
+///
+/// # Panics
+///
+/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long.
+pub fn gemv(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    gemv_at(Cpu::detected(), x, w, bias, out);
+}
 
-/// Rows handled together by the kernels.
-const ROW_BLOCK: usize = 4;
-
-/// Computes `out = x · wᵀ (+ bias)` for `x` of length `k`, `w` of `out.len()` rows of `k`.
+/// [`gemv`] with the features `cpu` allows (the tests run every level this CPU has).
 ///
 /// Splits the rows over the current rayon pool when the matrix is large enough.
 ///
 /// # Panics
 ///
-/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long (callers check).
-pub(crate) fn gemv(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    let (k, n) = (x.len(), out.len());
-    assert_eq!(w.len(), n * k, "gemv: weight is not (out, in)");
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), n, "gemv: bias length");
-    }
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || w.len() < PARALLEL_MIN_WEIGHTS || k == 0 {
-        rows(x, w, bias, out);
-        return;
-    }
-    // A few chunks per thread so a thread slowed by another process does not hold up the
-    // rest; multiples of the row block keep the fast kernel busy.
-    let per_chunk = n.div_ceil(threads * 4).next_multiple_of(ROW_BLOCK);
-    out.par_chunks_mut(per_chunk)
-        .zip(w.par_chunks(per_chunk * k))
-        .enumerate()
-        .for_each(|(c, (out, w))| {
-            let bias = bias.map(|b| &b[c * per_chunk..c * per_chunk + out.len()]);
-            rows(x, w, bias, out);
-        });
+/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long.
+pub fn gemv_at(cpu: Cpu, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    split_rows(x.len(), w, bias, out, |w, out| rows(cpu, x, w, out));
 }
 
-/// The single-threaded product over a block of rows.
-fn rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// The single-threaded product over a block of rows (`w.len() == out.len() * x.len()`, which
+/// [`split_rows`] checked).
+fn rows(cpu: Cpu, x: &[f32], w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the kernel is compiled for.
-            unsafe { avx2::rows(x, w, out) };
-            add_bias(out, bias);
-            return;
-        }
+    if cpu.has(Feature::Avx2) {
+        // SAFETY: `cpu` holds AVX2 and FMA, the kernel's features; the lengths agree.
+        unsafe { avx2::rows(x, w, out) };
+        return;
+    }
+    let _ = cpu;
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
     }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
         *o = dot_portable(x, row);
-    }
-    add_bias(out, bias);
-}
-
-fn add_bias(out: &mut [f32], bias: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        for (o, b) in out.iter_mut().zip(bias) {
-            *o += b;
-        }
     }
 }
 
@@ -176,94 +155,73 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use crate::cpu::tests::levels;
+    use crate::test_values::values;
 
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    /// The product in f64, and the magnitude summed per row.
+    fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<(f64, f64)> {
+        let k = x.len();
+        (0..w.len() / k.max(1))
+            .map(|j| {
+                let b = bias.map_or(0.0, |b| f64::from(b[j]));
+                let row = &w[j * k..(j + 1) * k];
+                x.iter().zip(row).fold((b, b.abs()), |(s, m), (&a, &wv)| {
+                    let p = f64::from(a) * f64::from(wv);
+                    (s + p, m + p.abs())
+                })
             })
             .collect()
     }
 
-    fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize) -> Vec<f32> {
-        let k = x.len();
-        let xt = Tensor::from_slice(x, (1, k), &Device::Cpu).unwrap();
-        let wt = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
-        let mut y = xt.matmul(&wt.t().unwrap()).unwrap();
-        if let Some(b) = bias {
-            let bt = Tensor::from_slice(b, n, &Device::Cpu).unwrap();
-            y = y.broadcast_add(&bt).unwrap();
-        }
-        y.flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn check(k: usize, n: usize, with_bias: bool, threads: usize) {
+    fn check(cpu: Cpu, k: usize, n: usize, with_bias: bool, threads: usize) {
         let x = values(k, 1 + k as u64);
         let w = values(n * k, 2 + n as u64);
         let bias = with_bias.then(|| values(n, 3));
-        let expect = reference(&x, &w, bias.as_deref(), n);
+        let expect = reference(&x, &w, bias.as_deref());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut got = vec![f32::NAN; n];
-        pool.install(|| gemv(&x, &w, bias.as_deref(), &mut got));
-        let mut portable = vec![f32::NAN; n];
-        for (o, row) in portable.iter_mut().zip(w.chunks_exact(k)) {
-            *o = dot_portable(&x, row);
+        pool.install(|| gemv_at(cpu, &x, &w, bias.as_deref(), &mut got));
+        for (j, (&g, &(e, mag))) in got.iter().zip(&expect).enumerate() {
+            // f32 accumulation in another order than the f64 reference.
+            let tol = 4.0 * f64::from(f32::EPSILON) * mag.max(1.0) * (k as f64).sqrt().max(1.0);
+            assert!(
+                (f64::from(g) - e).abs() <= tol,
+                "{cpu:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
+            );
         }
-        add_bias(&mut portable, bias.as_deref());
-        for j in 0..n {
-            // Summation order differs from gemm: allow a few ulps of the magnitude summed.
-            let scale: f32 = x
-                .iter()
-                .zip(&w[j * k..(j + 1) * k])
-                .map(|(a, b)| (a * b).abs())
-                .sum::<f32>()
-                + bias.as_ref().map_or(0.0, |b| b[j].abs());
-            let tol = 4.0 * f32::EPSILON * scale.max(1.0) * (k as f32).sqrt();
-            for (what, v) in [("gemv", got[j]), ("portable", portable[j])] {
-                assert!(
-                    (v - expect[j]).abs() <= tol,
-                    "{what} k={k} n={n} threads={threads} row {j}: {v} vs {}",
-                    expect[j]
-                );
+    }
+
+    #[test]
+    fn every_level_matches_the_f64_reference_on_odd_sizes() {
+        for cpu in levels() {
+            for threads in [1, 2] {
+                for &(k, n) in &[
+                    (1, 1),
+                    (7, 3),
+                    (8, 4),
+                    (9, 5),
+                    (33, 17),
+                    (64, 130),
+                    (896, 131),
+                ] {
+                    check(cpu, k, n, false, threads);
+                    check(cpu, k, n, true, threads);
+                }
             }
         }
     }
 
     #[test]
-    fn matches_candle_matmul_on_odd_sizes() {
-        for threads in [1, 2] {
-            for &(k, n) in &[
-                (1, 1),
-                (7, 3),
-                (8, 4),
-                (9, 5),
-                (33, 17),
-                (64, 130),
-                (896, 131),
-            ] {
-                check(k, n, false, threads);
-                check(k, n, true, threads);
-            }
-        }
-    }
-
-    #[test]
-    fn matches_candle_matmul_when_split_over_threads() {
+    fn every_level_matches_when_split_over_threads() {
         // Large enough to take the parallel path, with rows not a multiple of the chunking.
-        for threads in [1, 2, 3] {
-            check(257, 1023, true, threads);
-            check(896, 301, false, threads);
+        for cpu in levels() {
+            for threads in [1, 2, 3] {
+                check(cpu, 257, 1023, true, threads);
+                check(cpu, 896, 301, false, threads);
+            }
         }
     }
 }
