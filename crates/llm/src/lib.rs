@@ -34,6 +34,8 @@
 //!   through `auris_kernels::linear`, widening a cache-sized block of weight rows at a time;
 //!   quantised weights dequantise one chunk of weight rows at a time for gemm from 16 rows on,
 //!   and 2 to 15 rows go through candle's `QMatMul`.
+//! - [`SizePlan`] says what a load keeps, per [`Part`] ([`PartBytes`]), from the functions the
+//!   loader itself calls: a memory estimate asks it instead of repeating the loader's rules.
 //! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute
 //!   dtype.
 //! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
@@ -65,6 +67,7 @@ mod format;
 mod generate;
 mod linear;
 mod model;
+mod plan;
 #[cfg(test)]
 mod test_values;
 #[cfg(test)]
@@ -76,3 +79,4 @@ pub use error::LlmError;
 pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation, SamplingParams};
 pub use model::{Qwen2Decoder, PREFILL_CHUNK};
+pub use plan::{Part, PartBytes, SizePlan};
