@@ -329,7 +329,9 @@ mod tests {
     /// A checkpoint's configuration and tensor headers.
     fn checkpoint(model: &str) -> (ModelConfig, Vec<TensorInfo>) {
         use crate::checkpoint::{self, ModelSource, WeightStore};
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(model);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(model);
         let files = checkpoint::resolve(&ModelSource::Local(dir), false).unwrap();
         let cfg = ModelConfig::from_file(&files.config).unwrap();
         (cfg, WeightStore::open(&files.weights).unwrap().infos())

@@ -156,42 +156,25 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::cpu::tests::levels;
-    use crate::test_values::values;
-
-    /// The product in f64, and the magnitude summed per row.
-    fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<(f64, f64)> {
-        let k = x.len();
-        (0..w.len() / k.max(1))
-            .map(|j| {
-                let b = bias.map_or(0.0, |b| f64::from(b[j]));
-                let row = &w[j * k..(j + 1) * k];
-                x.iter().zip(row).fold((b, b.abs()), |(s, m), (&a, &wv)| {
-                    let p = f64::from(a) * f64::from(wv);
-                    (s + p, m + p.abs())
-                })
-            })
-            .collect()
-    }
+    use crate::test_values::{assert_f32_sum_close, f64_product, values};
 
     fn check(cpu: Cpu, k: usize, n: usize, with_bias: bool, threads: usize) {
         let x = values(k, 1 + k as u64);
         let w = values(n * k, 2 + n as u64);
         let bias = with_bias.then(|| values(n, 3));
-        let expect = reference(&x, &w, bias.as_deref());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut got = vec![f32::NAN; n];
         pool.install(|| gemv_at(cpu, &x, &w, bias.as_deref(), &mut got));
-        for (j, (&g, &(e, mag))) in got.iter().zip(&expect).enumerate() {
-            // f32 accumulation in another order than the f64 reference.
-            let tol = 4.0 * f64::from(f32::EPSILON) * mag.max(1.0) * (k as f64).sqrt().max(1.0);
-            assert!(
-                (f64::from(g) - e).abs() <= tol,
-                "{cpu:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
-            );
-        }
+        let want = f64_product(&x, &w, bias.as_deref());
+        assert_f32_sum_close(
+            &got,
+            &want,
+            k,
+            &format!("{cpu:?} k={k} n={n} threads={threads}"),
+        );
     }
 
     #[test]

@@ -417,7 +417,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::cpu::tests::levels;
-    use crate::test_values::values;
+    use crate::test_values::{assert_f32_sum_close, f64_product, values};
 
     fn to_bits(kind: HalfKind, w: &[f32]) -> Vec<u16> {
         w.iter()
@@ -428,40 +428,21 @@ mod tests {
             .collect()
     }
 
-    /// The product in f64 on the widened weights, and the magnitude summed per row.
-    fn reference(kind: HalfKind, x: &[f32], w: &[u16], bias: Option<&[f32]>) -> Vec<(f64, f64)> {
-        let k = x.len();
-        (0..w.len() / k.max(1))
-            .map(|j| {
-                let b = bias.map_or(0.0, |b| f64::from(b[j]));
-                let row = &w[j * k..(j + 1) * k];
-                x.iter().zip(row).fold((b, b.abs()), |(s, m), (&a, &wb)| {
-                    let p = f64::from(a) * f64::from(widen(kind, wb));
-                    (s + p, m + p.abs())
-                })
-            })
-            .collect()
-    }
-
     fn check(cpu: Cpu, kind: HalfKind, k: usize, n: usize, threads: usize) {
         let x = values(k, 1 + k as u64);
         let w = to_bits(kind, &values(n * k, 2 + n as u64));
         let bias = (n % 2 == 1).then(|| values(n, 3));
-        let expect = reference(kind, &x, &w, bias.as_deref());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut got = vec![f32::NAN; n];
         pool.install(|| gemv_half_at(cpu, kind, &x, &w, bias.as_deref(), &mut got));
-        for (j, (&g, &(e, mag))) in got.iter().zip(&expect).enumerate() {
-            // f32 accumulation in another order than the f64 reference.
-            let tol = 4.0 * f64::from(f32::EPSILON) * mag.max(1.0) * (k as f64).sqrt().max(1.0);
-            assert!(
-                (f64::from(g) - e).abs() <= tol,
-                "{cpu:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
-            );
-        }
+        // The product in f64 on the widened weights.
+        let widened: Vec<f32> = w.iter().map(|&b| widen(kind, b)).collect();
+        let want = f64_product(&x, &widened, bias.as_deref());
+        let what = format!("{cpu:?} {kind:?} k={k} n={n} threads={threads}");
+        assert_f32_sum_close(&got, &want, k, &what);
     }
 
     #[test]

@@ -161,8 +161,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::tests::levels;
-    use crate::test_values::values;
+    use crate::test_values::{check_q4k_against, values};
 
     /// Random super-blocks: every byte pattern of the scales and nibbles is valid; `d` and
     /// `dmin` kept finite and small.
@@ -200,32 +199,8 @@ mod tests {
     fn every_level_matches_the_dequantised_product() {
         for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
             let w = blocks(n * k / SUPER, 3 + n as u64);
-            let x = QuantRow::new(&values(k, 7 + k as u64));
             let deq: Vec<f64> = w.chunks_exact(SUPER_BYTES).flat_map(dequantize).collect();
-            for cpu in levels() {
-                for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got = vec![f32::NAN; n];
-                    pool.install(|| q4k_gemv_at(cpu, &x, &w, None, &mut got));
-                    for (j, &g) in got.iter().enumerate() {
-                        let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
-                            (0.0f64, 0.0f64),
-                            |(s, m), (i, &wv)| {
-                                let xv = f64::from(x.qs[i]) * f64::from(x.scales[i / BLOCK]);
-                                (s + wv * xv, m + (wv * xv).abs())
-                            },
-                        );
-                        let tol = 1e-5 * mag.max(1.0);
-                        assert!(
-                            (f64::from(g) - e).abs() <= tol,
-                            "{cpu:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
-                        );
-                    }
-                }
-            }
+            check_q4k_against(&w, &deq, n, k);
         }
     }
 }

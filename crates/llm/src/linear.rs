@@ -919,41 +919,13 @@ mod tests {
     /// dequantised weights, on 1 to 3 threads.
     #[test]
     fn q4k_kernel_matches_candles_dequantised_weights() {
-        use auris_kernels::cpu::Cpu;
-        use auris_kernels::q4k::q4k_gemv_at;
-        use auris_kernels::qgemv::BLOCK;
-
         for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
             let w = crate::test_values::values(n * k, 3 + n as u64);
             let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
             let deq = values(q.dequantize(&Device::Cpu).unwrap());
-            let bytes = q.data().unwrap();
-            let x = QuantRow::new(&crate::test_values::values(k, 7 + k as u64));
-            for cpu in Cpu::detected().levels() {
-                for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got = vec![f32::NAN; n];
-                    pool.install(|| q4k_gemv_at(cpu, &x, &bytes, None, &mut got));
-                    for (j, &g) in got.iter().enumerate() {
-                        let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
-                            (0.0f64, 0.0f64),
-                            |(s, m), (i, &wv)| {
-                                let xv = f64::from(x.qs[i]) * f64::from(x.scales[i / BLOCK]);
-                                let p = f64::from(wv) * xv;
-                                (s + p, m + p.abs())
-                            },
-                        );
-                        assert!(
-                            (f64::from(g) - e).abs() <= 1e-5 * mag.max(1.0),
-                            "{cpu:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
-                        );
-                    }
-                }
-            }
+            let deq: Vec<f64> = deq.into_iter().map(f64::from).collect();
+            auris_kernels::test_values::check_q4k_against(&q.data().unwrap(), &deq, n, k);
         }
     }
 
