@@ -25,6 +25,7 @@ use candle_core::DType;
 
 use crate::checkpoint::TensorInfo;
 use crate::config::ModelConfig;
+use crate::family::{Layout, HF_LAYOUT};
 
 /// Fixed allowance for the code, tokenizer, templates and allocator slack.
 const OVERHEAD_BYTES: u64 = 300 << 20;
@@ -140,47 +141,22 @@ impl Dims {
     }
 }
 
-/// The checkpoint prefixes of a model's three parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefixes {
-    /// The audio encoder's tensors.
-    pub audio: &'static str,
-    /// The projector's tensors.
-    pub projector: &'static str,
-    /// The language model's tensors.
-    pub llm: &'static str,
-}
-
-impl Prefixes {
-    /// Qwen2-Audio's names (`Qwen2AudioForConditionalGeneration`).
-    pub const QWEN2_AUDIO: Prefixes = Prefixes {
-        audio: "audio_tower",
-        projector: "multi_modal_projector",
-        llm: "language_model",
-    };
-
-    /// `name` relative to `prefix`, when it lies under it.
-    fn strip<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-        name.strip_prefix(prefix)?.strip_prefix('.')
-    }
+/// `name` relative to `prefix`, when it lies under it.
+fn under<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?.strip_prefix('.')
 }
 
 /// Bytes the encoder and projector tensors occupy after loading with `place`: the encoder's
 /// as its loader keeps them ([`auris_audio::plan`]: linear layers in their storage dtype, the
 /// rest in the compute dtype; a tensor it does not read takes nothing), every other tensor in
 /// the compute dtype.
-fn audio_bytes(
-    cfg: &ModelConfig,
-    infos: &[TensorInfo],
-    place: &Placement,
-    prefixes: &Prefixes,
-) -> u64 {
+fn audio_bytes(cfg: &ModelConfig, infos: &[TensorInfo], place: &Placement, layout: &Layout) -> u64 {
     let parts: HashMap<String, EncoderPart> = tensor_parts(&cfg.audio_config).into_iter().collect();
     infos
         .iter()
-        .filter(|i| Prefixes::strip(&i.name, prefixes.llm).is_none())
+        .filter(|i| under(&i.name, layout.language_model).is_none())
         .map(|i| {
-            let dtype = match Prefixes::strip(&i.name, prefixes.audio) {
+            let dtype = match under(&i.name, layout.audio_tower) {
                 Some(name) => match parts.get(name) {
                     Some(part) => part.dtype(place.audio_linear, place.compute),
                     None => return 0,
@@ -201,12 +177,13 @@ pub fn estimate(
     place: &Placement,
     context: usize,
 ) -> Footprint {
-    let prefixes = Prefixes::QWEN2_AUDIO;
+    // The checkpoint's layout (one for every family so far).
+    let layout = cfg.family().map_or(&HF_LAYOUT, |f| f.layout());
     let plan = SizePlan::new(&cfg.text_config, place.llm_read, place.llm_format);
     let llm = plan.bytes(infos.iter().filter_map(|i| {
-        Prefixes::strip(&i.name, prefixes.llm).map(|name| (name, i.shape.as_slice()))
+        under(&i.name, layout.language_model).map(|name| (name, i.shape.as_slice()))
     }));
-    let rest = audio_bytes(cfg, infos, place, &prefixes);
+    let rest = audio_bytes(cfg, infos, place, layout);
     let dims = Dims::of(cfg);
     let context = context.min(cfg.text_config.max_position_embeddings);
     let kv_bytes = plan.compute_dtype().size_in_bytes() as u64;
