@@ -3,7 +3,10 @@
 //!
 //! The estimate adds up what stays resident once the model is loaded and a request runs:
 //! - the weights, tensor by tensor, at the size each one is stored in after loading (the
-//!   checkpoint's own precision, f32, or a quantised block format);
+//!   checkpoint's own precision, f32, or a quantised block format), as the loaders say: the
+//!   language model's [`SizePlan`] (which tensors it reads, the format each gets, a tied head
+//!   shared or copied, the memory a tensor passes through while being quantised) and the
+//!   encoder's list of tensors with the dtype each is kept in ([`auris_audio::plan`]);
 //! - the KV cache of the language model for the requested context, in the compute dtype;
 //! - the largest transient buffers of one request: an encoder layer's attention probabilities
 //!   over a 30 s window, the prefill's attention scores and MLP activations, and one weight
@@ -13,13 +16,16 @@
 //! Available memory is the smaller of the system's available memory (`MemAvailable` on Linux)
 //! and what the process's cgroup still allows, as read by `sysinfo`.
 
+use std::collections::HashMap;
 use std::fmt;
 
-use auris_llm::WeightFormat;
+use auris_audio::plan::{tensor_parts, EncoderPart};
+use auris_llm::{SizePlan, WeightFormat};
 use candle_core::DType;
 
 use crate::checkpoint::TensorInfo;
 use crate::config::ModelConfig;
+use crate::family::{Layout, HF_LAYOUT};
 
 /// Fixed allowance for the code, tokenizer, templates and allocator slack.
 const OVERHEAD_BYTES: u64 = 300 << 20;
@@ -135,99 +141,56 @@ impl Dims {
     }
 }
 
-/// Whether `name` (under `language_model.`) is the weight of a projection inside a decoder
-/// layer, the tensors a weight format applies to.
-fn is_layer_linear(name: &str, shape: &[usize]) -> bool {
-    shape.len() == 2
-        && name.ends_with("_proj.weight")
-        && (name.contains(".self_attn.") || name.contains(".mlp."))
+/// `name` relative to `prefix`, when it lies under it.
+fn under<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?.strip_prefix('.')
 }
 
-/// Bytes the tensor occupies after loading with `place`, and the bytes it passes through
-/// while being quantised (its source in the checkpoint's dtype and one chunk of f32).
-fn tensor_bytes(info: &TensorInfo, place: &Placement, tied_head: bool) -> (u64, u64) {
-    let n = info.numel() as u64;
-    let bytes = |format: WeightFormat| (n as f64 * format.bytes_per_weight()).ceil() as u64;
-    let Some(rest) = info.name.strip_prefix("language_model.") else {
-        let audio_linear = info.name.starts_with("audio_tower.")
-            && info.shape.len() == 2
-            && (info.name.ends_with("_proj.weight")
-                || info.name.ends_with(".fc1.weight")
-                || info.name.ends_with(".fc2.weight"));
-        let dtype = if audio_linear {
-            place.audio_linear
-        } else {
-            place.compute
-        };
-        return (n * dtype.size_in_bytes() as u64, 0);
-    };
-    let Some(format) = place.llm_format else {
-        return (n * place.llm_read.size_in_bytes() as u64, 0);
-    };
-    let cols = info.shape.last().copied().unwrap_or(0);
-    // Quantising reads the whole tensor in the checkpoint's dtype, then converts 32 MiB of
-    // f32 rows at a time.
-    let transient = if format.is_quantized() {
-        n * place.llm_read.size_in_bytes() as u64 + (32 << 20)
-    } else {
-        0
-    };
-    if rest == "lm_head.weight" {
-        (bytes(format.head_format().for_row_len(cols)), transient)
-    } else if rest == "model.embed_tokens.weight" {
-        let embedding = format
-            .embedding_format()
-            .filter(|e| cols % e.block_len() == 0);
-        let table = match embedding {
-            Some(e) => bytes(e),
-            None => n * place.llm_read.size_in_bytes() as u64,
-        };
-        // A tied head shares a table already in its format, else it is a second copy.
-        let head_format = format.head_format().for_row_len(cols);
-        let head = if tied_head && embedding != Some(head_format) {
-            bytes(head_format)
-        } else {
-            0
-        };
-        (
-            table + head,
-            if embedding.is_some() { transient } else { 0 },
-        )
-    } else if is_layer_linear(rest, &info.shape) {
-        (bytes(format.for_row_len(cols)), transient)
-    } else {
-        (n * 4, 0)
-    }
+/// Bytes the encoder and projector tensors occupy after loading with `place`: the encoder's
+/// as its loader keeps them ([`auris_audio::plan`]: linear layers in their storage dtype, the
+/// rest in the compute dtype; a tensor it does not read takes nothing), every other tensor in
+/// the compute dtype.
+fn audio_bytes(cfg: &ModelConfig, infos: &[TensorInfo], place: &Placement, layout: &Layout) -> u64 {
+    let parts: HashMap<String, EncoderPart> = tensor_parts(&cfg.audio_config).into_iter().collect();
+    infos
+        .iter()
+        .filter(|i| under(&i.name, layout.language_model).is_none())
+        .map(|i| {
+            let dtype = match under(&i.name, layout.audio_tower) {
+                Some(name) => match parts.get(name) {
+                    Some(part) => part.dtype(place.audio_linear, place.compute),
+                    None => return 0,
+                },
+                None => place.compute,
+            };
+            (i.numel() as u64).saturating_mul(dtype.size_in_bytes() as u64)
+        })
+        .sum()
 }
 
 /// The resident memory of `cfg`'s checkpoint (tensors `infos`) loaded with `place`, serving a
-/// request of `context` positions.
+/// request of `context` positions. The language model's share is its loader's [`SizePlan`],
+/// the encoder's its loader's list of tensors.
 pub fn estimate(
     cfg: &ModelConfig,
     infos: &[TensorInfo],
     place: &Placement,
     context: usize,
 ) -> Footprint {
-    let tied_head = cfg.text_config.tie_word_embeddings
-        && !infos
-            .iter()
-            .any(|i| i.name == "language_model.lm_head.weight");
-    let (mut weights, mut transient) = (0u64, 0u64);
-    for info in infos {
-        let (bytes, passing) = tensor_bytes(info, place, tied_head);
-        weights += bytes;
-        transient = transient.max(passing);
-    }
+    // The checkpoint's layout (one for every family so far).
+    let layout = cfg.family().map_or(&HF_LAYOUT, |f| f.layout());
+    let plan = SizePlan::new(&cfg.text_config, place.llm_read, place.llm_format);
+    let llm = plan.bytes(infos.iter().filter_map(|i| {
+        under(&i.name, layout.language_model).map(|name| (name, i.shape.as_slice()))
+    }));
+    let rest = audio_bytes(cfg, infos, place, layout);
     let dims = Dims::of(cfg);
     let context = context.min(cfg.text_config.max_position_embeddings);
-    let kv_bytes = match place.llm_format {
-        Some(_) => 4,
-        None => place.llm_read.size_in_bytes() as u64,
-    };
+    let kv_bytes = plan.compute_dtype().size_in_bytes() as u64;
     Footprint {
-        weights,
+        weights: llm.total() + rest,
         kv_cache: dims.kv_cache(context, kv_bytes),
-        activations: dims.activations(context, 0).max(transient),
+        activations: dims.activations(context, 0).max(llm.transient),
     }
 }
 
@@ -337,6 +300,55 @@ mod tests {
             encoder_heads: 20,
             encoder_positions: 1500,
             encoder_ffn: 5120,
+        }
+    }
+
+    /// A checkpoint's configuration and tensor headers.
+    fn checkpoint(model: &str) -> (ModelConfig, Vec<TensorInfo>) {
+        use crate::checkpoint::{self, ModelSource, WeightStore};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(model);
+        let files = checkpoint::resolve(&ModelSource::Local(dir), false).unwrap();
+        let cfg = ModelConfig::from_file(&files.config).unwrap();
+        (cfg, WeightStore::open(&files.weights).unwrap().infos())
+    }
+
+    /// The estimate follows the loaders: a tied checkpoint's stored `lm_head.weight`
+    /// (transformers' copy, which the loader never reads) adds nothing, in every mode, while
+    /// an untied head counts in its format; a tensor no loader reads adds nothing.
+    #[test]
+    fn the_estimate_counts_what_the_loaders_keep() {
+        let modes = [
+            (DType::F32, None),
+            (DType::BF16, Some(WeightFormat::Bf16)),
+            (DType::BF16, Some(WeightFormat::Q8_0)),
+            (DType::BF16, Some(WeightFormat::Q4K)),
+        ];
+        for (model, tied) in [("tiny-base", true), ("tiny-chat", false)] {
+            let (cfg, infos) = checkpoint(model);
+            assert_eq!(cfg.text_config.tie_word_embeddings, tied);
+            let head = "language_model.lm_head.weight";
+            assert!(infos.iter().any(|i| i.name == head), "{model}");
+            let without: Vec<TensorInfo> =
+                infos.iter().filter(|i| i.name != head).cloned().collect();
+            let mut extra = infos.clone();
+            extra.push(TensorInfo {
+                name: "audio_tower.unused.weight".to_string(),
+                ..infos[0].clone()
+            });
+            for (llm_read, llm_format) in modes {
+                let place = Placement {
+                    compute: DType::F32,
+                    audio_linear: DType::BF16,
+                    llm_read,
+                    llm_format,
+                };
+                let weights = |infos: &[TensorInfo]| estimate(&cfg, infos, &place, 100).weights;
+                let head_bytes = weights(&infos) - weights(&without);
+                assert_eq!(head_bytes == 0, tied, "{model} {llm_format:?}");
+                assert_eq!(weights(&extra), weights(&infos), "{model} {llm_format:?}");
+            }
         }
     }
 

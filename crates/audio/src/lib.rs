@@ -26,6 +26,7 @@ mod decode;
 pub mod encoder;
 mod error;
 mod mel;
+pub mod plan;
 mod resample;
 mod stem;
 mod stream;

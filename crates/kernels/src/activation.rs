@@ -8,11 +8,12 @@
 //! the formula PyTorch's vectorised CPU `erf` uses (`Vectorized<float>::erf` in ATen's
 //! `cpu/vec/vec512/vec512_float.h`), so the GELU of transformers on a CPU computes the same.
 //! `e^{-x^2}` is [`crate::softmax::exp`]'s formula. AVX-512F / AVX2+FMA / portable, chosen at
-//! run time.
+//! run time ([`Cpu`]).
 
 use rayon::prelude::*;
 
-use crate::softmax::{best_level_cached, exp, Level};
+use crate::cpu::{Cpu, Simd};
+use crate::softmax::exp;
 
 const P: f32 = 0.327_591_1;
 const A: [f32; 5] = [
@@ -42,20 +43,21 @@ pub fn gelu_erf(x: f32) -> f32 {
 
 /// `xs[i] = gelu(xs[i])` on the current rayon pool, at the best level of this CPU.
 pub fn gelu_erf_in_place(xs: &mut [f32]) {
-    let level = best_level_cached();
+    let cpu = Cpu::detected();
     xs.par_chunks_mut(CHUNK)
-        .for_each(|chunk| gelu_erf_at(level, chunk));
+        .for_each(|chunk| gelu_erf_at(cpu, chunk));
 }
 
-/// [`gelu_erf_in_place`] on one thread at a given level (the tests run every level this CPU
-/// has).
-pub fn gelu_erf_at(level: Level, xs: &mut [f32]) {
-    match level {
-        // SAFETY: the level is only chosen (or tested) on CPUs that have these features.
+/// [`gelu_erf_in_place`] on one thread with the features `cpu` allows (the tests run every
+/// level this CPU has).
+pub fn gelu_erf_at(cpu: Cpu, xs: &mut [f32]) {
+    match cpu.simd() {
+        // SAFETY: `cpu` holds the feature each kernel is compiled for.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { x86::gelu_avx512(xs) },
+        Simd::Avx512 => unsafe { x86::gelu_avx512(xs) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::gelu_avx2(xs) },
+        Simd::Avx2 => unsafe { x86::gelu_avx2(xs) },
         _ => xs.iter_mut().for_each(|x| *x = gelu_erf(*x)),
     }
 }
@@ -79,7 +81,7 @@ pub fn silu_gate(gate_up: &[f32], width: usize) -> Vec<f32> {
         "silu_gate: {} values are not rows of 2 x {width}",
         gate_up.len()
     );
-    let level = best_level_cached();
+    let cpu = Cpu::detected();
     let mut out = vec![0.0f32; gate_up.len() / 2];
     let rows_per_task = (CHUNK / width).max(1);
     out.par_chunks_mut(rows_per_task * width)
@@ -90,28 +92,29 @@ pub fn silu_gate(gate_up: &[f32], width: usize) -> Vec<f32> {
                 .zip(gate_up.chunks_exact(2 * width))
             {
                 let (gate, up) = gu.split_at(width);
-                silu_gate_at(level, gate, up, o);
+                silu_gate_at(cpu, gate, up, o);
             }
         });
     out
 }
 
-/// `out[i] = silu(gate[i]) * up[i]` on one thread at a given level (the tests run every level
-/// this CPU has).
+/// `out[i] = silu(gate[i]) * up[i]` on one thread with the features `cpu` allows (the tests
+/// run every level this CPU has).
 ///
 /// # Panics
 /// When the lengths differ.
-pub fn silu_gate_at(level: Level, gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn silu_gate_at(cpu: Cpu, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(
         gate.len() == up.len() && up.len() == out.len(),
         "silu_gate: lengths differ"
     );
-    match level {
-        // SAFETY: the level is only chosen (or tested) on CPUs that have these features.
+    match cpu.simd() {
+        // SAFETY: `cpu` holds the feature each kernel is compiled for; the lengths are equal.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { x86::silu_gate_avx512(gate, up, out) },
+        Simd::Avx512 => unsafe { x86::silu_gate_avx512(gate, up, out) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::silu_gate_avx2(gate, up, out) },
+        Simd::Avx2 => unsafe { x86::silu_gate_avx2(gate, up, out) },
         _ => silu_gate_portable(gate, up, out),
     }
 }
@@ -236,7 +239,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::softmax::tests::levels;
+    use crate::cpu::tests::levels;
 
     /// `silu(gate) * up` at every level against the f64 definition, on lengths that cut the
     /// vector widths and values from -100 to 100 (both ends of the clamped `exp`), and the
@@ -384,7 +387,7 @@ mod tests {
             .map(|i| ((i * 31) % 997) as f32 * 0.02 - 10.0)
             .collect();
         let mut one = xs.clone();
-        gelu_erf_at(best_level_cached(), &mut one);
+        gelu_erf_at(Cpu::detected(), &mut one);
         for threads in 1..=3 {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -21,7 +21,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use crate::activation::gelu_erf_in_place;
-use crate::softmax::{best_level_cached, Level};
+use crate::cpu::{Cpu, Simd};
 
 /// What follows the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +137,10 @@ impl<'a> Weight<'a> {
         match *self {
             Weight::F32(w) => out.copy_from_slice(w),
             Weight::Bf16(w) => {
-                let level = best_level_cached();
+                let cpu = Cpu::detected();
                 out.par_chunks_mut(WIDEN_TASK)
                     .zip(w.par_chunks(WIDEN_TASK))
-                    .for_each(|(out, w)| widen_bf16_at(level, w, out))
+                    .for_each(|(out, w)| widen_bf16_at(cpu, w, out))
             }
             Weight::F16(w) => out
                 .par_chunks_mut(WIDEN_TASK)
@@ -151,10 +151,10 @@ impl<'a> Weight<'a> {
 }
 
 /// `out[i] = w[i]` widened, exactly: a bf16 is the upper half of the f32 with the same value, so
-/// the bits shift left by 16 (no NaN special case). At the given level (the tests run every
-/// level this CPU has); the vector paths read 16 or 8 values per instruction, the portable loop
+/// the bits shift left by 16 (no NaN special case). With the features `cpu` allows (the tests
+/// run every level this CPU has); the vector paths read 16 or 8 values per instruction, the portable loop
 /// 4 (SSE2), and the widening of a block is bound by reading the weights from memory.
-pub fn widen_bf16_at(level: Level, w: &[bf16], out: &mut [f32]) {
+pub fn widen_bf16_at(cpu: Cpu, w: &[bf16], out: &mut [f32]) {
     assert_eq!(
         w.len(),
         out.len(),
@@ -162,12 +162,13 @@ pub fn widen_bf16_at(level: Level, w: &[bf16], out: &mut [f32]) {
         w.len(),
         out.len()
     );
-    match level {
-        // SAFETY: the level is only chosen (or tested) on CPUs that have these features.
+    match cpu.simd() {
+        // SAFETY: `cpu` holds the feature each kernel is compiled for; the lengths are equal.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { x86::widen_bf16_avx512(w, out) },
+        Simd::Avx512 => unsafe { x86::widen_bf16_avx512(w, out) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::widen_bf16_avx2(w, out) },
+        Simd::Avx2 => unsafe { x86::widen_bf16_avx2(w, out) },
         _ => widen_bf16_portable(w, out),
     }
 }
@@ -479,7 +480,7 @@ mod tests {
     #[test]
     fn bf16_widening_is_exact_at_every_level() {
         let w: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        for level in crate::softmax::tests::levels() {
+        for level in crate::cpu::tests::levels() {
             for len in [0, 1, 7, 8, 15, 16, 17, 33, w.len()] {
                 let mut out = vec![0.0f32; len];
                 widen_bf16_at(level, &w[..len], &mut out);

@@ -3,9 +3,10 @@
 //! fraction of it).
 //!
 //! As many OS threads as the current rayon pool has, released together by a barrier, run
-//! independent fused multiply-add chains on registers only (no memory traffic), at the widest vector width the CPU has (AVX-512F,
-//! AVX2+FMA, else the compiler's code for `f32::mul_add`). Twelve chains cover the latency of
-//! two FMA pipes of four cycles each. The threads are plain scoped threads, not rayon tasks: a
+//! independent fused multiply-add chains on registers only (no memory traffic), at the widest
+//! vector width the CPU has ([`Cpu::simd`]: AVX-512F, AVX2+FMA, else the compiler's code for
+//! `f32::mul_add`). Twelve chains cover the latency of two FMA pipes of four cycles each. The
+//! threads are plain scoped threads, not rayon tasks: a
 //! rayon worker that is slow to wake lets another worker run both tasks one after the other,
 //! which reported a 2-core machine's peak as one core's.
 
@@ -13,13 +14,15 @@ use std::time::Instant;
 
 use std::sync::Barrier;
 
+use crate::cpu::{Cpu, Simd};
+
 /// Independent accumulators per thread.
 const CHAINS: usize = 12;
 
 /// Floating-point operations per second (one FMA = 2) of all the pool's threads together: the
 /// best of `repeats` runs of `iterations` steps per thread.
 pub fn fma_peak_flops(iterations: usize, repeats: usize) -> (f64, &'static str) {
-    let (lanes, level) = level();
+    let (simd, name) = level();
     let threads = rayon::current_num_threads();
     let mut best = f64::INFINITY;
     for _ in 0..repeats.max(1) {
@@ -35,7 +38,7 @@ pub fn fma_peak_flops(iterations: usize, repeats: usize) -> (f64, &'static str) 
                     scope.spawn(move || {
                         barrier.wait();
                         let start = Instant::now();
-                        let sink = run(level, iterations, t as f32);
+                        let sink = run(simd, iterations, t as f32);
                         (start, Instant::now(), sink)
                     })
                 })
@@ -52,31 +55,29 @@ pub fn fma_peak_flops(iterations: usize, repeats: usize) -> (f64, &'static str) 
         });
         best = best.min(elapsed);
     }
-    let flops = (threads * iterations * CHAINS * lanes * 2) as f64;
-    (flops / best, level)
+    let flops = (threads * iterations * CHAINS * simd.lanes() * 2) as f64;
+    (flops / best, name)
 }
 
-fn level() -> (usize, &'static str) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return (16, "avx512f");
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return (8, "avx2+fma");
-        }
-    }
-    (1, "portable")
+/// The vector level the chains run at, and its name in reports.
+fn level() -> (Simd, &'static str) {
+    let simd = Cpu::detected().simd();
+    let name = match simd {
+        Simd::Avx512 => "avx512f",
+        Simd::Avx2 => "avx2+fma",
+        Simd::Portable => "portable",
+    };
+    (simd, name)
 }
 
-fn run(level: &str, iterations: usize, seed: f32) -> f32 {
-    match level {
-        // SAFETY: `level` names features this CPU has (see `level`).
+fn run(simd: Simd, iterations: usize, seed: f32) -> f32 {
+    match simd {
+        // SAFETY: `simd` comes from `Cpu::detected`: this CPU has the kernel's features.
         #[cfg(target_arch = "x86_64")]
-        "avx512f" => unsafe { x86::chains_avx512(iterations, seed) },
+        Simd::Avx512 => unsafe { x86::chains_avx512(iterations, seed) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        "avx2+fma" => unsafe { x86::chains_avx2(iterations, seed) },
+        Simd::Avx2 => unsafe { x86::chains_avx2(iterations, seed) },
         _ => chains_portable(iterations, seed),
     }
 }
@@ -137,6 +138,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::Feature;
 
     /// The chains compute what they claim (x -> a x + b, `iterations` times), at every level.
     #[test]
@@ -149,17 +151,19 @@ mod tests {
         let want = (x * CHAINS as f64) as f32;
         let close = |got: f32, lanes: f32| ((got / lanes) - want).abs() < 1e-4 * want.abs();
         assert!(close(chains_portable(1000, 2.0), 1.0));
+        let cpu = Cpu::detected();
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if cpu.has(Feature::Avx512) {
+                // SAFETY: detected above.
                 assert!(close(unsafe { x86::chains_avx512(1000, 2.0) }, 16.0));
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if cpu.has(Feature::Avx2) {
+                // SAFETY: detected above.
                 assert!(close(unsafe { x86::chains_avx2(1000, 2.0) }, 8.0));
             }
         }
+        assert_eq!(level().0, cpu.simd());
         let (flops, _) = fma_peak_flops(1000, 1);
         assert!(flops.is_finite() && flops > 0.0);
     }

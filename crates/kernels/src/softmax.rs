@@ -4,7 +4,9 @@
 //! `exp` is Cephes' `expf` algorithm (also the one of the SSE/AVX "mathfun" ports): `x = n ln2 +
 //! r` with `|r| <= ln2 / 2`, `e^r` by a degree-7 polynomial, `2^n` put in the exponent bits;
 //! about 1 ulp from the exact value over the range a softmax uses (`x <= 0`). AVX-512F or
-//! AVX2+FMA are chosen at run time, with a portable path that runs the same formula.
+//! AVX2+FMA are chosen at run time ([`Cpu`]), with a portable path that runs the same formula.
+
+use crate::cpu::{Cpu, Simd};
 
 /// Cephes `expf` polynomial, highest degree first: `e^r ~ 1 + r + r^2 (P0 r^5 + ... + P5)`.
 const P: [f32; 6] = [
@@ -24,32 +26,6 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const LO: f32 = -87.336_54;
 const HI: f32 = 88.0;
 
-/// The instruction set the softmax runs with on this CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// AVX-512F, 16 lanes.
-    Avx512,
-    /// AVX2 and FMA, 8 lanes.
-    Avx2,
-    /// Scalar, any CPU.
-    Portable,
-}
-
-/// The best level this CPU has.
-pub fn best_level() -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Level::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Level::Avx2;
-        }
-    }
-    Level::Portable
-}
-
 /// `e^x` by the formula the vector paths use, for one value.
 pub fn exp(x: f32) -> f32 {
     // NaN stays NaN through the clamp.
@@ -64,27 +40,24 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `row = softmax(row)`: `e^(x - max) / sum`, at the best level of this CPU.
+/// `row = softmax(row)`: `e^(x - max) / sum`, with the widest vectors of this CPU.
 pub fn softmax_in_place(row: &mut [f32]) {
-    softmax_at(best_level_cached(), row)
+    softmax_at(Cpu::detected(), row)
 }
 
-pub(crate) fn best_level_cached() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(best_level)
-}
-
-/// [`softmax_in_place`] at a given level (the tests run every level this CPU has).
-pub fn softmax_at(level: Level, row: &mut [f32]) {
+/// [`softmax_in_place`] with the features `cpu` allows (the tests run every level this CPU
+/// has).
+pub fn softmax_at(cpu: Cpu, row: &mut [f32]) {
     if row.is_empty() {
         return;
     }
-    match level {
-        // SAFETY: the level is only chosen (or tested) on CPUs that have these features.
+    match cpu.simd() {
+        // SAFETY: `cpu` holds the feature each kernel is compiled for.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { x86::softmax_avx512(row) },
+        Simd::Avx512 => unsafe { x86::softmax_avx512(row) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::softmax_avx2(row) },
+        Simd::Avx2 => unsafe { x86::softmax_avx2(row) },
         _ => softmax_portable(row),
     }
 }
@@ -230,22 +203,7 @@ pub(crate) mod x86 {
 pub(crate) mod tests {
     use super::*;
 
-    /// Every level this CPU can run, the portable one included.
-    pub(crate) fn levels() -> Vec<Level> {
-        let mut v = vec![Level::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Level::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Level::Avx512);
-            }
-        }
-        v
-    }
+    use crate::cpu::tests::levels;
 
     fn ulps(a: f32, b: f64) -> f64 {
         let b32 = b as f32;

@@ -7,6 +7,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use crate::linear::{dequantize_rows, quantize_rows, QUANTIZE_CHUNK_WEIGHTS};
+use crate::plan::table_format;
 use crate::{LlmError, WeightFormat};
 
 #[derive(Debug, Clone)]
@@ -31,22 +32,16 @@ pub(crate) struct Embedding {
 
 impl Embedding {
     /// Keeps `table` `(vocab, hidden)` as it is, or quantises it to `format` (row chunks at a
-    /// time, see [`quantize_rows`]) when `format` is a block format whose block divides
-    /// `hidden` and the table is on the CPU (where the lookup dequantises rows); otherwise the
-    /// table keeps its dtype.
+    /// time, see [`quantize_rows`]) when [`table_format`] says so (a block format whose block
+    /// divides `hidden`) and the table is on the CPU (where the lookup dequantises rows);
+    /// otherwise the table keeps its dtype.
     pub(crate) fn new(table: Tensor, format: Option<WeightFormat>) -> Result<Self, LlmError> {
         let (vocab, hidden) = table.dims2()?;
-        let table = match format {
-            Some(f)
-                if f.is_quantized()
-                    && hidden.is_multiple_of(f.block_len())
-                    && table.device().is_cpu() =>
-            {
-                Table::Quant {
-                    qtensor: Arc::new(quantize_rows(&table, f, QUANTIZE_CHUNK_WEIGHTS)?),
-                    format: f,
-                }
-            }
+        let table = match table_format(format, hidden) {
+            Some(f) if table.device().is_cpu() => Table::Quant {
+                qtensor: Arc::new(quantize_rows(&table, f, QUANTIZE_CHUNK_WEIGHTS)?),
+                format: f,
+            },
             _ => Table::Dense(table),
         };
         Ok(Self {

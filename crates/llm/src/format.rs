@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use candle_core::DType;
+
 use crate::LlmError;
 
 /// Storage precision of the decoder's linear weights (GGUF type names).
@@ -85,6 +87,16 @@ impl WeightFormat {
     /// Average bytes per weight, for memory estimates: `block_bytes / block_len`.
     pub fn bytes_per_weight(self) -> f64 {
         self.block_bytes() as f64 / self.block_len() as f64
+    }
+
+    /// The candle dtype of a float format; `None` for the block formats.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            WeightFormat::F32 => Some(DType::F32),
+            WeightFormat::Bf16 => Some(DType::BF16),
+            WeightFormat::F16 => Some(DType::F16),
+            _ => None,
+        }
     }
 
     /// Whether this is a block-quantised (GGML) format.

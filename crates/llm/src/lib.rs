@@ -25,13 +25,17 @@
 //!   [`Qwen2Decoder::head_weight_format`], [`Qwen2Decoder::dtype`] (the compute dtype) and
 //!   [`Qwen2Decoder::linear_weight_bytes`], [`Qwen2Decoder::embedding_format`] and
 //!   [`Qwen2Decoder::embedding_bytes`] describe the result. On the CPU, single-row
-//!   products (decode) of bf16/f16 weights run a multi-threaded GEMV picked at run time
-//!   (AVX-512F, AVX2 + FMA + F16C, portable), and several rows (prefill) widen one chunk of
-//!   weight rows at a time to f32 for candle's matmul. Quantised weights quantise the
-//!   activation row to 8-bit blocks and take integer block dots in a single-row GEMV
-//!   (`q8_0`/`q4_0`: AVX512-VNNI, AVX-VNNI, AVX2 or portable, picked at run time; `q4_k`: AVX2
-//!   or portable); 16 rows or more dequantise one chunk of weight rows at a time for gemm; 2 to
-//!   15 rows go through candle's `QMatMul`.
+//!   products (decode) run auris-kernels' multi-threaded GEMVs, picked at run time by its
+//!   detected `Cpu`: f32 and bf16/f16 weights (`auris_kernels::gemv`,
+//!   `auris_kernels::halfgemv`: AVX-512F, AVX2 + FMA + F16C, portable); quantised weights
+//!   against the activation row quantised to 8-bit blocks, integer block dots
+//!   (`auris_kernels::qgemv` for `q8_0`/`q4_0`: AVX512-VNNI, AVX-VNNI, AVX2 or portable;
+//!   `auris_kernels::q4k`: AVX2 or portable). Several rows (prefill) of half weights go
+//!   through `auris_kernels::linear`, widening a cache-sized block of weight rows at a time;
+//!   quantised weights dequantise one chunk of weight rows at a time for gemm from 16 rows on,
+//!   and 2 to 15 rows go through candle's `QMatMul`.
+//! - [`SizePlan`] says what a load keeps, per [`Part`] ([`PartBytes`]), from the functions the
+//!   loader itself calls: a memory estimate asks it instead of repeating the loader's rules.
 //! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute
 //!   dtype.
 //! - [`Qwen2Decoder::forward_embeds`]: embeddings `(batch, seq, hidden)` of any float dtype (cast
@@ -66,13 +70,10 @@ mod config;
 mod embedding;
 mod error;
 mod format;
-mod gemv;
 mod generate;
-mod halfgemv;
 mod linear;
 mod model;
-mod q4k;
-mod qgemv;
+mod plan;
 mod sampling;
 mod sequence;
 mod stop;
@@ -87,6 +88,7 @@ pub use error::LlmError;
 pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation};
 pub use model::{Qwen2Decoder, SequenceInput, PREFILL_CHUNK};
+pub use plan::{Part, PartBytes, SizePlan};
 pub use sampling::SamplingParams;
 pub use sequence::{step_many, Finish, Sequence};
 pub use stop::StopStrings;

@@ -18,12 +18,12 @@ use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use auris_kernels::gemv::gemv;
+use auris_kernels::halfgemv::{gemv_half, HalfKind};
 use auris_kernels::linear::{linear_into, Rows};
+use auris_kernels::q4k::q4k_gemv;
+use auris_kernels::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 
-use crate::gemv::gemv;
-use crate::halfgemv::{gemv_half, HalfKind};
-use crate::q4k::q4k_gemv;
-use crate::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
 use crate::{LlmError, WeightFormat};
 
 /// Weights converted to f32 at once while quantising a tensor at load: 32 MiB of f32, so a
@@ -911,6 +911,21 @@ mod tests {
             let chunked = lin.quant_rows(&xs, qtensor, format, 7 * k).unwrap();
             assert_eq!(chunked.dims(), &[1, m, n]);
             assert_close(&values(chunked), &e, 1e-5);
+        }
+    }
+
+    /// auris-kernels' reading of the `q4_K` layout equals candle's `dequantize`: its products
+    /// at every level equal the f64 product of the quantised activations and candle's
+    /// dequantised weights, on 1 to 3 threads.
+    #[test]
+    fn q4k_kernel_matches_candles_dequantised_weights() {
+        for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
+            let w = crate::test_values::values(n * k, 3 + n as u64);
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+            let deq = values(q.dequantize(&Device::Cpu).unwrap());
+            let deq: Vec<f64> = deq.into_iter().map(f64::from).collect();
+            auris_kernels::test_values::check_q4k_against(&q.data().unwrap(), &deq, n, k);
         }
     }
 

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::embedding::Embedding;
 use crate::linear::{out_dims, with_cpu_slice, Linear};
+use crate::plan::{tensor_parts, tied_head_shares_table};
 use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
 
 /// How the layers store their weights: `None` computes in the `VarBuilder`'s dtype
@@ -603,7 +604,9 @@ impl Qwen2Decoder {
             (true, None) => Linear::new(embed_tokens.to_dense()?, None)?,
             (true, Some(format)) => match embed_tokens.quantized() {
                 // The same blocks: share them rather than hold the table twice.
-                Some((qtensor, f)) if format.for_row_len(cfg.hidden_size) == f => {
+                Some((qtensor, f))
+                    if tied_head_shares_table(format.for_row_len(cfg.hidden_size), f) =>
+                {
                     Linear::from_quant(qtensor.clone(), f)?
                 }
                 _ => Linear::with_format(&embed_tokens.to_dense()?, None, format)?,
@@ -639,25 +642,10 @@ impl Qwen2Decoder {
     /// With `tie_word_embeddings` a checkpoint may still store `lm_head.weight` (transformers
     /// 5.x saves a copy); it is not read, as transformers ignores it too.
     pub fn tensor_names(cfg: &Qwen2Config) -> Vec<String> {
-        let mut names = vec!["model.embed_tokens.weight".to_string()];
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            for proj in ["q_proj", "k_proj", "v_proj"] {
-                names.push(format!("{p}.self_attn.{proj}.weight"));
-                names.push(format!("{p}.self_attn.{proj}.bias"));
-            }
-            names.push(format!("{p}.self_attn.o_proj.weight"));
-            for proj in ["gate_proj", "up_proj", "down_proj"] {
-                names.push(format!("{p}.mlp.{proj}.weight"));
-            }
-            names.push(format!("{p}.input_layernorm.weight"));
-            names.push(format!("{p}.post_attention_layernorm.weight"));
-        }
-        names.push("model.norm.weight".to_string());
-        if !cfg.tie_word_embeddings {
-            names.push("lm_head.weight".to_string());
-        }
-        names
+        tensor_parts(cfg)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// The configuration the model was loaded with.
@@ -914,7 +902,8 @@ impl Qwen2Decoder {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`crate::gemv`] use it).
+/// Runs `f` on a thread of rayon's pool (candle's CPU kernels and [`auris_kernels::gemv`] use
+/// it).
 ///
 /// A decode step runs about a hundred parallel products; called from outside the pool, each
 /// would park this thread until the pool finishes and wake it again. From inside, the pool's

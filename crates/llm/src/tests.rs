@@ -1008,3 +1008,57 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
 }
 
 mod steps;
+
+/// The size plan counts what the load keeps: the table's bytes, and the layers' and head's
+/// bytes a decode step reads, for tied and untied heads, rows that fit the blocks or not,
+/// bf16 and f32 reads, and every storage; a tied head the plan counts as shared holds the
+/// table's own blocks. A tied checkpoint's stored `lm_head.weight` (transformers' copy) is
+/// not read, so it is not counted.
+#[test]
+fn the_size_plan_counts_what_the_load_keeps() {
+    for base in [tiny_cfg(), storage_cfg()] {
+        for tied in [false, true] {
+            let cfg = Qwen2Config {
+                tie_word_embeddings: tied,
+                ..base.clone()
+            };
+            let w = weights(&cfg, 35);
+            let shapes: Vec<(String, Vec<usize>)> = w
+                .iter()
+                .map(|(k, t)| (k[PREFIX.len() + 1..].to_string(), t.dims().to_vec()))
+                .collect();
+            for read in [DType::BF16, DType::F32] {
+                let storages = std::iter::once(None).chain(WeightFormat::ALL.map(Some));
+                for storage in storages {
+                    let model = match storage {
+                        None => load(&cfg, &w, read),
+                        Some(f) => load_stored(&cfg, &w, read, f),
+                    };
+                    let plan = SizePlan::new(&cfg, read, storage);
+                    assert_eq!(plan.compute_dtype(), model.dtype());
+                    let bytes = plan.bytes(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice())));
+                    let what = format!("tied {tied}, h {}, {read:?}, {storage:?}", cfg.hidden_size);
+                    assert_eq!(bytes.embedding, model.embedding_bytes() as u64, "{what}");
+                    // A shared head reads the table.
+                    let head = match (tied, bytes.head) {
+                        (true, 0) => bytes.embedding,
+                        _ => bytes.head,
+                    };
+                    assert_eq!(
+                        bytes.layers + head,
+                        model.linear_weight_bytes() as u64,
+                        "{what}"
+                    );
+                    if tied && model.embedding_format().is_some() {
+                        assert_eq!(bytes.head == 0, model.head_shares_embedding(), "{what}");
+                    }
+                }
+            }
+        }
+    }
+    // candle converts a tensor to its own dtype, and makes a contiguous tensor contiguous,
+    // without a copy: what lets a float head share a table of its dtype.
+    let t = Tensor::zeros((3, 4), DType::BF16, &Device::Cpu).unwrap();
+    let same = t.to_dtype(DType::BF16).unwrap().contiguous().unwrap();
+    assert_eq!(t.id(), same.id());
+}

@@ -8,13 +8,14 @@
 //! the activations is `dx · (d · sc · Σ q·xq − dmin · m · Σ xq)`: the nibbles are unsigned, so
 //! `vpmaddubsw` takes them as they are, and `Σ xq` comes with the activation row.
 
+use crate::cpu::{Cpu, Feature};
 use crate::halfgemv::split_rows;
-use crate::qgemv::{IntIsa, QuantRow, BLOCK};
+use crate::qgemv::{QuantRow, BLOCK};
 
 /// Weights per super-block.
-pub(crate) const SUPER: usize = 256;
+pub const SUPER: usize = 256;
 /// Bytes per super-block.
-pub(crate) const SUPER_BYTES: usize = 144;
+pub const SUPER_BYTES: usize = 144;
 
 /// Sub-block `j`'s 6-bit scale and minimum (GGML's `get_scale_min_k4`).
 fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
@@ -45,21 +46,16 @@ fn factors(block: &[u8]) -> ([f32; 8], [f32; 8]) {
 }
 
 /// Computes `out = x · wᵀ (+ bias)` for `w` of `out.len()` rows of `q4_K` super-blocks,
-/// splitting the rows over the current rayon pool. Every SIMD level runs the AVX2 code (the
-/// dot has no VNNI form here); `Portable` the plain one.
+/// splitting the rows over the current rayon pool, with the features `cpu` allows (the tests
+/// run every level this CPU has). Every level with AVX2 runs the AVX2 code (the dot has no
+/// VNNI form here); the portable level the plain one.
 ///
 /// # Panics
 ///
 /// If `w` is not `out.len()` rows of `x.len() / 256` super-blocks, or `bias` is not
-/// `out.len()` long (callers check).
-pub(crate) fn q4k_gemv_at(
-    isa: IntIsa,
-    x: &QuantRow,
-    w: &[u8],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    let simd = isa != IntIsa::Portable && IntIsa::available().contains(&isa);
+/// `out.len()` long.
+pub fn q4k_gemv_at(cpu: Cpu, x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
+    let simd = cpu.has(Feature::Avx2);
     let row_bytes = x.scales.len() / (SUPER / BLOCK) * SUPER_BYTES;
     split_rows(row_bytes, w, bias, out, |w, out| {
         for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
@@ -71,16 +67,21 @@ pub(crate) fn q4k_gemv_at(
     });
 }
 
-/// [`q4k_gemv_at`] at the detected level.
-pub(crate) fn q4k_gemv(x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
-    q4k_gemv_at(IntIsa::detected(), x, w, bias, out);
+/// [`q4k_gemv_at`] with the features of this CPU.
+///
+/// # Panics
+///
+/// As [`q4k_gemv_at`].
+pub fn q4k_gemv(x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
+    q4k_gemv_at(Cpu::detected(), x, w, bias, out);
 }
 
+/// One row's dot; `simd` says a detected [`Cpu`] holds [`Feature::Avx2`].
 fn dot_row(simd: bool, x: &QuantRow, row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is only set when the CPU has AVX2, FMA and F16C (`IntIsa::available`
-        // lists no SIMD level otherwise); `row` holds one super-block per 8 activation blocks.
+        // SAFETY: `simd` is only set when the caller's `Cpu` holds AVX2, FMA and F16C; `row`
+        // holds one super-block per 8 activation blocks.
         return unsafe { avx2::dot(x, row) };
     }
     let _ = simd;
@@ -160,53 +161,46 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::values;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use crate::test_values::{check_q4k_against, values};
 
-    /// Our reading of the layout equals candle's `dequantize`, and the products at every
-    /// level equal the f64 product of the quantised activations and candle's dequantised
-    /// weights, on 1 to 3 threads.
-    #[test]
-    fn every_level_matches_candles_dequantised_weights() {
-        for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
-            let w = Tensor::from_vec(values(n * k, 3 + n as u64), (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-            let deq: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let bytes = q.data().unwrap();
-            let x = QuantRow::new(&values(k, 7 + k as u64));
-            for levels in [IntIsa::Portable, IntIsa::detected()] {
-                for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got = vec![f32::NAN; n];
-                    pool.install(|| q4k_gemv_at(levels, &x, &bytes, None, &mut got));
-                    for (j, &g) in got.iter().enumerate() {
-                        let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
-                            (0.0f64, 0.0f64),
-                            |(s, m), (i, &wv)| {
-                                let b = i / BLOCK;
-                                let xv = f64::from(x.qs[i]) * f64::from(x.scales[b]);
-                                let p = f64::from(wv) * xv;
-                                (s + p, m + p.abs())
-                            },
-                        );
-                        let tol = 1e-5 * mag.max(1.0);
-                        assert!(
-                            (f64::from(g) - e).abs() <= tol,
-                            "{levels:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
-                        );
-                    }
-                }
+    /// Random super-blocks: every byte pattern of the scales and nibbles is valid; `d` and
+    /// `dmin` kept finite and small.
+    fn blocks(n_blocks: usize, seed: u64) -> Vec<u8> {
+        let raw = values(n_blocks * SUPER_BYTES, seed);
+        let mut out: Vec<u8> = raw.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+        for (b, block) in out.chunks_exact_mut(SUPER_BYTES).enumerate() {
+            let d = half::f16::from_f32(0.001 + 0.0001 * (b % 5) as f32).to_bits();
+            let dmin = half::f16::from_f32(0.002 + 0.0001 * (b % 3) as f32).to_bits();
+            block[..2].copy_from_slice(&d.to_le_bytes());
+            block[2..4].copy_from_slice(&dmin.to_le_bytes());
+        }
+        out
+    }
+
+    /// A super-block's 256 weights by GGML's `dequantize_row_q4_K`, in f64.
+    fn dequantize(block: &[u8]) -> Vec<f64> {
+        let (d, dmin) = (f64::from(f16_at(block, 0)), f64::from(f16_at(block, 2)));
+        let mut w = Vec::with_capacity(SUPER);
+        for j in 0..4 {
+            let qs = &block[16 + 32 * j..16 + 32 * (j + 1)];
+            for (sub, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                let (sc, m) = scale_min(sub, &block[4..16]);
+                let (sc, m) = (d * f64::from(sc), dmin * f64::from(m));
+                w.extend(qs.iter().map(|&q| sc * f64::from((q >> shift) & 0xF) - m));
             }
+        }
+        w
+    }
+
+    /// The products at every level equal the f64 product of the quantised activations and the
+    /// dequantised weights, on 1 to 3 threads. (crates/llm checks this reading of the layout
+    /// against candle's own `q4_K` dequantisation.)
+    #[test]
+    fn every_level_matches_the_dequantised_product() {
+        for &(n, k) in &[(1, 256), (3, 512), (37, 768), (301, 1024)] {
+            let w = blocks(n * k / SUPER, 3 + n as u64);
+            let deq: Vec<f64> = w.chunks_exact(SUPER_BYTES).flat_map(dequantize).collect();
+            check_q4k_against(&w, &deq, n, k);
         }
     }
 }

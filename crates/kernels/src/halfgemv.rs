@@ -7,63 +7,28 @@
 //! nearly doubles the speed. llama.cpp's bf16 dot (`ggml/src/ggml-cpu/vec.cpp`) uses
 //! `vdpbf16ps` instead, which also rounds the activations to bf16; we keep them in f32.
 //!
-//! The instruction set is picked at run time ([`Isa::detected`]): AVX-512F (16 lanes), AVX2 +
-//! FMA + F16C (8 lanes), or portable code.
-
-use std::sync::OnceLock;
+//! The instruction set is picked at run time ([`Cpu`]): AVX-512F (16 lanes), AVX2 + FMA +
+//! F16C (8 lanes), or portable code.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use crate::cpu::{Cpu, Simd};
 
 /// Below this many weights a product runs on the calling thread: waking the pool would cost
 /// more than it saves.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
 /// Rows handled together by the SIMD kernels, so each activation load serves four rows.
-const ROW_BLOCK: usize = 4;
+pub(crate) const ROW_BLOCK: usize = 4;
 
 /// The half-precision encoding of a weight matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HalfKind {
+pub enum HalfKind {
+    /// bfloat16: the upper half of an f32.
     Bf16,
+    /// IEEE half precision.
     F16,
-}
-
-/// The instruction-set level a kernel runs at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    /// Plain Rust, any CPU.
-    Portable,
-    /// AVX2 + FMA + F16C.
-    Avx2,
-    /// AVX-512F (+ the AVX2 set).
-    Avx512,
-}
-
-impl Isa {
-    /// The best level this CPU supports (detected once).
-    pub(crate) fn detected() -> Isa {
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Portable))
-    }
-
-    /// Every level this CPU can run, from portable up.
-    pub(crate) fn available() -> Vec<Isa> {
-        let mut levels = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            if avx2 {
-                levels.push(Isa::Avx2);
-                if is_x86_feature_detected!("avx512f") {
-                    levels.push(Isa::Avx512);
-                }
-            }
-        }
-        levels
-    }
 }
 
 fn widen(kind: HalfKind, bits: u16) -> f32 {
@@ -73,43 +38,41 @@ fn widen(kind: HalfKind, bits: u16) -> f32 {
     }
 }
 
-/// Computes `out = x · widen(w)ᵀ (+ bias)` at the detected [`Isa`]; see [`gemv_half_at`].
-pub(crate) fn gemv_half(
-    kind: HalfKind,
-    x: &[f32],
-    w: &[u16],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    gemv_half_at(Isa::detected(), kind, x, w, bias, out);
-}
-
-/// Computes `out = x · widen(w)ᵀ (+ bias)` for `x` of length `k` and `w` of `out.len()` rows
-/// of `k` half-precision bit patterns, splitting the rows over the current rayon pool.
-///
-/// `isa` must be one of [`Isa::available`]; a level the CPU lacks runs the portable code.
+/// Computes `out = x · widen(w)ᵀ (+ bias)` with the features of this CPU; see
+/// [`gemv_half_at`].
 ///
 /// # Panics
 ///
-/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long (callers check).
-pub(crate) fn gemv_half_at(
-    isa: Isa,
+/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long.
+pub fn gemv_half(kind: HalfKind, x: &[f32], w: &[u16], bias: Option<&[f32]>, out: &mut [f32]) {
+    gemv_half_at(Cpu::detected(), kind, x, w, bias, out);
+}
+
+/// Computes `out = x · widen(w)ᵀ (+ bias)` for `x` of length `k` and `w` of `out.len()` rows
+/// of `k` half-precision bit patterns, splitting the rows over the current rayon pool, with
+/// the features `cpu` allows (the tests run every level this CPU has).
+///
+/// # Panics
+///
+/// If `w.len() != out.len() * x.len()` or `bias` is not `out.len()` long.
+pub fn gemv_half_at(
+    cpu: Cpu,
     kind: HalfKind,
     x: &[f32],
     w: &[u16],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let isa = if Isa::available().contains(&isa) {
-        isa
-    } else {
-        Isa::Portable
-    };
-    split_rows(x.len(), w, bias, out, |w, out| rows(isa, kind, x, w, out));
+    let simd = cpu.simd();
+    split_rows(x.len(), w, bias, out, |w, out| rows(simd, kind, x, w, out));
 }
 
 /// Splits the rows of `out = f(w)` (`w` holding `k` elements per row) over the rayon pool
 /// when the matrix is large enough, then adds `bias`.
+///
+/// # Panics
+///
+/// If `w.len() != out.len() * k` or `bias` is not `out.len()` long.
 pub(crate) fn split_rows<T: Sync>(
     k: usize,
     w: &[T],
@@ -140,21 +103,21 @@ pub(crate) fn split_rows<T: Sync>(
     }
 }
 
-/// The single-threaded product over a block of rows.
-fn rows(isa: Isa, kind: HalfKind, x: &[f32], w: &[u16], out: &mut [f32]) {
+/// The single-threaded product over a block of rows; `simd` is a detected [`Cpu`]'s.
+fn rows(simd: Simd, kind: HalfKind, x: &[f32], w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `isa` was checked against the CPU's features by the caller, and
-        // `w.len() == out.len() * x.len()` by `split_rows`.
-        match (isa, kind) {
-            (Isa::Avx512, HalfKind::Bf16) => return unsafe { bf16_pairs::rows_avx512(x, w, out) },
-            (Isa::Avx512, HalfKind::F16) => return unsafe { avx512::rows_f16(x, w, out) },
-            (Isa::Avx2, HalfKind::Bf16) => return unsafe { bf16_pairs::rows_avx2(x, w, out) },
-            (Isa::Avx2, HalfKind::F16) => return unsafe { avx2::rows_f16(x, w, out) },
-            (Isa::Portable, _) => {}
+        // SAFETY: `simd` comes from the caller's `Cpu`, which holds the features of the kernel
+        // taken; `w.len() == out.len() * x.len()` was checked by `split_rows`.
+        match (simd, kind) {
+            (Simd::Avx512, HalfKind::Bf16) => return unsafe { bf16_pairs::rows_avx512(x, w, out) },
+            (Simd::Avx512, HalfKind::F16) => return unsafe { avx512::rows_f16(x, w, out) },
+            (Simd::Avx2, HalfKind::Bf16) => return unsafe { bf16_pairs::rows_avx2(x, w, out) },
+            (Simd::Avx2, HalfKind::F16) => return unsafe { avx2::rows_f16(x, w, out) },
+            (Simd::Portable, _) => {}
         }
     }
-    let _ = isa;
+    let _ = simd;
     if x.is_empty() {
         out.fill(0.0);
         return;
@@ -453,7 +416,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::values;
+    use crate::cpu::tests::levels;
+    use crate::test_values::{assert_f32_sum_close, f64_product, values};
 
     fn to_bits(kind: HalfKind, w: &[f32]) -> Vec<u16> {
         w.iter()
@@ -464,40 +428,21 @@ mod tests {
             .collect()
     }
 
-    /// The product in f64 on the widened weights, and the magnitude summed per row.
-    fn reference(kind: HalfKind, x: &[f32], w: &[u16], bias: Option<&[f32]>) -> Vec<(f64, f64)> {
-        let k = x.len();
-        (0..w.len() / k.max(1))
-            .map(|j| {
-                let b = bias.map_or(0.0, |b| f64::from(b[j]));
-                let row = &w[j * k..(j + 1) * k];
-                x.iter().zip(row).fold((b, b.abs()), |(s, m), (&a, &wb)| {
-                    let p = f64::from(a) * f64::from(widen(kind, wb));
-                    (s + p, m + p.abs())
-                })
-            })
-            .collect()
-    }
-
-    fn check(isa: Isa, kind: HalfKind, k: usize, n: usize, threads: usize) {
+    fn check(cpu: Cpu, kind: HalfKind, k: usize, n: usize, threads: usize) {
         let x = values(k, 1 + k as u64);
         let w = to_bits(kind, &values(n * k, 2 + n as u64));
         let bias = (n % 2 == 1).then(|| values(n, 3));
-        let expect = reference(kind, &x, &w, bias.as_deref());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut got = vec![f32::NAN; n];
-        pool.install(|| gemv_half_at(isa, kind, &x, &w, bias.as_deref(), &mut got));
-        for (j, (&g, &(e, mag))) in got.iter().zip(&expect).enumerate() {
-            // f32 accumulation in another order than the f64 reference.
-            let tol = 4.0 * f64::from(f32::EPSILON) * mag.max(1.0) * (k as f64).sqrt().max(1.0);
-            assert!(
-                (f64::from(g) - e).abs() <= tol,
-                "{isa:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
-            );
-        }
+        pool.install(|| gemv_half_at(cpu, kind, &x, &w, bias.as_deref(), &mut got));
+        // The product in f64 on the widened weights.
+        let widened: Vec<f32> = w.iter().map(|&b| widen(kind, b)).collect();
+        let want = f64_product(&x, &widened, bias.as_deref());
+        let what = format!("{cpu:?} {kind:?} k={k} n={n} threads={threads}");
+        assert_f32_sum_close(&got, &want, k, &what);
     }
 
     #[test]
@@ -512,10 +457,10 @@ mod tests {
             (33, 17),
             (100, 7),
         ];
-        for isa in Isa::available() {
+        for cpu in levels() {
             for kind in [HalfKind::Bf16, HalfKind::F16] {
                 for &(k, n) in &sizes {
-                    check(isa, kind, k, n, 1);
+                    check(cpu, kind, k, n, 1);
                 }
             }
         }
@@ -523,26 +468,13 @@ mod tests {
 
     #[test]
     fn every_level_matches_when_split_over_threads() {
-        for isa in Isa::available() {
+        for cpu in levels() {
             for kind in [HalfKind::Bf16, HalfKind::F16] {
                 for threads in [1, 2, 3] {
-                    check(isa, kind, 257, 1023, threads);
-                    check(isa, kind, 896, 301, threads);
+                    check(cpu, kind, 257, 1023, threads);
+                    check(cpu, kind, 896, 301, threads);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn this_cpu_runs_its_best_level() {
-        // Guards the dispatch: on an AVX-512 machine the tests above must not all have run
-        // the portable code.
-        let levels = Isa::available();
-        assert_eq!(levels[0], Isa::Portable);
-        assert_eq!(Isa::detected(), *levels.last().unwrap());
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c") {
-            assert_eq!(Isa::detected(), Isa::Avx512);
         }
     }
 }

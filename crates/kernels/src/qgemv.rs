@@ -12,25 +12,26 @@
 //! AVX-VNNI / AVX512-VNNI), so a signed weight `w` times an activation `x` is computed as
 //! `|w| · (x · sign(w))`.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
+use crate::cpu::{Cpu, Feature};
 use crate::halfgemv::split_rows;
 
 /// Weights per block.
-pub(crate) const BLOCK: usize = 32;
+pub const BLOCK: usize = 32;
 
 /// A GGML block format with 32 weights per block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BlockKind {
+pub enum BlockKind {
+    /// An f16 scale and 32 `i8`.
     Q8_0,
+    /// An f16 scale and 32 four-bit values offset by 8.
     Q4_0,
 }
 
 impl BlockKind {
     /// Bytes per block: the f16 scale and the packed weights.
-    pub(crate) fn block_bytes(self) -> usize {
+    pub fn block_bytes(self) -> usize {
         match self {
             BlockKind::Q8_0 => 2 + BLOCK,
             BlockKind::Q4_0 => 2 + BLOCK / 2,
@@ -38,9 +39,9 @@ impl BlockKind {
     }
 }
 
-/// The instruction-set level of the integer dots.
+/// The instruction set of the integer dots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IntIsa {
+enum IntDot {
     /// Plain Rust, any CPU.
     Portable,
     /// AVX2 + FMA + F16C: `vpmaddubsw` + `vpmaddwd`.
@@ -51,56 +52,37 @@ pub(crate) enum IntIsa {
     Avx512Vnni,
 }
 
-impl IntIsa {
-    /// The best level this CPU supports (detected once).
-    pub(crate) fn detected() -> IntIsa {
-        static DETECTED: OnceLock<IntIsa> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            let levels = IntIsa::available();
-            // Prefer the VEX form where both exist: same instruction, shorter encoding.
-            if levels.contains(&IntIsa::AvxVnni) {
-                IntIsa::AvxVnni
-            } else {
-                levels.last().copied().unwrap_or(IntIsa::Portable)
-            }
-        })
-    }
-
-    /// Every level this CPU can run, from portable up.
-    pub(crate) fn available() -> Vec<IntIsa> {
-        let mut levels = vec![IntIsa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            if avx2 {
-                levels.push(IntIsa::Avx2);
-                if is_x86_feature_detected!("avxvnni") {
-                    levels.push(IntIsa::AvxVnni);
-                }
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                    levels.push(IntIsa::Avx512Vnni);
-                }
-            }
+impl IntDot {
+    /// The best dot `cpu` allows.
+    fn of(cpu: Cpu) -> IntDot {
+        // Prefer the VEX form where both exist: same instruction, shorter encoding.
+        if cpu.has(Feature::AvxVnni) {
+            IntDot::AvxVnni
+        } else if cpu.has(Feature::Avx512Vnni) {
+            IntDot::Avx512Vnni
+        } else if cpu.has(Feature::Avx2) {
+            IntDot::Avx2
+        } else {
+            IntDot::Portable
         }
-        levels
     }
 }
 
 /// An activation row quantised to `q8_0`-like blocks: 32 `i8` per block and an f32 scale
 /// (llama.cpp rounds the scale to f16; f32 costs nothing here and loses less).
 #[derive(Debug)]
-pub(crate) struct QuantRow {
-    pub(crate) qs: Vec<i8>,
-    pub(crate) scales: Vec<f32>,
+pub struct QuantRow {
+    /// The quantised values, [`BLOCK`] per block.
+    pub qs: Vec<i8>,
+    /// Each block's scale: a value is `scale * q`.
+    pub scales: Vec<f32>,
     /// Each block's sum of `qs`, for formats with a per-block minimum (`q4_K`).
-    pub(crate) sums: Vec<i32>,
+    pub sums: Vec<i32>,
 }
 
 impl QuantRow {
     /// Quantises `x` (length a multiple of [`BLOCK`]): `d = max|x| / 127`, `q = round(x / d)`.
-    pub(crate) fn new(x: &[f32]) -> QuantRow {
+    pub fn new(x: &[f32]) -> QuantRow {
         let mut qs = Vec::with_capacity(x.len());
         let mut scales = Vec::with_capacity(x.len() / BLOCK);
         for block in x.chunks_exact(BLOCK) {
@@ -119,38 +101,30 @@ impl QuantRow {
 }
 
 /// Computes `out = x · wᵀ (+ bias)` for `w` of `out.len()` rows of `GGML` blocks of `kind`,
-/// at the detected [`IntIsa`]; see [`qgemv_at`].
-pub(crate) fn qgemv(
-    kind: BlockKind,
-    x: &QuantRow,
-    w: &[u8],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    qgemv_at(IntIsa::detected(), kind, x, w, bias, out);
-}
-
-/// Computes `out = x · wᵀ (+ bias)`, splitting the rows over the current rayon pool.
-///
-/// `isa` must be one of [`IntIsa::available`]; a level the CPU lacks runs the portable code.
+/// with the features of this CPU; see [`qgemv_at`].
 ///
 /// # Panics
 ///
-/// If `w` is not `out.len()` rows of `x`'s block count, or `bias` not `out.len()` long
-/// (callers check).
-pub(crate) fn qgemv_at(
-    isa: IntIsa,
+/// If `w` is not `out.len()` rows of `x`'s block count, or `bias` not `out.len()` long.
+pub fn qgemv(kind: BlockKind, x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
+    qgemv_at(Cpu::detected(), kind, x, w, bias, out);
+}
+
+/// Computes `out = x · wᵀ (+ bias)`, splitting the rows over the current rayon pool, with the
+/// features `cpu` allows (the tests run every level this CPU has).
+///
+/// # Panics
+///
+/// If `w` is not `out.len()` rows of `x`'s block count, or `bias` not `out.len()` long.
+pub fn qgemv_at(
+    cpu: Cpu,
     kind: BlockKind,
     x: &QuantRow,
     w: &[u8],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let isa = if IntIsa::available().contains(&isa) {
-        isa
-    } else {
-        IntIsa::Portable
-    };
+    let isa = IntDot::of(cpu);
     let row_bytes = x.scales.len() * kind.block_bytes();
     split_rows(row_bytes, w, bias, out, |w, out| {
         for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
@@ -162,17 +136,18 @@ pub(crate) fn qgemv_at(
     });
 }
 
-fn dot_row(isa: IntIsa, kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
+/// One row's dot; `isa` is a detected [`Cpu`]'s.
+fn dot_row(isa: IntDot, kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `isa` was checked against the CPU's features by the caller, and `row` holds
-        // one block per activation block.
+        // SAFETY: `isa` comes from the caller's `Cpu`, which holds the features of the kernel
+        // taken, and `row` holds one block per activation block.
         unsafe {
             match isa {
-                IntIsa::Avx2 => return x86::dot_avx2(kind, x, row),
-                IntIsa::AvxVnni => return x86::dot_avxvnni(kind, x, row),
-                IntIsa::Avx512Vnni => return x86::dot_avx512vnni(kind, x, row),
-                IntIsa::Portable => {}
+                IntDot::Avx2 => return x86::dot_avx2(kind, x, row),
+                IntDot::AvxVnni => return x86::dot_avxvnni(kind, x, row),
+                IntDot::Avx512Vnni => return x86::dot_avx512vnni(kind, x, row),
+                IntDot::Portable => {}
             }
         }
     }
@@ -201,7 +176,7 @@ fn unpack(kind: BlockKind, block: &[u8]) -> [i8; BLOCK] {
 
 /// GGML blocks of `kind` dequantised to f32, split over the rayon pool (a multi-row
 /// product's weight chunk).
-pub(crate) fn dequantize_par(kind: BlockKind, blocks: &[u8]) -> Vec<f32> {
+pub fn dequantize_par(kind: BlockKind, blocks: &[u8]) -> Vec<f32> {
     const BLOCKS_PER_TASK: usize = 2048;
     let bytes = kind.block_bytes();
     let mut out = vec![0.0f32; blocks.len() / bytes * BLOCK];
@@ -346,6 +321,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::tests::levels;
     use crate::test_values::values;
 
     /// Random GGML blocks: every byte pattern is a valid weight; scales kept finite.
@@ -382,7 +358,7 @@ mod tests {
             .collect()
     }
 
-    fn check(isa: IntIsa, kind: BlockKind, k: usize, n: usize, threads: usize) {
+    fn check(cpu: Cpu, kind: BlockKind, k: usize, n: usize, threads: usize) {
         let x = QuantRow::new(&values(k, 5 + k as u64));
         let w = blocks(kind, n * k / BLOCK, 9 + n as u64);
         let bias = (n % 2 == 1).then(|| values(n, 3));
@@ -391,28 +367,28 @@ mod tests {
             .build()
             .unwrap();
         let mut got = vec![f32::NAN; n];
-        pool.install(|| qgemv_at(isa, kind, &x, &w, bias.as_deref(), &mut got));
+        pool.install(|| qgemv_at(cpu, kind, &x, &w, bias.as_deref(), &mut got));
         for (j, (&g, e)) in got.iter().zip(reference(kind, &x, &w, n)).enumerate() {
             let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
             // Integer dots are exact; only the f32 sum of k / 32 scaled blocks rounds.
             let tol = 1e-5 * e.abs().max(1.0);
             assert!(
                 (f64::from(g) - e).abs() <= tol,
-                "{isa:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
+                "{cpu:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
             );
         }
     }
 
     #[test]
     fn every_level_matches_the_exact_product() {
-        for isa in IntIsa::available() {
+        for cpu in levels() {
             for kind in [BlockKind::Q8_0, BlockKind::Q4_0] {
                 for &(k, n) in &[(32, 1), (32, 3), (64, 5), (96, 7), (320, 9)] {
-                    check(isa, kind, k, n, 1);
+                    check(cpu, kind, k, n, 1);
                 }
                 for threads in [1, 2, 3] {
-                    check(isa, kind, 896, 301, threads);
-                    check(isa, kind, 256, 1023, threads);
+                    check(cpu, kind, 896, 301, threads);
+                    check(cpu, kind, 256, 1023, threads);
                 }
             }
         }
