@@ -112,8 +112,10 @@ pub fn window_tokens(valid_frames: impl IntoIterator<Item = usize>) -> Vec<usize
         .collect()
 }
 
-/// Tokens `policy` keeps over windows of `tokens` audio tokens each; `None` when the policy
-/// keeps nothing in some window (segmentwise with the remainder dropped and `K < S`).
+/// Tokens `policy` keeps over selections (windows, or whole inputs; see
+/// [`crate::family::SelectionScope::selection_lengths`]) of `tokens` audio tokens each; `None`
+/// when the policy keeps nothing in some selection (segmentwise with the remainder dropped and
+/// `K < S`).
 pub fn kept_tokens(tokens: &[usize], policy: &Policy) -> Option<usize> {
     let mut total = 0;
     let mut last: Option<(usize, usize)> = None;
@@ -186,7 +188,8 @@ fn largest_keep(
 /// The policy a request runs with: `policy` when its prompt fits, else (with `fit.fit` or a
 /// `max_audio_tokens`) the largest keep ratio that fits, or an [`Error::ContextOverflow`].
 ///
-/// `tokens` are the audio tokens of each window, `text_tokens` the prompt's other tokens.
+/// `tokens` are the audio tokens of each selection (each window, or each whole input under
+/// [`crate::family::SelectionScope::WholeInput`]), `text_tokens` the prompt's other tokens.
 pub fn plan(
     tokens: &[usize],
     text_tokens: usize,
@@ -377,5 +380,26 @@ mod tests {
             ..policy
         };
         assert_eq!(kept_tokens(&[FULL], &tiny), None);
+    }
+
+    /// Over the whole input the budget counts one selection of the windows' sum: segmentwise
+    /// with the remainder dropped keeps `S * floor(K / S)` of 1050, not of 750 and of 300.
+    #[test]
+    fn whole_input_counts_one_selection() {
+        use crate::family::SelectionScope;
+        let policy = Policy::new(
+            Strategy::Segmentwise {
+                segments: 16,
+                remainder: Remainder::Drop,
+            },
+            0.25,
+        )
+        .unwrap();
+        let windows = [750, 300];
+        let count =
+            |scope: SelectionScope| kept_tokens(&scope.selection_lengths(&windows), &policy);
+        // K = 188 and 75 per window (176 + 64 kept); K = 263 over both (256 kept).
+        assert_eq!(count(SelectionScope::PerWindow), Some(176 + 64));
+        assert_eq!(count(SelectionScope::WholeInput), Some(256));
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::report::AsrReport;
 use super::wer::ErrorCount;
+use auris::family::SelectionScope;
 use auris::pipeline::select_tokens;
 use auris::Error;
 use auris_whisper::{EncodedClip, Transcriber};
@@ -274,15 +275,18 @@ fn prune_frames(
                 hidden: encoded.hidden.narrow(0, 0, a)?,
                 scores,
             };
-            let kept = select_tokens(std::slice::from_ref(&speech), policy)?.rows;
+            let kept = select_tokens(std::slice::from_ref(&speech), policy, ONE_WINDOW)?.rows;
             Ok(candle_core::Tensor::cat(
                 &[&kept, &encoded.hidden.narrow(0, a, n - a)?],
                 0,
             )?)
         }
-        _ => Ok(select_tokens(std::slice::from_ref(encoded), policy)?.rows),
+        _ => Ok(select_tokens(std::slice::from_ref(encoded), policy, ONE_WINDOW)?.rows),
     }
 }
+
+/// Whisper clips are one window, where both selection scopes select the same.
+const ONE_WINDOW: SelectionScope = SelectionScope::PerWindow;
 
 /// Encoder positions covering `samples` of 16 kHz audio (the conv stem's output length).
 fn audio_positions(samples: usize) -> usize {

@@ -15,7 +15,7 @@
 
 use tokenizers::Tokenizer;
 
-use super::{AudioMarkup, Family, ProcessorStrings, ProjectorKind};
+use super::{AudioMarkup, Family, ProcessorStrings, ProjectorKind, SelectionScope};
 use crate::config::ModelConfig;
 
 /// The audio placeholder string (`AudioFlamingo3Processor`'s `audio_token` default).
@@ -73,6 +73,12 @@ impl Family for AudioFlamingo3 {
     /// Every published Audio Flamingo 3 checkpoint is instruction-tuned.
     fn chats_without_template(&self, _name: &str, _tokenizer: &Tokenizer) -> bool {
         true
+    }
+
+    fn selection_scope(&self) -> SelectionScope {
+        // transformers' `AudioFlamingo3ForConditionalGeneration` places every window's tokens
+        // in one `<sound>` run and its pruning reference selects over that run.
+        SelectionScope::WholeInput
     }
 
     fn caption_instruction(&self, _chat: bool) -> &'static str {

@@ -13,6 +13,7 @@
 //! | span around the placeholder | `<\|audio_bos\|>` … `<\|audio_eos\|>` | none |
 //! | chat template without one in the checkpoint | the processor's built-in ChatML one, for a model named `*Instruct*` | the one transformers' conversion script writes |
 //! | base prompt | placeholder span, then the instruction | placeholder, then the instruction |
+//! | pruning selects over ([`SelectionScope`]) | each 30 s window | the whole audio input |
 //!
 //! Both keep their weights under the same roots ([`HF_LAYOUT`]) and stop on `<|im_end|>` and
 //! `<|endoftext|>` unless `generation_config.json` says otherwise. The placeholder strings are
@@ -110,6 +111,30 @@ impl AudioMarkup {
     }
 }
 
+/// Which audio tokens one pruning selection ranks against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectionScope {
+    /// Each 30 s window on its own, with its own budget (Qwen2-Audio: its processor keeps one
+    /// window, and per-window selection lets long audio stream holding one window's rows).
+    PerWindow,
+    /// All windows of one audio input concatenated in time order, one budget over them (Audio
+    /// Flamingo 3: transformers feeds every window's tokens to the model as one `<sound>`
+    /// run). The input's encoder rows are held until its last window is encoded.
+    WholeInput,
+}
+
+impl SelectionScope {
+    /// The token counts one input's selections run over, from its windows' counts: the
+    /// windows' own under [`SelectionScope::PerWindow`], their sum under
+    /// [`SelectionScope::WholeInput`].
+    pub fn selection_lengths(self, window_tokens: &[usize]) -> Vec<usize> {
+        match self {
+            SelectionScope::PerWindow => window_tokens.to_vec(),
+            SelectionScope::WholeInput => vec![window_tokens.iter().sum()],
+        }
+    }
+}
+
 /// One model family: what a Qwen2-Audio-like checkpoint of that kind needs besides the shared
 /// encoder and decoder code. Implementations are unit types listed in [`FAMILIES`].
 pub trait Family: Sync + fmt::Debug {
@@ -144,6 +169,10 @@ pub trait Family: Sync + fmt::Debug {
 
     /// The instruction `caption` uses when the user gives none, for a chat model or a base one.
     fn caption_instruction(&self, chat: bool) -> &'static str;
+
+    /// Which tokens one pruning selection ranks together: each window, or the whole input as
+    /// the family's reference implementation sees it.
+    fn selection_scope(&self) -> SelectionScope;
 
     /// Tokens that end generation when neither `generation_config.json` nor the text config
     /// names any, looked up in the tokenizer.

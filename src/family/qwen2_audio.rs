@@ -5,7 +5,7 @@
 
 use tokenizers::Tokenizer;
 
-use super::{AudioMarkup, Family, ProcessorStrings, ProjectorKind};
+use super::{AudioMarkup, Family, ProcessorStrings, ProjectorKind, SelectionScope};
 use crate::config::ModelConfig;
 
 /// The audio placeholder string.
@@ -73,6 +73,12 @@ impl Family for Qwen2Audio {
     /// and only when its tokenizer has ChatML's `<|im_start|>`.
     fn chats_without_template(&self, name: &str, tokenizer: &Tokenizer) -> bool {
         name.to_lowercase().contains("instruct") && tokenizer.token_to_id("<|im_start|>").is_some()
+    }
+
+    fn selection_scope(&self) -> SelectionScope {
+        // The processor keeps one 30 s window; auris prunes each window of longer audio on
+        // its own.
+        SelectionScope::PerWindow
     }
 
     fn caption_instruction(&self, chat: bool) -> &'static str {

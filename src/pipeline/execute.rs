@@ -4,9 +4,10 @@
 //! 1. measure each input: the audio tokens of each of its windows ([`Measured`]), by scanning
 //!    a file or upload without keeping its samples, or from audio already decoded;
 //! 2. plan: render and tokenize the prompt, and fit all inputs' windows to the model's context
-//!    with one [`crate::budget::plan`] (the policy it returns is applied to every input);
+//!    with one [`crate::budget::plan`] (the policy it returns is applied to every input),
+//!    counting kept tokens per selection in the family's [`crate::family::SelectionScope`];
 //! 3. gather each input's kept audio tokens, streaming window by window (decode, log-mel,
-//!    encoder, selection) unless the input was encoded beforehand or is kept for an inspection;
+//!    encoder, selection per window or once at the input's end) unless the input was encoded beforehand or is kept for an inspection;
 //! 4. project, merge every input into its placeholder span ([`Pipeline::merge_embeddings`]),
 //!    prefill, and answer as the [`Task`] asks.
 
@@ -162,8 +163,14 @@ impl Pipeline {
         let text = prompt::expand(&ids, &vec![0; counts.len()], &self.special)?
             .ids
             .len();
+        // The budget counts kept tokens per selection: per window, or per whole input.
+        let scope = self.family.selection_scope();
+        let lengths: Vec<usize> = counts
+            .iter()
+            .flat_map(|c| scope.selection_lengths(c))
+            .collect();
         let (policy, context) = crate::budget::plan(
-            &counts.concat(),
+            &lengths,
             text,
             request.generate.max_new_tokens,
             self.context_length(),

@@ -266,10 +266,11 @@ impl Pipeline {
         Ok(self.encoder.forward(mel, EncodeOptions { scores, mode })?)
     }
 
-    /// Applies `policy` to each window on its own and gathers the kept encoder rows in time
-    /// order; kept indices count tokens across windows.
+    /// Applies `policy` to the windows of one input in the family's
+    /// [`crate::family::SelectionScope`] and gathers the kept encoder rows in time order; kept
+    /// indices count tokens across windows.
     pub fn select(&self, encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
-        select_tokens(encoded, policy)
+        select_tokens(encoded, policy, self.family.selection_scope())
     }
 
     /// Projects the kept encoder rows into the language model's embedding space.

@@ -1,8 +1,14 @@
 //! Long audio in bounded memory: decode, resample, log-mel, encode and prune one 30 s window
 //! at a time, keeping only the kept encoder rows.
 //!
-//! Every pruning strategy selects inside each window on its own ([`auris_prune::select_window`]),
-//! so a window's unkept rows can go as soon as it is encoded. What a request holds, besides
+//! Under [`crate::family::SelectionScope::PerWindow`] (Qwen2-Audio) every pruning strategy
+//! selects inside each window on its own ([`auris_prune::select_window`]), so a window's unkept
+//! rows can go as soon as it is encoded. Under [`crate::family::SelectionScope::WholeInput`]
+//! (Audio Flamingo 3, as its reference) the selection ranks every window's tokens together, so
+//! the input's encoder rows are all held until its last window is encoded (`d_audio` floats a
+//! token: 3.8 MB per 30 s window for `d_model` 1280 in `f32`), then the unkept ones go; the
+//! samples, log-mel and encoder working tensors are still one window's. What a request holds
+//! per window, besides
 //! the model: one window of samples (480 000 `f32`), its log-mel and the encoder's working
 //! tensors, one score per audio token of the whole file (4 bytes a token, the
 //! [`AudioTokens::scores`] a response reports) and the kept rows. Per strategy:
@@ -65,7 +71,7 @@ impl Pipeline {
         scores: bool,
         timings: &mut Timings,
     ) -> Result<AudioTokens, Error> {
-        let mut gatherer = TokenGatherer::new(*policy);
+        let mut gatherer = TokenGatherer::new(*policy, self.family.selection_scope());
         loop {
             let start = Instant::now();
             let Some(samples) = reader.next_window()? else {

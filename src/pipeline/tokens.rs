@@ -1,11 +1,12 @@
 //! From the encoder's output and attention scores to the audio tokens the language model
-//! sees: each window pruned on its own with [`auris_prune::select_window`], the kept rows
-//! gathered in time order.
+//! sees: each window pruned on its own with [`auris_prune::select_window`], or every window of
+//! the input together (the family's [`SelectionScope`]), the kept rows gathered in time order.
 
 use auris_audio::encoder::EncoderOutput;
 use auris_prune::{Policy, Strategy, WindowInput};
 use candle_core::{DType, Tensor};
 
+use crate::family::SelectionScope;
 use crate::Error;
 
 /// The audio tokens handed to the language model, after pruning.
@@ -21,41 +22,54 @@ pub struct AudioTokens {
     pub scores: Option<Vec<f32>>,
 }
 
-/// Applies `policy` to each window on its own and gathers the kept encoder rows in time
-/// order; kept indices count tokens across windows.
-pub fn select_tokens(encoded: &[EncoderOutput], policy: &Policy) -> Result<AudioTokens, Error> {
-    let mut gatherer = TokenGatherer::new(*policy);
+/// Applies `policy` to the windows of one input in `scope` (each window on its own, or all
+/// together) and gathers the kept encoder rows in time order; kept indices count tokens
+/// across windows.
+pub fn select_tokens(
+    encoded: &[EncoderOutput],
+    policy: &Policy,
+    scope: SelectionScope,
+) -> Result<AudioTokens, Error> {
+    let mut gatherer = TokenGatherer::new(*policy, scope);
     for window in encoded {
         gatherer.push(window)?;
     }
     gatherer.finish()
 }
 
-/// Kept audio tokens gathered one encoded window at a time: selects inside the window, keeps
-/// its kept rows and drops the rest. [`select_tokens`] is this over windows encoded up front.
+/// Kept audio tokens gathered one encoded window at a time. Per window, it selects inside the
+/// window, keeps its kept rows and drops the rest; over the whole input, it keeps every
+/// window's rows until [`TokenGatherer::finish`] selects once over their concatenation.
+/// [`select_tokens`] is this over windows encoded up front.
 pub struct TokenGatherer {
     policy: Policy,
+    scope: SelectionScope,
     windows: usize,
     n_audio_tokens: usize,
     rows: Vec<Tensor>,
+    /// Under [`SelectionScope::WholeInput`] with pruning: every window's rows, unselected.
+    pending: Vec<Tensor>,
     kept_indices: Vec<usize>,
     scores: Option<Vec<f32>>,
 }
 
 impl TokenGatherer {
-    /// A gatherer applying `policy` to each window.
-    pub fn new(policy: Policy) -> Self {
+    /// A gatherer applying `policy` in `scope`.
+    pub fn new(policy: Policy, scope: SelectionScope) -> Self {
         Self {
             policy,
+            scope,
             windows: 0,
             n_audio_tokens: 0,
             rows: Vec::new(),
+            pending: Vec::new(),
             kept_indices: Vec::new(),
             scores: Some(Vec::new()),
         }
     }
 
-    /// Selects the kept tokens of the next window and keeps their rows.
+    /// Selects the kept tokens of the next window and keeps their rows (or, selecting over the
+    /// whole input, keeps all its rows for [`TokenGatherer::finish`]).
     pub fn push(&mut self, window: &EncoderOutput) -> Result<(), Error> {
         let n = window.len();
         match (&mut self.scores, &window.scores) {
@@ -72,8 +86,10 @@ impl TokenGatherer {
         if matches!(self.policy.strategy, Strategy::None) {
             self.rows.push(window.hidden.clone());
             self.kept_indices.extend(offset..offset + n);
+        } else if self.scope == SelectionScope::WholeInput {
+            self.pending.push(window.hidden.clone());
         } else {
-            let selection = self.select(window)?;
+            let selection = self.select(window, self.windows)?;
             let local = auris_prune::global_indices(&[n], std::slice::from_ref(&selection))?;
             self.kept_indices.extend(local.iter().map(|&i| offset + i));
             self.rows.push(gather_rows(window, &selection)?);
@@ -83,7 +99,8 @@ impl TokenGatherer {
         Ok(())
     }
 
-    fn select(&self, window: &EncoderOutput) -> Result<auris_prune::Selection, Error> {
+    /// `policy`'s selection in `window`, the input's window `w` (which seeds `Random`).
+    fn select(&self, window: &EncoderOutput, w: usize) -> Result<auris_prune::Selection, Error> {
         let scores = window.scores.as_deref().ok_or(Error::Invariant(
             "pruning needs the encoder's attention scores",
         ))?;
@@ -101,15 +118,23 @@ impl TokenGatherer {
             Some(v) => WindowInput::with_vectors(scores, v, window.hidden.dim(1)?),
             None => WindowInput::new(scores),
         };
-        Ok(auris_prune::select_window(
-            &self.policy,
-            self.windows,
-            &input,
-        )?)
+        Ok(auris_prune::select_window(&self.policy, w, &input)?)
     }
 
-    /// The kept rows of every window pushed, in time order.
-    pub fn finish(self) -> Result<AudioTokens, Error> {
+    /// The kept rows of every window pushed, in time order; over the whole input, the one
+    /// selection over every window's tokens (as window 0 of a one-window input).
+    pub fn finish(mut self) -> Result<AudioTokens, Error> {
+        if !self.pending.is_empty() {
+            let whole = EncoderOutput {
+                hidden: Tensor::cat(&self.pending, 0)?,
+                scores: self.scores.clone(),
+            };
+            self.pending.clear();
+            let selection = self.select(&whole, 0)?;
+            self.kept_indices =
+                auris_prune::global_indices(&[whole.len()], std::slice::from_ref(&selection))?;
+            self.rows.push(gather_rows(&whole, &selection)?);
+        }
         Ok(AudioTokens {
             rows: Tensor::cat(&self.rows, 0)?,
             n_audio_tokens: self.n_audio_tokens,
@@ -189,7 +214,7 @@ mod tests {
     }
 
     fn streamed(policy: &Policy, windows: &[EncoderOutput]) -> Result<AudioTokens, Error> {
-        let mut gatherer = TokenGatherer::new(*policy);
+        let mut gatherer = TokenGatherer::new(*policy, SelectionScope::PerWindow);
         for w in windows {
             gatherer.push(w)?;
         }
@@ -248,6 +273,52 @@ mod tests {
             }
         }
         assert!(compared > 100, "only {compared} selections compared");
+    }
+
+    /// Over the whole input, the gatherer's one selection equals the prune crate's selection
+    /// over the windows' concatenated scores (and rows), as one window.
+    #[test]
+    fn whole_input_selection_equals_one_selection_over_the_concatenation() {
+        let strategies = [
+            Strategy::default(),
+            Strategy::TopK,
+            Strategy::Random { seed: 5 },
+            Strategy::VisionZip {
+                contextual_share: 0.18,
+            },
+        ];
+        let layouts: [&[usize]; 3] = [&[750, 300], &[3, 750, 0, 400], &[40; 7]];
+        for lengths in layouts {
+            let windows: Vec<EncoderOutput> = lengths
+                .iter()
+                .enumerate()
+                .map(|(w, &n)| window(n, 6, w))
+                .collect();
+            let hidden: Vec<&Tensor> = windows.iter().map(|w| &w.hidden).collect();
+            let whole = EncoderOutput {
+                hidden: Tensor::cat(&hidden, 0).unwrap(),
+                scores: Some(
+                    windows
+                        .iter()
+                        .flat_map(|w| w.scores.clone().unwrap())
+                        .collect(),
+                ),
+            };
+            for strategy in strategies {
+                let policy = Policy::new(strategy, 0.25).unwrap();
+                let what = format!("{strategy:?} windows {lengths:?}");
+                let (kept, rows) = batch(&policy, std::slice::from_ref(&whole)).unwrap();
+                let tokens = select_tokens(&windows, &policy, SelectionScope::WholeInput).unwrap();
+                assert_eq!(tokens.kept_indices, kept, "{what}");
+                let got: Vec<f32> = tokens.rows.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(got, rows, "{what}");
+                assert_eq!(tokens.n_audio_tokens, whole.len(), "{what}");
+                let per_window = select_tokens(&windows, &policy, SelectionScope::PerWindow);
+                if lengths.len() > 1 && !matches!(strategy, Strategy::Random { .. }) {
+                    assert_ne!(per_window.unwrap().kept_indices, kept, "{what}");
+                }
+            }
+        }
     }
 
     #[test]
