@@ -182,6 +182,15 @@ mod tests {
         }
     }
 
+    /// Windows of `lengths` tokens of width 6.
+    fn windows_of(lengths: &[usize]) -> Vec<EncoderOutput> {
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(w, &n)| window(n, 6, w))
+            .collect()
+    }
+
     /// The prune crate's batch selection over all windows at once, and the rows it keeps.
     fn batch(policy: &Policy, windows: &[EncoderOutput]) -> Result<(Vec<usize>, Vec<f32>), Error> {
         let vectors: Vec<Vec<f32>> = windows
@@ -241,11 +250,7 @@ mod tests {
         let layouts: [&[usize]; 4] = [&[750], &[750, 750, 12], &[3, 750, 1, 400], &[40; 7]];
         let mut compared = 0;
         for lengths in layouts {
-            let windows: Vec<EncoderOutput> = lengths
-                .iter()
-                .enumerate()
-                .map(|(w, &n)| window(n, 6, w))
-                .collect();
+            let windows = windows_of(lengths);
             for strategy in strategies {
                 for keep in [1.0, 0.5, 0.25, 0.013] {
                     let policy = Policy::new(strategy, keep).unwrap();
@@ -289,11 +294,7 @@ mod tests {
         ];
         let layouts: [&[usize]; 3] = [&[750, 300], &[3, 750, 0, 400], &[40; 7]];
         for lengths in layouts {
-            let windows: Vec<EncoderOutput> = lengths
-                .iter()
-                .enumerate()
-                .map(|(w, &n)| window(n, 6, w))
-                .collect();
+            let windows = windows_of(lengths);
             let hidden: Vec<&Tensor> = windows.iter().map(|w| &w.hidden).collect();
             let whole = EncoderOutput {
                 hidden: Tensor::cat(&hidden, 0).unwrap(),
