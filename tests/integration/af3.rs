@@ -171,14 +171,8 @@ fn af3_cli_strategies_formats_and_fit_context() {
         caption_json(model, &long, &[&["--max-new-tokens", "2"], extra].concat())
     };
     let dir = model_dir("tiny-af3");
-    for strategy in [
-        "segmentwise",
-        "topk",
-        "bottomk",
-        "random",
-        "uniform",
-        "visionzip",
-    ] {
+    // Every pruning strategy auris-prune names.
+    for &strategy in auris_prune::STRATEGY_NAMES.iter().filter(|&&n| n != "none") {
         let json = caption(&dir, &["--prune", strategy, "--keep", "0.25"]);
         assert_eq!(json["n_audio_tokens"], 1050, "{strategy}");
         // One selection over both windows: a quarter of 1050 (per window it would also be
