@@ -124,6 +124,10 @@ pub enum Error {
     /// The model would not fit the memory available (checked before any weight is read).
     #[error("{0}")]
     InsufficientMemory(Box<memory::Shortfall>),
+    /// One sequence fits the memory available, but not as many as were asked to be served at
+    /// the same time (checked before any weight is read).
+    #[error("{0}")]
+    TooManySequences(Box<memory::SequenceShortfall>),
     /// The prompt an audio file produces does not fit the model's positions.
     #[error("{0}")]
     ContextOverflow(Box<crate::budget::Overflow>),

@@ -7,7 +7,8 @@
 //!   language model's [`SizePlan`] (which tensors it reads, the format each gets, a tied head
 //!   shared or copied, the memory a tensor passes through while being quantised) and the
 //!   encoder's list of tensors with the dtype each is kept in ([`auris_audio::plan`]);
-//! - the KV cache of the language model for the requested context, in the compute dtype;
+//! - the KV cache of the language model for the requested context, in the compute dtype, once
+//!   per sequence served at the same time ([`Footprint::total_for`]; a server runs several);
 //! - the largest transient buffers of one request: an encoder layer's attention probabilities
 //!   over a 30 s window, the prefill's attention scores and MLP activations, and one weight
 //!   matrix widened to f32 for a multi-row product when weights are not stored in f32;
@@ -35,16 +36,37 @@ const OVERHEAD_BYTES: u64 = 300 << 20;
 pub struct Footprint {
     /// Weights as stored after loading.
     pub weights: u64,
-    /// The language model's KV cache for the requested context.
+    /// The language model's KV cache of one sequence for the requested context.
     pub kv_cache: u64,
     /// Transient activations and widened weights of one request.
     pub activations: u64,
 }
 
 impl Footprint {
-    /// Everything, with the fixed overhead.
+    /// Everything, with the fixed overhead, serving one sequence.
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.activations + OVERHEAD_BYTES
+        self.total_for(1)
+    }
+
+    /// Everything, with the fixed overhead, serving `sequences` sequences at the same time:
+    /// one KV cache each. The transient buffers are counted once: the sequences share one
+    /// model thread, which runs one request's encoder or prefill chunk at a time, and their
+    /// decode rows are a few vectors each.
+    pub fn total_for(&self, sequences: usize) -> u64 {
+        (self.weights + self.activations + OVERHEAD_BYTES)
+            .saturating_add(self.kv_cache.saturating_mul(sequences as u64))
+    }
+
+    /// The most sequences whose KV caches fit in `available` bytes beside everything else
+    /// (0: not even one).
+    pub fn sequences_within(&self, available: u64) -> usize {
+        let Some(room) = available.checked_sub(self.total_for(0)) else {
+            return 0;
+        };
+        match room.checked_div(self.kv_cache) {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => usize::MAX,
+        }
     }
 }
 
@@ -228,6 +250,46 @@ impl fmt::Display for Shortfall {
     }
 }
 
+/// A load refused by the memory check because the KV caches of the sequences it should serve
+/// at the same time do not fit, though fewer would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceShortfall {
+    /// The model's name.
+    pub model: String,
+    /// Sequences asked for.
+    pub asked: usize,
+    /// Sequences that fit (at least one).
+    pub fit: usize,
+    /// Estimated resident bytes with `asked` sequences.
+    pub needed: u64,
+    /// The KV cache of one sequence.
+    pub per_sequence: u64,
+    /// The memory the system can give.
+    pub available: Available,
+}
+
+impl SequenceShortfall {
+    /// The shortfall in one sentence, naming the sequences asked for as `asked`.
+    pub fn describe(&self, asked: &str) -> String {
+        format!(
+            "{} with {asked} needs about {} (a KV cache of {} per sequence); {} {}: {} \
+             sequences fit",
+            self.model,
+            gb(self.needed),
+            gb(self.per_sequence),
+            gb(self.available.bytes),
+            self.available.source,
+            self.fit
+        )
+    }
+}
+
+impl fmt::Display for SequenceShortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(&format!("{} sequences at once", self.asked)))
+    }
+}
+
 /// Memory the process can still use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Available {
@@ -368,6 +430,25 @@ mod tests {
         assert_eq!(d.activations(100, 7), encoder + 7);
         // A long prompt: the prefill's scores grow with it (one chunk of rows at a time).
         assert!(d.activations(4000, 0) > encoder);
+    }
+
+    #[test]
+    fn each_sequence_adds_one_kv_cache() {
+        let f = Footprint {
+            weights: 1000,
+            kv_cache: 10,
+            activations: 100,
+        };
+        let base = 1100 + OVERHEAD_BYTES;
+        assert_eq!(f.total(), base + 10);
+        assert_eq!(f.total_for(8), base + 80);
+        assert_eq!(f.total_for(usize::MAX), u64::MAX);
+        assert_eq!(f.sequences_within(base - 1), 0);
+        assert_eq!(f.sequences_within(base + 9), 0);
+        assert_eq!(f.sequences_within(base + 10), 1);
+        assert_eq!(f.sequences_within(base + 85), 8);
+        let no_cache = Footprint { kv_cache: 0, ..f };
+        assert_eq!(no_cache.sequences_within(base), usize::MAX);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub(super) enum Command {
     /// The model, pruning and generation options are the defaults of every request; a request
     /// may override max_tokens, temperature, top_p, seed, stop, prune, keep and segments.
     ///
+    /// Up to --parallel requests run together (continuous batching): each step gives every
+    /// running request its next token in one decoder pass, then spends the rest of the step on
+    /// prompt chunks of newly admitted ones. Each request gets exactly the tokens it gets alone.
+    ///
     /// Example: auris serve --model models/tiny-chat --port 8080
     Serve(ServeArgs),
 }
@@ -99,7 +103,14 @@ pub(super) struct ServeArgs {
     /// Port to listen on (0: a free port, printed at start).
     #[arg(long, default_value_t = 8080, help_heading = "Server")]
     pub(super) port: u16,
-    /// Requests that may wait for the model; more get HTTP 429.
+    /// Requests generated together (continuous batching): each step gives every running
+    /// request one token in one decoder pass, and prefills admitted prompts in fixed chunks
+    /// between steps; a request's answer is the one it gets alone. Each has its own KV cache:
+    /// default as many as fit in memory, at most 8; more than fit is refused, naming the
+    /// number that fits.
+    #[arg(long, value_name = "N", help_heading = "Server")]
+    pub(super) parallel: Option<usize>,
+    /// Requests that may wait for a free --parallel slot; more get HTTP 429.
     #[arg(long, default_value_t = 8, help_heading = "Server")]
     pub(super) max_queue: usize,
     /// Largest request body in MiB; a larger one gets HTTP 413.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use auris::checkpoint::ModelSource;
-use auris::pipeline::Response;
+use auris::pipeline::{Response, Sequences};
 use auris::prompt::{choice_letter, multiple_choice, parse_choice, PromptFormat};
 use auris::{Error, LoadOptions, Pipeline, PromptSpec, Request, Task, Weights};
 use auris_llm::WeightFormat;
@@ -180,6 +180,16 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 }
 
 fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
+    load_for(args, format, quiet, Sequences::Exactly(1))
+}
+
+/// [`load`] for a model that serves `sequences` sequences at the same time.
+fn load_for(
+    args: &ModelArgs,
+    format: FormatArg,
+    quiet: bool,
+    sequences: Sequences,
+) -> Result<Session> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
     let (dtype, weights) = pick_precision(args, &device)?;
@@ -205,6 +215,7 @@ fn load(args: &ModelArgs, format: FormatArg, quiet: bool) -> Result<Session> {
             weights,
             memory_check: !args.no_memory_check,
             context: auris::pipeline::DEFAULT_CONTEXT,
+            sequences,
             progress: !quiet,
             prompt_format: match format {
                 FormatArg::Auto => PromptFormat::Auto,
@@ -497,6 +508,10 @@ fn hint_for_error(err: &Error) -> Option<String> {
             ),
             None => "shorten the audio, the prompt or --max-new-tokens".to_string(),
         },
+        Error::TooManySequences(short) => format!(
+            "--parallel {} fits; --no-memory-check loads anyway",
+            short.fit
+        ),
         Error::InsufficientMemory(short) if short.fits.is_empty() => {
             "no weight mode fits; free memory, or pass --no-memory-check to try anyway".to_string()
         }
@@ -521,6 +536,7 @@ pub(crate) fn error_message(err: &Error) -> String {
     match err {
         Error::ContextOverflow(o) => o.describe("--max-audio-tokens"),
         Error::InsufficientMemory(short) => short.describe(&weights_flag(short.mode)),
+        Error::TooManySequences(short) => short.describe(&format!("--parallel {}", short.asked)),
         e => e.to_string(),
     }
 }

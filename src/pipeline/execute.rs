@@ -10,6 +10,12 @@
 //!    encoder, selection per window or once at the input's end) unless the input was encoded beforehand or is kept for an inspection;
 //! 4. project, merge every input into its placeholder span ([`Pipeline::merge_embeddings`]),
 //!    prefill, and answer as the [`Task`] asks.
+//!
+//! [`Pipeline::prepare`] is steps 1 to 4 up to the merged prompt embeddings ([`Prepared`]);
+//! [`Pipeline::execute`] prefills them and answers. A caller that runs the decoder itself
+//! (`auris serve`, stepping many sequences together) prepares, prefills in chunks of
+//! [`auris_llm::PREFILL_CHUNK`] positions as [`auris_llm::Qwen2Decoder::forward_embeds`] does,
+//! and completes the response with [`Pipeline::complete`].
 
 use auris_audio::AudioInfo;
 use auris_prune::Strategy;
@@ -81,14 +87,59 @@ impl Kept<'_> {
     }
 }
 
+/// A request prepared up to the decoder ([`Pipeline::prepare`], steps 1 to 4 up to the
+/// merge): the prompt embeddings with every input's kept audio rows in their spans, and the
+/// [`Response`] without its answer.
+pub struct Prepared<'a> {
+    embeds: Tensor,
+    response: Response,
+    /// What an inspection reports besides the prompt logits (`Task::Inspect` only).
+    inspect: Option<InspectParts<'a>>,
+}
+
+/// The tensors an inspection keeps from the preparation.
+struct InspectParts<'a> {
+    kept: Option<Kept<'a>>,
+    projected: Vec<Tensor>,
+    scores: Option<Vec<f32>>,
+}
+
+impl Prepared<'_> {
+    /// The prompt embeddings, `(1, prompt tokens, hidden)`: what the decoder's prefill takes.
+    pub fn embeds(&self) -> &Tensor {
+        &self.embeds
+    }
+
+    /// The response so far: the prompt and its ids after expansion, the audio counts, the
+    /// policy, the context use and the audio stages' timings; no answer yet.
+    pub fn response(&self) -> &Response {
+        &self.response
+    }
+
+    /// The embeddings and the response, for a caller that runs the decoder itself (a server
+    /// stepping many sequences together) and completes the response with
+    /// [`Pipeline::complete`].
+    pub fn into_parts(self) -> (Tensor, Response) {
+        (self.embeds, self.response)
+    }
+}
+
 impl Pipeline {
     /// Runs one request of the core end to end; `on_token` sees each new token id as it is
-    /// generated and may return `false` to stop.
+    /// generated and may return `false` to stop. The same as [`Pipeline::prepare`], a prefill
+    /// of its embeddings, then the [`Task`].
     pub fn execute(
         &self,
         request: &AudioRequest<'_>,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Response, Error> {
+        let prepared = self.prepare(request)?;
+        self.finish(request, prepared, on_token)
+    }
+
+    /// Steps 1 to 4 of a request up to the merged prompt embeddings: measure, plan (a prompt
+    /// that overflows the context is an [`Error::ContextOverflow`]), gather, project, merge.
+    pub fn prepare<'r>(&self, request: &'r AudioRequest<'_>) -> Result<Prepared<'r>, Error> {
         request.policy.validate()?;
         if request.task.inspects() && request.inputs.len() != 1 {
             return Err(Error::Usage(
@@ -104,7 +155,7 @@ impl Pipeline {
         let counts: Vec<Vec<usize>> = measured.iter().map(|m| m.counts(self.family)).collect();
         let plan = self.plan(request, &counts)?;
         let gathered = self.gather(measured, &counts, &plan.policy, &mut timings)?;
-        self.finish(request, plan, gathered, timings, on_token)
+        self.merge(request, plan, gathered, timings)
     }
 
     /// Step 1 for one input; `whole` decodes a file or upload whole instead of scanning it.
@@ -268,15 +319,14 @@ impl Pipeline {
         Ok(tokens)
     }
 
-    /// Step 4: projection, the prompt merge, prefill and the answer.
-    fn finish(
+    /// Step 4 up to the decoder: projection and the prompt merge.
+    fn merge<'a>(
         &self,
         request: &AudioRequest<'_>,
         plan: Plan,
-        gathered: Gathered<'_>,
+        gathered: Gathered<'a>,
         mut timings: Timings,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<Response, Error> {
+    ) -> Result<Prepared<'a>, Error> {
         let Plan {
             prompt_text,
             ids,
@@ -294,24 +344,12 @@ impl Pipeline {
 
         let expanded = prompt::expand(&ids, &joined.kept_per_input, &self.special)?;
         let embeds = self.merge_embeddings(&expanded.ids, &expanded.audio_spans, &projected)?;
-        // On long audio the projected rows and the prompt embeddings are hundreds of MB: each
-        // goes as soon as nothing reads it.
-        let projected = request.task.inspects().then_some(projected);
-
-        let start = Instant::now();
-        let mut cache = self.decoder.new_cache();
-        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.task.inspects())?;
-        drop(embeds);
-        timings.prefill = ms(start);
-
-        let inspection = all_logits
-            .map(|all| {
-                let kept = gathered.inspect.as_ref();
-                self.inspect_one(kept, projected.as_deref(), joined.scores, &all)
-            })
-            .transpose()?;
-        drop(projected);
-
+        // On long audio the projected rows are hundreds of MB: only an inspection keeps them.
+        let inspect = request.task.inspects().then(|| InspectParts {
+            kept: gathered.inspect,
+            projected,
+            scores: joined.scores,
+        });
         let first = request.inputs.first();
         let response = Response {
             audio: first.map(|s| s.label().to_path_buf()).unwrap_or_default(),
@@ -327,10 +365,38 @@ impl Pipeline {
             stopped_on: None,
             choice_logprobs: None,
             timings,
-            inspection,
+            inspection: None,
             policy,
             context,
         };
+        Ok(Prepared {
+            embeds,
+            response,
+            inspect,
+        })
+    }
+
+    /// The prefill of a prepared request and the answer its [`Task`] asks for.
+    fn finish(
+        &self,
+        request: &AudioRequest<'_>,
+        prepared: Prepared<'_>,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Response, Error> {
+        let Prepared {
+            embeds,
+            mut response,
+            inspect,
+        } = prepared;
+        let start = Instant::now();
+        let mut cache = self.decoder.new_cache();
+        let (logits, all_logits) = self.prefill(&embeds, &mut cache, request.task.inspects())?;
+        // The prompt embeddings are hundreds of MB on long audio: gone before generation.
+        drop(embeds);
+        response.timings.prefill = ms(start);
+        response.inspection = all_logits
+            .map(|all| self.inspect_one(inspect, &all))
+            .transpose()?;
         self.answer(
             &request.task,
             &request.generate,
@@ -345,15 +411,21 @@ impl Pipeline {
     /// prompt logits.
     fn inspect_one(
         &self,
-        kept: Option<&Kept<'_>>,
-        projected: Option<&[Tensor]>,
-        scores: Option<Vec<f32>>,
+        parts: Option<InspectParts<'_>>,
         logits: &Tensor,
     ) -> Result<Inspection, Error> {
-        let (Some(kept), Some([projected])) = (kept, projected) else {
+        let Some(InspectParts {
+            kept: Some(kept),
+            projected,
+            scores,
+        }) = parts
+        else {
             return Err(Error::Invariant(
                 "inspect needs the audio windows and their encoder output",
             ));
+        };
+        let [projected] = projected.as_slice() else {
+            return Err(Error::Invariant("inspect needs one input's projected rows"));
         };
         let (audio, windows) = kept.parts();
         self.inspection(audio, windows, scores, projected, logits)

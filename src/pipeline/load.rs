@@ -36,6 +36,21 @@ pub struct LoadOptions {
     pub memory_check: bool,
     /// Positions (prompt and generated tokens) the memory estimate reserves KV cache for.
     pub context: usize,
+    /// Sequences served at the same time, each with its own KV cache of `context` positions.
+    pub sequences: Sequences,
+}
+
+/// How many sequences a loaded model serves at the same time ([`LoadOptions::sequences`]):
+/// the memory check reserves a KV cache for each, and [`Pipeline::sequences`] reports the
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequences {
+    /// Exactly this many; when fewer fit, the load fails with [`Error::TooManySequences`]
+    /// naming the number that fits.
+    Exactly(usize),
+    /// As many as fit, at most this many; at least one (one that does not fit fails as any
+    /// load does, with [`Error::InsufficientMemory`]).
+    UpTo(usize),
 }
 
 impl Default for LoadOptions {
@@ -48,6 +63,7 @@ impl Default for LoadOptions {
             prompt_format: PromptFormat::Auto,
             memory_check: true,
             context: DEFAULT_CONTEXT,
+            sequences: Sequences::Exactly(1),
         }
     }
 }
@@ -143,37 +159,32 @@ fn alternatives(device: &Device) -> Vec<Weights> {
 }
 
 /// Fails with [`Error::InsufficientMemory`] when the load would not fit `available` (see
-/// [`crate::memory`]); passes when the system does not report its memory.
+/// [`crate::memory`]) with one sequence, and with [`Error::TooManySequences`] when it would
+/// not with the sequences `opts` asks for; otherwise returns how many sequences it serves.
+/// Passes when the system does not report its memory.
 fn check_memory(
     cfg: &ModelConfig,
     infos: &[TensorInfo],
     opts: &LoadOptions,
     name: &str,
     available: Option<memory::Available>,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let Some(available) = available else {
-        return Ok(());
+        return Ok(opts.sequences.most());
     };
     let checkpoint = llm_checkpoint_dtype(infos, cfg.family()?);
-    let need = |w: Weights| {
-        memory::estimate(
-            cfg,
-            infos,
-            &w.placement(opts.dtype, checkpoint),
-            opts.context,
-        )
-        .total()
-    };
-    let needed = need(opts.weights);
+    let place = |w: Weights| w.placement(opts.dtype, checkpoint);
+    let footprint = |w: Weights| memory::estimate(cfg, infos, &place(w), opts.context);
+    let asked = footprint(opts.weights);
+    let needed = asked.total();
     if needed <= available.bytes {
-        return Ok(());
+        return fit_sequences(&asked, opts.sequences, name, available);
     }
     // Two choices that place the weights alike (auto and bf16 on a bf16 checkpoint) are one.
-    let place = |w: Weights| w.placement(opts.dtype, checkpoint);
     let mut seen = vec![place(opts.weights)];
     let mut fits: Vec<(Weights, u64)> = Vec::new();
     for w in alternatives(&opts.device) {
-        let bytes = need(w);
+        let bytes = footprint(w).total();
         if bytes <= available.bytes && !seen.contains(&place(w)) {
             seen.push(place(w));
             fits.push((w, bytes));
@@ -186,6 +197,39 @@ fn check_memory(
         available,
         fits,
     })))
+}
+
+/// The sequences `asked` for that fit `available` with `footprint` (one of them does).
+fn fit_sequences(
+    footprint: &memory::Footprint,
+    asked: Sequences,
+    name: &str,
+    available: memory::Available,
+) -> Result<usize, Error> {
+    let fit = footprint.sequences_within(available.bytes).max(1);
+    match asked {
+        Sequences::UpTo(most) => Ok(most.min(fit).max(1)),
+        Sequences::Exactly(n) if n <= fit => Ok(n),
+        Sequences::Exactly(n) => Err(Error::TooManySequences(Box::new(
+            memory::SequenceShortfall {
+                model: name.to_string(),
+                asked: n,
+                fit,
+                needed: footprint.total_for(n),
+                per_sequence: footprint.kv_cache,
+                available,
+            },
+        ))),
+    }
+}
+
+impl Sequences {
+    /// The most this asks for.
+    fn most(self) -> usize {
+        match self {
+            Sequences::Exactly(n) | Sequences::UpTo(n) => n.max(1),
+        }
+    }
 }
 
 impl Pipeline {
@@ -216,9 +260,11 @@ impl Pipeline {
         // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
         // device memory (the memory-mapped file is read through once), and an oversized model
         // fails with the driver's out-of-memory error instead.
-        if opts.memory_check && opts.device.is_cpu() {
-            check_memory(&config, &infos, opts, name, memory::available())?;
-        }
+        let sequences = if opts.memory_check && opts.device.is_cpu() {
+            check_memory(&config, &infos, opts, name, memory::available())?
+        } else {
+            opts.sequences.most()
+        };
         let layout = family.layout();
         let encoder = Qwen2AudioEncoder::load_with(
             &config.audio_config,
@@ -255,6 +301,7 @@ impl Pipeline {
             stop_ids,
             device: opts.device.clone(),
             name: name.to_string(),
+            sequences,
         })
     }
 }
@@ -436,6 +483,43 @@ mod tests {
         };
         assert!(check_memory(&cfg, &infos, &opts, "tiny", Some(plenty)).is_ok());
         assert!(check_memory(&cfg, &infos, &opts, "tiny", None).is_ok());
+    }
+
+    #[test]
+    fn parallel_sequences_get_a_kv_cache_each_and_too_many_are_refused_with_what_fits() {
+        let (cfg, infos) = tiny_chat();
+        let one = needed(&cfg, &infos, Weights::Checkpoint);
+        let place = Weights::Checkpoint.placement(DType::F32, DType::BF16);
+        let per_sequence = memory::estimate(&cfg, &infos, &place, DEFAULT_CONTEXT).kv_cache;
+        assert!(per_sequence > 0);
+        // Room for exactly three sequences.
+        let available = Available {
+            bytes: one + 2 * per_sequence,
+            source: AvailableSource::System,
+        };
+        let check = |sequences| {
+            let opts = LoadOptions {
+                sequences,
+                ..LoadOptions::default()
+            };
+            check_memory(&cfg, &infos, &opts, "tiny", Some(available))
+        };
+        assert_eq!(check(Sequences::Exactly(3)).unwrap(), 3);
+        assert_eq!(check(Sequences::UpTo(8)).unwrap(), 3);
+        assert_eq!(check(Sequences::UpTo(2)).unwrap(), 2);
+        let err = check(Sequences::Exactly(4)).unwrap_err();
+        let Error::TooManySequences(short) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!((short.asked, short.fit), (4, 3));
+        assert_eq!(short.needed, one + 3 * per_sequence);
+        assert!(err.to_string().ends_with(": 3 sequences fit"), "{err}");
+        // Nothing reported: what was asked for.
+        let opts = LoadOptions {
+            sequences: Sequences::UpTo(8),
+            ..LoadOptions::default()
+        };
+        assert_eq!(check_memory(&cfg, &infos, &opts, "tiny", None).unwrap(), 8);
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //! - `load`: [`LoadOptions`], [`Weights`], loading a checkpoint into a [`Pipeline`];
 //! - `request`: [`Request`], [`AudioRequest`] and its [`AudioSource`]s, [`Task`],
 //!   [`Response`], [`Timings`];
-//! - `execute`: the four steps of [`Pipeline::execute`];
+//! - `execute`: the four steps of [`Pipeline::execute`], and [`Pipeline::prepare`] (the steps up to
+//!   the decoder, [`Prepared`]) for a caller that runs the decoder itself;
 //! - `stream`: one input read, encoded and pruned one 30 s window at a time;
 //! - `tokens`: the encoder's output and scores -> the kept audio tokens ([`select_tokens`]);
 //! - this module: the stages.
@@ -59,7 +60,8 @@ mod load;
 mod request;
 mod stream;
 mod tokens;
-pub use load::{LoadOptions, Weights, DEFAULT_CONTEXT};
+pub use execute::Prepared;
+pub use load::{LoadOptions, Sequences, Weights, DEFAULT_CONTEXT};
 pub use request::{
     AudioRequest, AudioSource, Inspection, PromptSpec, Request, Response, Task, Timings,
 };
@@ -107,6 +109,9 @@ pub struct Pipeline {
     stop_ids: Vec<u32>,
     device: Device,
     name: String,
+    /// Sequences served at the same time ([`LoadOptions::sequences`], as the memory check
+    /// resolved it).
+    sequences: usize,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -167,6 +172,12 @@ impl Pipeline {
     /// The language model's context length in tokens.
     pub fn context_length(&self) -> usize {
         self.config.text_config.max_position_embeddings
+    }
+
+    /// How many sequences this load serves at the same time: the memory check reserved a KV
+    /// cache for each ([`LoadOptions::sequences`]).
+    pub fn sequences(&self) -> usize {
+        self.sequences
     }
 
     /// Ids that end generation.
@@ -443,20 +454,41 @@ impl Pipeline {
                 Ok(response)
             }
             Task::Generate | Task::Inspect { generate: true } => {
-                let generation = self.generate(
+                let start = Instant::now();
+                let generation = auris_llm::generate_from_logits(
+                    &self.decoder,
                     cache,
                     logits,
                     &response.prompt_token_ids,
                     generate,
                     on_token,
-                    &mut response.timings,
                 )?;
-                response.text = self.decode(&generation.tokens)?;
-                response.output_token_ids = generation.tokens;
-                response.stopped_on = generation.stopped_on;
+                self.complete(&mut response, generation, ms(start))?;
                 Ok(response)
             }
         }
+    }
+
+    /// Completes a [`Prepared`] request's response with its generation: the ids, the stop id,
+    /// the text, and `generate_ms` as the generation's time (with the tokens per second).
+    /// [`Pipeline::execute`] ends so; a caller that steps the sequence itself does too.
+    pub fn complete(
+        &self,
+        response: &mut Response,
+        generation: auris_llm::Generation,
+        generate_ms: f64,
+    ) -> Result<(), Error> {
+        response.text = self.decode(&generation.tokens)?;
+        let t = &mut response.timings;
+        t.generate = generate_ms;
+        t.tokens_per_s = if generate_ms > 0.0 {
+            generation.tokens.len() as f64 / (generate_ms / 1e3)
+        } else {
+            0.0
+        };
+        response.output_token_ids = generation.tokens;
+        response.stopped_on = generation.stopped_on;
+        Ok(())
     }
 
     /// Runs the prompt `embeds` through the decoder into `cache`: the logits at the last
@@ -474,34 +506,6 @@ impl Pipeline {
             return Ok((last, Some(all)));
         }
         Ok((self.decoder.forward_embeds(embeds, cache)?, None))
-    }
-
-    /// Generates after the prompt's last logits and records the time and tokens per second.
-    fn generate(
-        &self,
-        cache: &mut KvCache,
-        logits: &Tensor,
-        context_ids: &[u32],
-        opts: &GenerateOptions,
-        on_token: &mut dyn FnMut(u32) -> bool,
-        timings: &mut Timings,
-    ) -> Result<auris_llm::Generation, Error> {
-        let start = Instant::now();
-        let generation = auris_llm::generate_from_logits(
-            &self.decoder,
-            cache,
-            logits,
-            context_ids,
-            opts,
-            on_token,
-        )?;
-        timings.generate = ms(start);
-        timings.tokens_per_s = if timings.generate > 0.0 {
-            generation.tokens.len() as f64 / (timings.generate / 1e3)
-        } else {
-            0.0
-        };
-        Ok(generation)
     }
 
     /// Detokenizes, skipping special tokens.

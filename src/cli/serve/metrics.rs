@@ -2,20 +2,21 @@
 //! (vLLM's `docs/design/metrics.md`), so that dashboards, autoscalers and routers made for
 //! vLLM read an auris replica as they read a vLLM one.
 //!
-//! - `vllm:num_requests_running`, `vllm:num_requests_waiting` (gauges): requests on the model
-//!   thread, requests admitted and waiting in the queue.
-//! - `vllm:request_queue_time_seconds`: arrival to the model thread taking the request.
-//! - `vllm:time_to_first_token_seconds`: arrival to the first generated token (the queue time
-//!   plus the measured audio, encoder, projection and prefill stages: the first token comes from
-//!   the prefill's logits).
+//! - `vllm:num_requests_running`, `vllm:num_requests_waiting` (gauges): requests in the model
+//!   thread's batch (their audio being prepared, their prompt prefilled, or generating),
+//!   requests admitted and waiting in the queue for a slot.
+//! - `vllm:request_queue_time_seconds`: arrival to the model thread taking the request into
+//!   the batch.
+//! - `vllm:time_to_first_token_seconds`: arrival to the first generated token (the queue
+//!   time, the audio stages, the prefill and the steps it shared with the batch).
 //! - `vllm:request_time_per_output_token_seconds`: a request's generation time over its
 //!   generated tokens after the first.
 //! - `vllm:e2e_request_latency_seconds`: arrival to the answer.
 //! - `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`,
 //!   `vllm:request_success_total{finished_reason}` (counters).
-//! - `vllm:kv_cache_usage_perc` (gauge, 0 to 1): the share of the model's context the last
-//!   finished request's sequence filled (auris runs one sequence at a time, its cache sized
-//!   to the sequence).
+//! - `vllm:kv_cache_usage_perc` (gauge, 0 to 1): the positions the KV caches of the batch hold
+//!   over what `--parallel` sequences of the model's whole context would hold (each sequence's
+//!   cache grows with it), after each step.
 //!
 //! Every metric carries the label `model_name`, as vLLM's do.
 
@@ -80,6 +81,7 @@ pub(super) fn install(model: &str) -> anyhow::Result<PrometheusHandle> {
 pub(super) struct Admission {
     arrived: Instant,
     started: Option<Instant>,
+    first_token: Option<Instant>,
     unfinished: Arc<AtomicUsize>,
 }
 
@@ -91,6 +93,7 @@ impl Admission {
         Self {
             arrived,
             started: None,
+            first_token: None,
             unfinished: unfinished.clone(),
         }
     }
@@ -106,18 +109,22 @@ impl Admission {
         }
     }
 
-    /// The model thread is done with the request; `context` is the model's context length.
-    pub(super) fn finish(&self, result: &Result<Box<Outcome>, ApiError>, context: usize) {
+    /// The request's first token was generated.
+    pub(super) fn first_token(&mut self) {
+        if self.first_token.is_none() {
+            let now = Instant::now();
+            histogram!(TTFT).record((now - self.arrived).as_secs_f64());
+            self.first_token = Some(now);
+        }
+    }
+
+    /// The model thread is done with the request.
+    pub(super) fn finish(&self, result: &Result<Box<Outcome>, ApiError>) {
         let Ok(o) = result else {
             return;
         };
         let r = &o.response;
         let t = &r.timings;
-        let queued = self
-            .started
-            .map_or(0.0, |s| (s - self.arrived).as_secs_f64());
-        let first_ms = t.decode_audio + t.mel + t.encoder + t.projector + t.prefill;
-        histogram!(TTFT).record(queued + first_ms / 1e3);
         let generated = r.output_token_ids.len();
         if generated > 1 {
             histogram!(TPOT).record(t.generate / 1e3 / (generated - 1) as f64);
@@ -126,9 +133,12 @@ impl Admission {
         counter!(PROMPT_TOKENS).increment(r.prompt_token_ids.len() as u64);
         counter!(GENERATION_TOKENS).increment(generated as u64);
         counter!(SUCCESS, "finished_reason" => o.finish_reason).increment(1);
-        let filled = (r.prompt_token_ids.len() + generated) as f64 / context.max(1) as f64;
-        gauge!(KV_USAGE).set(filled.min(1.0));
     }
+}
+
+/// The batch's KV caches hold `used` positions of `capacity`.
+pub(super) fn kv_usage(used: usize, capacity: usize) {
+    gauge!(KV_USAGE).set((used as f64 / capacity.max(1) as f64).min(1.0));
 }
 
 impl Drop for Admission {

@@ -1,13 +1,10 @@
-//! The model thread: takes jobs from the bounded queue one at a time and sends each one's text
-//! back as it is generated.
-
-use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::Receiver;
+//! What the model thread takes and sends back: the [`Job`] of a request, its [`Event`]s, and
+//! the pieces the scheduler (`scheduler`) builds them from.
 
 use auris::budget::ContextFit;
-use auris::pipeline::{AudioRequest, AudioSource, PromptSpec, Task, TextStream};
-use auris::{Error, Pipeline, Response};
-use auris_llm::{GenerateOptions, StopStrings};
+use auris::pipeline::{AudioRequest, AudioSource, PromptSpec, Task};
+use auris::{Error, Response};
+use auris_llm::{GenerateOptions, Sequence};
 use axum::http::StatusCode;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -40,28 +37,9 @@ pub(super) struct Outcome {
     pub(super) finish_reason: &'static str,
 }
 
-/// Runs jobs until every sender is gone.
-pub(super) fn serve_jobs(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Job>) {
-    let context = p.config().text_config.max_position_embeddings;
-    while let Ok(mut job) = jobs.recv() {
-        if job.events.is_closed() {
-            continue;
-        }
-        job.admission.start();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(p, base, &job)))
-            .unwrap_or_else(|_| {
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error: the model thread panicked on this request",
-                ))
-            });
-        job.admission.finish(&result, context);
-        let _ = job.events.send(Event::Done(result));
-    }
-}
-
-fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcome>, ApiError> {
-    let params = &job.params;
+/// The decoding options of a request: the server's, with the request's own limits, sampling
+/// and seed.
+pub(super) fn generate_options(base: &GenerateOptions, params: &Params) -> GenerateOptions {
     let mut generate = base.clone();
     generate.max_new_tokens = params.max_tokens;
     if let Some(t) = params.temperature {
@@ -71,10 +49,15 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         generate.sampling.top_p = (top_p < 1.0).then_some(top_p);
     }
     generate.sampling.seed = params.seed;
-    // The same core as `auris ask`: each upload is read one window at a time, and a request
-    // that overflows the context is a 400 naming the numbers, as the command line words them
-    // (the keep ratio is not lowered to fit: that is per command line, not per request).
-    let request = AudioRequest {
+    generate
+}
+
+/// The request core's request for a chat request: the same as `auris ask`'s, each upload read
+/// one window at a time, and a request that overflows the context is a 400 naming the numbers
+/// as the command line words them (the keep ratio is not lowered to fit: that is per command
+/// line, not per request).
+pub(super) fn audio_request(params: &Params, generate: GenerateOptions) -> AudioRequest<'static> {
+    AudioRequest {
         inputs: params
             .audio
             .iter()
@@ -89,53 +72,39 @@ fn run_job(p: &Pipeline, base: &GenerateOptions, job: &Job) -> Result<Box<Outcom
         generate,
         task: Task::Generate,
         context: ContextFit::default(),
-    };
-    let mut text = TextStream::new(p.tokenizer());
-    let mut stops = StopStrings::new(params.stop.iter().cloned());
-    let response = p
-        .execute(&request, &mut |id| {
-            if let Ok(Some(piece)) = text.push(id) {
-                let out = stops.push(&piece);
-                if !out.is_empty() {
-                    let _ = job.events.send(Event::Delta(out));
-                }
-            }
-            !stops.hit() && !job.events.is_closed()
-        })
-        .map_err(api_error)?;
-    if job.events.is_closed() {
-        tracing::info!(
-            "request cancelled after {} tokens: the client went away",
-            response.output_token_ids.len()
-        );
     }
+}
+
+/// The outcome of a finished sequence whose `response` is complete: the text the stop strings
+/// held back is sent to the client, and the finish reason named.
+pub(super) fn outcome(job: &Job, seq: &mut Sequence, response: Response) -> Box<Outcome> {
     // The stream holds back a trailing partial character; the full decode has it (as U+FFFD).
-    if let Some(tail) = response.text.strip_prefix(stops.text()) {
-        let out = stops.push(tail);
+    if let Some(tail) = response.text.strip_prefix(seq.stop_strings().text()) {
+        let out = seq.push_text(tail);
         if !out.is_empty() {
             let _ = job.events.send(Event::Delta(out));
         }
     }
-    let rest = stops.finish();
+    let rest = seq.finish_text();
     if !rest.is_empty() {
         let _ = job.events.send(Event::Delta(rest));
     }
-    let finish_reason = if stops.hit() || response.stopped_on.is_some() {
+    let finish_reason = if seq.stop_strings().hit() || response.stopped_on.is_some() {
         "stop"
-    } else if response.output_token_ids.len() >= params.max_tokens {
+    } else if response.output_token_ids.len() >= job.params.max_tokens {
         "length"
     } else {
         "stop"
     };
-    Ok(Box::new(Outcome {
-        text: stops.into_text(),
+    Box::new(Outcome {
+        text: seq.stop_strings().text().to_string(),
         response,
         finish_reason,
-    }))
+    })
 }
 
 /// The HTTP status of a pipeline error: what the request asked for is a 400, the rest a 500.
-fn api_error(e: Error) -> ApiError {
+pub(super) fn api_error(e: Error) -> ApiError {
     use auris_audio::AudioError;
     match e {
         Error::Audio(AudioError::Candle(_) | AudioError::ShapeMismatch { .. }) => {
