@@ -276,7 +276,7 @@ impl SequenceShortfall {
              sequences fit",
             self.model,
             gb(self.needed),
-            gb(self.per_sequence),
+            mb_or_gb(self.per_sequence),
             gb(self.available.bytes),
             self.available.source,
             self.fit
@@ -343,6 +343,15 @@ fn pick_available(system: u64, cgroup: Option<u64>) -> Option<Available> {
 /// `bytes` in decimal gigabytes with one decimal, the unit model cards use.
 pub fn gb(bytes: u64) -> String {
     format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+/// `bytes` in decimal megabytes below a gigabyte, else as [`gb`].
+fn mb_or_gb(bytes: u64) -> String {
+    if bytes < 1_000_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        gb(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -479,5 +488,7 @@ mod tests {
     #[test]
     fn gigabytes_are_decimal() {
         assert_eq!(gb(16_794_189_824), "16.8 GB");
+        assert_eq!(mb_or_gb(1_234_567), "1.2 MB");
+        assert_eq!(mb_or_gb(2_500_000_000), "2.5 GB");
     }
 }

@@ -1,9 +1,11 @@
 //! `auris serve` on a free loopback port with `models/tiny-chat`: OpenAI's chat completions
-//! API, streaming, errors, disconnects and concurrent clients.
+//! API, streaming, errors, disconnects, and concurrent clients decoded together (continuous
+//! batching) each getting the answer it gets alone.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -399,8 +401,8 @@ fn a_client_that_disconnects_stops_its_generation() {
 
 #[test]
 fn a_full_queue_gets_429_and_the_queued_request_is_served() {
-    let server = Arc::new(Server::start(&["--max-queue", "1"]));
-    // The model thread is busy with this stream until it is dropped.
+    let server = Arc::new(Server::start(&["--max-queue", "1", "--parallel", "1"]));
+    // The model thread's one slot is busy with this stream until it is dropped.
     let busy = open_stream(&server, &long_body());
     let queued = {
         let server = server.clone();
@@ -510,8 +512,12 @@ fn ready_and_metrics_in_vllm_terms() {
     let e2e = sample(&after, "vllm:e2e_request_latency_seconds_sum").unwrap();
     let ttft = sample(&after, "vllm:time_to_first_token_seconds_sum").unwrap();
     assert!(0.0 < ttft && ttft <= e2e, "{after}");
-    let kv = sample(&after, "vllm:kv_cache_usage_perc").unwrap();
-    assert!(0.0 < kv && kv <= 1.0, "{after}");
+    // The request's cache is gone with it (usage during a load: the concurrent test).
+    assert_eq!(
+        sample(&after, "vllm:kv_cache_usage_perc"),
+        Some(0.0),
+        "{after}"
+    );
     assert_eq!(
         sample(&after, "vllm:num_requests_running"),
         Some(0.0),
@@ -522,11 +528,14 @@ fn ready_and_metrics_in_vllm_terms() {
 #[cfg(unix)]
 #[test]
 fn sigterm_drains_admitted_requests_and_exits_0() {
-    let server = Arc::new(Server::start(&[]));
+    // Two slots: two streams run together, a third request waits for a slot.
+    let server = Arc::new(Server::start(&["--parallel", "2"]));
     let mut body = long_body();
     body["max_tokens"] = json!(300);
-    let s = open_stream(&server, &body);
-    // Admitted behind the running stream, waiting in the queue.
+    let mut other = long_body();
+    other["max_tokens"] = json!(200);
+    let streams = [open_stream(&server, &body), open_stream(&server, &other)];
+    // Admitted behind the running streams, waiting in the queue.
     let queued = {
         let server = server.clone();
         std::thread::spawn(move || {
@@ -534,8 +543,17 @@ fn sigterm_drains_admitted_requests_and_exits_0() {
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sample(&server.get("/metrics").1, "vllm:num_requests_waiting") != Some(1.0) {
-        assert!(Instant::now() < deadline, "the request was not queued");
+    loop {
+        let metrics = server.get("/metrics").1;
+        let running = sample(&metrics, "vllm:num_requests_running");
+        let waiting = sample(&metrics, "vllm:num_requests_waiting");
+        if (running, waiting) == (Some(2.0), Some(1.0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not two running and one waiting: {metrics}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let pid = server.child.id() as libc::pid_t;
@@ -549,10 +567,12 @@ fn sigterm_drains_admitted_requests_and_exits_0() {
     let (status, text) = server.post(&ask_body("tone_440_16k.wav", "New?").to_string());
     assert_eq!(status, 503, "{text}");
     assert_eq!(server.get("/health").0, 200);
-    let mut rest = String::new();
-    BufReader::new(s).read_to_string(&mut rest).unwrap();
-    assert!(rest.contains("data: [DONE]"), "{rest}");
-    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    for s in streams {
+        let mut rest = String::new();
+        BufReader::new(s).read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("data: [DONE]"), "{rest}");
+        assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    }
     let (status, text) = queued.join().unwrap();
     assert_eq!(status, 200, "the queued request is served: {text}");
     let mut server = Arc::into_inner(server).unwrap();
@@ -599,4 +619,187 @@ fn replicas_behind_haproxy_lose_no_request() {
     eprintln!("{}", out.stdout);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("replicas check: ok"), "{}", out.stdout);
+}
+
+/// What a streamed answer says.
+#[derive(Debug, PartialEq)]
+struct Streamed {
+    text: String,
+    finish_reason: String,
+    completion_tokens: u64,
+}
+
+/// Sends `body` streamed (with the usage chunk) and reads the whole answer.
+fn streamed(server: &Server, body: &Value) -> Streamed {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, text) = server.post(&body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let choice = |c: &Value| c["choices"][0].clone();
+    Streamed {
+        text: chunks
+            .iter()
+            .filter_map(|c| choice(c)["delta"]["content"].as_str().map(str::to_string))
+            .collect(),
+        finish_reason: chunks
+            .iter()
+            .find_map(|c| choice(c)["finish_reason"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no finish_reason: {text}")),
+        completion_tokens: chunks
+            .last()
+            .and_then(|c| c["usage"]["completion_tokens"].as_u64())
+            .unwrap_or_else(|| panic!("no usage: {text}")),
+    }
+}
+
+/// Seven requests unlike each other: audio from 0.2 s to 42 s (a prompt of three prefill
+/// chunks), greedy and sampled with their own seeds, temperatures and top_p, different
+/// max_tokens.
+fn mixed_requests() -> Vec<Value> {
+    let cases = [
+        ("long_42s_16k.wav", 24, None),
+        ("tone_440_16k.wav", 40, Some((0.9, 0.8, 7))),
+        ("librivox_0880_16k.wav", 60, None),
+        ("short_0p2s_16k.wav", 9, Some((1.3, 1.0, 11))),
+        ("noise_burst_16k.wav", 33, None),
+        ("librivox_0930_16k.wav", 50, Some((0.7, 0.95, 3))),
+        ("stereo_44k1_24bit.wav", 17, None),
+    ];
+    cases
+        .iter()
+        .map(|&(clip, max_tokens, sampling)| {
+            let mut body = ask_body(clip, "Describe the sound.");
+            body["max_tokens"] = json!(max_tokens);
+            if let Some((temperature, top_p, seed)) = sampling {
+                body["temperature"] = json!(temperature);
+                body["top_p"] = json!(top_p);
+                body["seed"] = json!(seed);
+            }
+            body
+        })
+        .collect()
+}
+
+/// The largest values of the running gauge and the KV cache usage seen while `busy` holds.
+fn watch_metrics(server: Arc<Server>, busy: Arc<AtomicBool>) -> std::thread::JoinHandle<(f64, f64)> {
+    std::thread::spawn(move || {
+        let (mut running, mut kv) = (0.0f64, 0.0f64);
+        while busy.load(Ordering::SeqCst) {
+            let metrics = server.get("/metrics").1;
+            running = running.max(sample(&metrics, "vllm:num_requests_running").unwrap());
+            kv = kv.max(sample(&metrics, "vllm:kv_cache_usage_perc").unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (running, kv)
+    })
+}
+
+/// Eight clients at once, arriving a little apart, one of them leaving mid-stream: each of the
+/// seven others gets exactly the tokens and text it gets alone (the decode of every row is
+/// independent of the others in its batch, and a prompt's prefill chunks are the same), and
+/// the greedy one with the longest prompt what `auris ask` answers.
+#[test]
+fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
+    let server = Arc::new(Server::start(&["--parallel", "8"]));
+    let mut requests = mixed_requests();
+    // A stop string taken from the middle of one answer, so that it ends on it.
+    let plain = streamed(&server, &requests[2]).text;
+    let chars: Vec<char> = plain.chars().collect();
+    let middle: String = chars[chars.len() / 2..]
+        .windows(2)
+        .find(|w| !w.contains(&char::REPLACEMENT_CHARACTER))
+        .unwrap_or_else(|| panic!("{plain:?}"))
+        .iter()
+        .collect();
+    requests[2]["stop"] = json!([middle]);
+    let alone: Vec<Streamed> = requests.iter().map(|b| streamed(&server, b)).collect();
+    assert_eq!(alone[2].finish_reason, "stop", "{alone:?}");
+    assert!(plain.starts_with(&alone[2].text) && alone[2].text.len() < plain.len());
+
+    let busy = Arc::new(AtomicBool::new(true));
+    let watcher = watch_metrics(server.clone(), busy.clone());
+    let leaver = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let s = open_stream(&server, &long_body());
+            std::thread::sleep(Duration::from_millis(300));
+            drop(s);
+        })
+    };
+    let clients: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let (server, body) = (server.clone(), body.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(40 * i as u64));
+                streamed(&server, &body)
+            })
+        })
+        .collect();
+    let together: Vec<Streamed> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    leaver.join().unwrap();
+    busy.store(false, Ordering::SeqCst);
+    let (running, kv) = watcher.join().unwrap();
+    for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(got, want, "request {i}: {}", requests[i]);
+    }
+    assert!(running > 1.0, "never more than one running: {running}");
+    assert!(0.0 < kv && kv <= 1.0, "{kv}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().iter().any(|l| l.contains("cancelled")) {
+        assert!(Instant::now() < deadline, "{:?}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The long prompt (1050 audio tokens: three prefill chunks) greedy, as `auris ask` runs it.
+    let ask = run(auris()
+        .arg("ask")
+        .arg(fixture("audio/long_42s_16k.wav"))
+        .args(["--question", "Describe the sound.", "--model", "models/tiny-chat"])
+        .args(["--device", "cpu", "--greedy", "--max-new-tokens", "24", "--json", "--quiet"]));
+    assert_eq!(ask.code, 0, "{}", ask.stderr);
+    let ask: Value = serde_json::from_str(&ask.stdout).unwrap();
+    assert_eq!(together[0].text, ask["text"].as_str().unwrap());
+    assert_eq!(
+        together[0].completion_tokens,
+        ask["output_token_ids"].as_array().unwrap().len() as u64
+    );
+}
+
+/// `--parallel` beyond what the memory holds is refused before the weights are read, naming
+/// the number of sequences that fit.
+#[test]
+fn a_parallel_count_beyond_memory_is_refused_with_the_number_that_fits() {
+    let out = run(auris()
+        .args(["serve", "--model", "models/tiny-chat", "--device", "cpu"])
+        .args(["--port", "0", "--parallel", "1000000000000"]));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let error = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(error.contains("--parallel 1000000000000"), "{error}");
+    let fit: u64 = error
+        .strip_suffix(" sequences fit")
+        .and_then(|e| e.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!((1..1_000_000_000_000).contains(&fit), "{error}");
+    assert!(
+        out.stderr.contains(&format!("hint: --parallel {fit} fits")),
+        "{}",
+        out.stderr
+    );
+    let zero = run(auris().args(["serve", "--model", "models/tiny-chat", "--parallel", "0"]));
+    assert_eq!(zero.code, 2, "{}", zero.stderr);
+    assert!(zero.stderr.contains("--parallel must be at least 1"), "{}", zero.stderr);
 }

@@ -113,7 +113,6 @@ pub(super) fn run(p: &Pipeline, base: &GenerateOptions, jobs: Receiver<Job>, slo
         }
         s.step();
         s.retire();
-        metrics::kv_usage(s.running.iter().map(Active::cached).sum(), s.capacity);
     }
 }
 
@@ -242,11 +241,16 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    /// Answers every request that is done and frees its slot.
+    /// Answers every request that is done and frees its slot; the KV cache usage is the
+    /// remaining ones' by the time a client has its answer.
     fn retire(&mut self) {
         let (done, running): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.running).into_iter().partition(Active::done);
         self.running = running;
+        metrics::kv_usage(
+            self.running.iter().map(Active::cached).sum(),
+            self.capacity,
+        );
         for active in done {
             if active.failed.is_none() && active.job.events.is_closed() {
                 tracing::info!(
