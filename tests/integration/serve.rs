@@ -688,7 +688,10 @@ fn mixed_requests() -> Vec<Value> {
 }
 
 /// The largest values of the running gauge and the KV cache usage seen while `busy` holds.
-fn watch_metrics(server: Arc<Server>, busy: Arc<AtomicBool>) -> std::thread::JoinHandle<(f64, f64)> {
+fn watch_metrics(
+    server: Arc<Server>,
+    busy: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(f64, f64)> {
     std::thread::spawn(move || {
         let (mut running, mut kv) = (0.0f64, 0.0f64);
         while busy.load(Ordering::SeqCst) {
@@ -701,8 +704,9 @@ fn watch_metrics(server: Arc<Server>, busy: Arc<AtomicBool>) -> std::thread::Joi
     })
 }
 
-/// Eight clients at once, arriving a little apart, one of them leaving mid-stream: each of the
-/// seven others gets exactly the tokens and text it gets alone (the decode of every row is
+/// Eight clients at once, arriving a little apart, one of them leaving mid-stream (and a ninth
+/// with undecodable audio, answered its 400): each of the seven others gets exactly the tokens
+/// and text it gets alone (the decode of every row is
 /// independent of the others in its batch, and a prompt's prefill chunks are the same), and
 /// the greedy one with the longest prompt what `auris ask` answers.
 #[test]
@@ -744,6 +748,12 @@ fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
             })
         })
         .collect();
+    // Undecodable audio arriving in the middle of the load is that request's 400 only.
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not audio at all");
+    let mut bad = ask_body("tone_440_16k.wav", "What?");
+    bad["messages"][0]["content"][0]["input_audio"]["data"] = json!(garbage);
+    std::thread::sleep(Duration::from_millis(100));
+    expect_error(&server, &bad.to_string(), 400, Some("messages"));
     let together: Vec<Streamed> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     leaver.join().unwrap();
     busy.store(false, Ordering::SeqCst);
@@ -763,8 +773,21 @@ fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
     let ask = run(auris()
         .arg("ask")
         .arg(fixture("audio/long_42s_16k.wav"))
-        .args(["--question", "Describe the sound.", "--model", "models/tiny-chat"])
-        .args(["--device", "cpu", "--greedy", "--max-new-tokens", "24", "--json", "--quiet"]));
+        .args([
+            "--question",
+            "Describe the sound.",
+            "--model",
+            "models/tiny-chat",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--greedy",
+            "--max-new-tokens",
+            "24",
+            "--json",
+            "--quiet",
+        ]));
     assert_eq!(ask.code, 0, "{}", ask.stderr);
     let ask: Value = serde_json::from_str(&ask.stdout).unwrap();
     assert_eq!(together[0].text, ask["text"].as_str().unwrap());
@@ -801,5 +824,9 @@ fn a_parallel_count_beyond_memory_is_refused_with_the_number_that_fits() {
     );
     let zero = run(auris().args(["serve", "--model", "models/tiny-chat", "--parallel", "0"]));
     assert_eq!(zero.code, 2, "{}", zero.stderr);
-    assert!(zero.stderr.contains("--parallel must be at least 1"), "{}", zero.stderr);
+    assert!(
+        zero.stderr.contains("--parallel must be at least 1"),
+        "{}",
+        zero.stderr
+    );
 }

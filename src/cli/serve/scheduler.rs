@@ -45,7 +45,10 @@ enum Stage {
         started: Instant,
     },
     /// It generates, one token per step.
-    Decode { seq: Box<Sequence>, started: Instant },
+    Decode {
+        seq: Box<Sequence>,
+        started: Instant,
+    },
 }
 
 /// A request in the batch.
@@ -150,7 +153,11 @@ impl<'p> Scheduler<'p> {
             let request = worker::audio_request(&job.params, generate.clone());
             self.p.prepare(&request).map(|p| p.into_parts())
         }))
-        .unwrap_or_else(|_| Err(Error::Invariant("the model thread panicked on this request")));
+        .unwrap_or_else(|_| {
+            Err(Error::Invariant(
+                "the model thread panicked on this request",
+            ))
+        });
         match prepared {
             Ok((embeds, response)) => self.running.push(Active {
                 job,
@@ -244,13 +251,11 @@ impl<'p> Scheduler<'p> {
     /// Answers every request that is done and frees its slot; the KV cache usage is the
     /// remaining ones' by the time a client has its answer.
     fn retire(&mut self) {
-        let (done, running): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.running).into_iter().partition(Active::done);
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(Active::done);
         self.running = running;
-        metrics::kv_usage(
-            self.running.iter().map(Active::cached).sum(),
-            self.capacity,
-        );
+        metrics::kv_usage(self.running.iter().map(Active::cached).sum(), self.capacity);
         for active in done {
             if active.failed.is_none() && active.job.events.is_closed() {
                 tracing::info!(
