@@ -124,6 +124,18 @@ fn ask_body(clip: &str, question: &str) -> Value {
     })
 }
 
+/// `auris ask --json` on a fixture clip with greedy decoding.
+fn ask_greedy(clip: &str, question: &str, max_new_tokens: usize) -> Value {
+    let ask = run(auris()
+        .arg("ask")
+        .arg(fixture(&format!("audio/{clip}")))
+        .args(["--question", question, "--model", "models/tiny-chat"])
+        .args(["--device", "cpu", "--greedy", "--json", "--quiet"])
+        .args(["--max-new-tokens", &max_new_tokens.to_string()]));
+    assert_eq!(ask.code, 0, "{}", ask.stderr);
+    serde_json::from_str(&ask.stdout).unwrap()
+}
+
 /// The data lines of a streamed answer.
 fn sse_data(text: &str) -> Vec<String> {
     text.lines()
@@ -135,23 +147,7 @@ fn sse_data(text: &str) -> Vec<String> {
 #[test]
 fn answers_equal_auris_ask_greedy_streamed_or_not() {
     let server = Server::start(&[]);
-    let ask = run(auris().args([
-        "ask",
-        fixture("audio/tone_440_16k.wav").to_str().unwrap(),
-        "--question",
-        "What is this?",
-        "--model",
-        "models/tiny-chat",
-        "--device",
-        "cpu",
-        "--greedy",
-        "--max-new-tokens",
-        "8",
-        "--json",
-        "--quiet",
-    ]));
-    assert_eq!(ask.code, 0, "{}", ask.stderr);
-    let ask: Value = serde_json::from_str(&ask.stdout).unwrap();
+    let ask = ask_greedy("tone_440_16k.wav", "What is this?", 8);
     let n_out = ask["output_token_ids"].as_array().unwrap().len();
 
     let body = ask_body("tone_440_16k.wav", "What is this?");
@@ -168,17 +164,7 @@ fn answers_equal_auris_ask_greedy_streamed_or_not() {
     let finish = if n_out == 8 { "length" } else { "stop" };
     assert_eq!(v["choices"][0]["finish_reason"], finish);
 
-    let mut stream = body.clone();
-    stream["stream"] = json!(true);
-    stream["stream_options"] = json!({"include_usage": true});
-    let (status, text) = server.post(&stream.to_string());
-    assert_eq!(status, 200, "{text}");
-    let data = sse_data(&text);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = stream_chunks(&server, &body);
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk"));
@@ -629,8 +615,8 @@ struct Streamed {
     completion_tokens: u64,
 }
 
-/// Sends `body` streamed (with the usage chunk) and reads the whole answer.
-fn streamed(server: &Server, body: &Value) -> Streamed {
+/// Sends `body` streamed with the usage chunk: the chunks before `[DONE]`.
+fn stream_chunks(server: &Server, body: &Value) -> Vec<Value> {
     let mut body = body.clone();
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
@@ -638,10 +624,15 @@ fn streamed(server: &Server, body: &Value) -> Streamed {
     assert_eq!(status, 200, "{text}");
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
+    data[..data.len() - 1]
         .iter()
         .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+        .collect()
+}
+
+/// Sends `body` streamed (with the usage chunk) and reads the whole answer.
+fn streamed(server: &Server, body: &Value) -> Streamed {
+    let chunks = stream_chunks(server, body);
     let choice = |c: &Value| c["choices"][0].clone();
     Streamed {
         text: chunks
@@ -651,11 +642,11 @@ fn streamed(server: &Server, body: &Value) -> Streamed {
         finish_reason: chunks
             .iter()
             .find_map(|c| choice(c)["finish_reason"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("no finish_reason: {text}")),
+            .unwrap_or_else(|| panic!("no finish_reason: {chunks:?}")),
         completion_tokens: chunks
             .last()
             .and_then(|c| c["usage"]["completion_tokens"].as_u64())
-            .unwrap_or_else(|| panic!("no usage: {text}")),
+            .unwrap_or_else(|| panic!("no usage: {chunks:?}")),
     }
 }
 
@@ -770,26 +761,7 @@ fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
     }
 
     // The long prompt (1050 audio tokens: three prefill chunks) greedy, as `auris ask` runs it.
-    let ask = run(auris()
-        .arg("ask")
-        .arg(fixture("audio/long_42s_16k.wav"))
-        .args([
-            "--question",
-            "Describe the sound.",
-            "--model",
-            "models/tiny-chat",
-        ])
-        .args([
-            "--device",
-            "cpu",
-            "--greedy",
-            "--max-new-tokens",
-            "24",
-            "--json",
-            "--quiet",
-        ]));
-    assert_eq!(ask.code, 0, "{}", ask.stderr);
-    let ask: Value = serde_json::from_str(&ask.stdout).unwrap();
+    let ask = ask_greedy("long_42s_16k.wav", "Describe the sound.", 24);
     assert_eq!(together[0].text, ask["text"].as_str().unwrap());
     assert_eq!(
         together[0].completion_tokens,

@@ -305,6 +305,8 @@ impl Active<'_> {
         .with_stop_strings(stops);
         // The prompt's logits are pending: this chooses without running the model.
         let first = seq.step(p.decoder())?;
+        // A stop id chosen first is the first token too, though it is not sent.
+        self.job.admission.first_token();
         self.stage = Stage::Decode {
             seq: Box::new(seq),
             started: Instant::now(),
@@ -320,9 +322,6 @@ impl Active<'_> {
             return;
         };
         if let Some(id) = token {
-            if seq.generation().tokens.len() == 1 {
-                self.job.admission.first_token();
-            }
             if let Ok(Some(piece)) = self.text.push(id) {
                 let out = seq.push_text(&piece);
                 if !out.is_empty() {
