@@ -125,13 +125,14 @@ fn ask_body(clip: &str, question: &str) -> Value {
 }
 
 /// `auris ask --json` on a fixture clip with greedy decoding.
-fn ask_greedy(clip: &str, question: &str, max_new_tokens: usize) -> Value {
+fn ask_greedy(clip: &str, question: &str, max_new_tokens: usize, extra: &[&str]) -> Value {
     let ask = run(auris()
         .arg("ask")
         .arg(fixture(&format!("audio/{clip}")))
         .args(["--question", question, "--model", "models/tiny-chat"])
         .args(["--device", "cpu", "--greedy", "--json", "--quiet"])
-        .args(["--max-new-tokens", &max_new_tokens.to_string()]));
+        .args(["--max-new-tokens", &max_new_tokens.to_string()])
+        .args(extra));
     assert_eq!(ask.code, 0, "{}", ask.stderr);
     serde_json::from_str(&ask.stdout).unwrap()
 }
@@ -147,7 +148,7 @@ fn sse_data(text: &str) -> Vec<String> {
 #[test]
 fn answers_equal_auris_ask_greedy_streamed_or_not() {
     let server = Server::start(&[]);
-    let ask = ask_greedy("tone_440_16k.wav", "What is this?", 8);
+    let ask = ask_greedy("tone_440_16k.wav", "What is this?", 8, &[]);
     let n_out = ask["output_token_ids"].as_array().unwrap().len();
 
     let body = ask_body("tone_440_16k.wav", "What is this?");
@@ -702,7 +703,18 @@ fn watch_metrics(
 /// the greedy one with the longest prompt what `auris ask` answers.
 #[test]
 fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
-    let server = Arc::new(Server::start(&["--parallel", "8"]));
+    eight_concurrent_streams(&[]);
+}
+
+/// The same with q8_0 weights: the decode rows go through the quantised kernels together.
+#[test]
+fn eight_concurrent_streams_with_q8_0_weights_each_get_the_answer_they_get_alone() {
+    eight_concurrent_streams(&["--quant", "q8_0"]);
+}
+
+/// Eight concurrent clients against a server loading the model with `weights` flags.
+fn eight_concurrent_streams(weights: &[&str]) {
+    let server = Arc::new(Server::start(&[&["--parallel", "8"], weights].concat()));
     let mut requests = mixed_requests();
     // A stop string taken from the middle of one answer, so that it ends on it.
     let plain = streamed(&server, &requests[2]).text;
@@ -761,7 +773,7 @@ fn eight_concurrent_streams_each_get_the_answer_they_get_alone() {
     }
 
     // The long prompt (1050 audio tokens: three prefill chunks) greedy, as `auris ask` runs it.
-    let ask = ask_greedy("long_42s_16k.wav", "Describe the sound.", 24);
+    let ask = ask_greedy("long_42s_16k.wav", "Describe the sound.", 24, weights);
     assert_eq!(together[0].text, ask["text"].as_str().unwrap());
     assert_eq!(
         together[0].completion_tokens,
