@@ -7,16 +7,20 @@
 //!
 //! # One request core
 //!
-//! Every path runs through one function, [`Pipeline::execute`], on an [`AudioRequest`]: any
+//! Every path runs through one function, [`Pipeline::prepare`], on an [`AudioRequest`]: any
 //! number of audio inputs ([`AudioSource`]: a file, an upload held in memory, or audio encoded
 //! beforehand), a prompt with one placeholder per input ([`PromptSpec`], a conversation
 //! included), one pruning policy and one context budget for all inputs together.
+//! [`Pipeline::execute`] is that preparation, the prefill and the answer; a server that steps
+//! many sequences together prefills and generates itself and completes the same [`Response`]
+//! ([`Pipeline::complete`]).
 //!
 //! ```text
 //! caption / ask / inspect ─ Pipeline::run (one file) ─┐
 //! bench ─ Pipeline::run, per keep ratio ──────────────┤
-//! eval ─ Pipeline::run_encoded (encoded once) ────────┼─ Pipeline::execute
-//! serve ─ AudioRequest of N uploads + the chat ───────┘    measure -> plan -> gather -> finish
+//! eval ─ Pipeline::run_encoded (encoded once) ────────┴─ Pipeline::execute ─┐
+//! serve ─ AudioRequest of N uploads + the chat ─────────────────────────────┴─ Pipeline::prepare
+//!                                                    measure -> plan -> gather -> merge
 //! ```
 //!
 //! A file or upload is scanned first (each window's token count, no samples kept), the
