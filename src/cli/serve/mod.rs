@@ -39,9 +39,9 @@ mod worker;
 use wire::ApiError;
 use worker::{Event, Job, Outcome};
 
-/// Sequences decoded together when `--parallel` is not given, if that many fit in memory: on a
-/// CPU a decode step of 8 rows still costs about one weight read, and more rows only lengthen
-/// every request's time per token.
+/// Sequences decoded together when `--parallel` is not given, if that many fit in memory
+/// (vLLM's `max_num_seqs`): a decode step reads the weights once for all its rows, and each
+/// row adds its own compute and attention to every running request's time per token.
 const DEFAULT_PARALLEL: usize = 8;
 
 /// What every handler shares.
