@@ -445,6 +445,12 @@ fn ready_and_metrics_in_vllm_terms() {
     let server = Server::start(&[]);
     let (status, text) = server.get("/ready");
     assert_eq!(status, 200, "{text}");
+    // Without --parallel: 8 sequences, which fit with room to spare on the tiny model.
+    assert!(
+        server.log().iter().any(|l| l.ends_with("parallel=8")),
+        "{:?}",
+        server.log()
+    );
     let (status, before) = server.get("/metrics");
     assert_eq!(status, 200, "{before}");
     assert_eq!(

@@ -73,6 +73,16 @@ impl Active<'_> {
         }
     }
 
+    /// Prompt positions still to prefill.
+    fn prompt_left(&self) -> usize {
+        match &self.stage {
+            Stage::Prefill { embeds, cache, .. } => {
+                embeds.dim(1).unwrap_or(0).saturating_sub(cache.len())
+            }
+            Stage::Decode { .. } => 0,
+        }
+    }
+
     /// Whether it is done: failed, finished, or its client went away.
     fn done(&self) -> bool {
         self.failed.is_some()
@@ -180,7 +190,7 @@ impl<'p> Scheduler<'p> {
     fn step(&mut self) {
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let decoded = self.decode()?;
-            self.prefill(STEP_TOKENS.saturating_sub(decoded));
+            self.prefill(decoded);
             Ok::<_, Error>(())
         }));
         let failure = match run {
@@ -224,24 +234,17 @@ impl<'p> Scheduler<'p> {
         Ok(rows)
     }
 
-    /// Runs prefill chunks, oldest request first, while `budget` positions remain (one chunk
-    /// at least); a request whose prompt is done starts generating and emits its first token.
-    fn prefill(&mut self, mut budget: usize) {
-        let mut ran = false;
-        for active in &mut self.running {
-            let Stage::Prefill { embeds, cache, .. } = &active.stage else {
-                continue;
-            };
-            if active.done() {
-                continue;
-            }
-            let left = embeds.dim(1).unwrap_or(0).saturating_sub(cache.len());
-            let chunk = left.min(PREFILL_CHUNK);
-            if ran && chunk > budget {
-                break;
-            }
-            ran = true;
-            budget = budget.saturating_sub(chunk);
+    /// Runs the prefill chunks of this step ([`prefills_this_step`] after `decoded` decode
+    /// rows), oldest request first; a request whose prompt is done starts generating and emits
+    /// its first token.
+    fn prefill(&mut self, decoded: usize) {
+        let waiting: Vec<&mut Active<'p>> = self
+            .running
+            .iter_mut()
+            .filter(|a| a.prompt_left() > 0 && !a.done())
+            .collect();
+        let n = prefills_this_step(waiting.iter().map(|a| a.prompt_left()), decoded);
+        for active in waiting.into_iter().take(n) {
             if let Err(e) = active.prefill_chunk(self.p) {
                 active.failed = Some(worker::api_error(e));
             }
@@ -369,8 +372,42 @@ impl Active<'_> {
     }
 }
 
+/// How many of the prompts still to prefill, oldest first, with `left` positions each, run a
+/// chunk in a step that decoded `decoded` rows: while the step's [`STEP_TOKENS`] last, and at
+/// least one, so that a prompt never waits behind a full batch.
+fn prefills_this_step(left: impl IntoIterator<Item = usize>, decoded: usize) -> usize {
+    let mut budget = STEP_TOKENS.saturating_sub(decoded);
+    let mut n = 0;
+    for chunk in left.into_iter().map(|l| l.min(PREFILL_CHUNK)) {
+        if n > 0 && chunk > budget {
+            break;
+        }
+        budget = budget.saturating_sub(chunk);
+        n += 1;
+    }
+    n
+}
+
 /// Sends `job` its end and records it in the metrics.
 fn answer(job: &Job, result: Result<Box<Outcome>, ApiError>) {
     job.admission.finish(&result);
     let _ = job.events.send(Event::Done(result));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_runs_one_prefill_chunk_at_least_and_more_while_the_budget_lasts() {
+        assert_eq!(prefills_this_step([], 0), 0);
+        // A long prompt runs one chunk beside a full batch, and stops the queue behind it.
+        assert_eq!(prefills_this_step([1100], 8), 1);
+        assert_eq!(prefills_this_step([600, 78], 0), 1);
+        // Short prompts share a step.
+        assert_eq!(prefills_this_step([78, 78, 103], 0), 3);
+        assert_eq!(prefills_this_step([78, 78, 103], 300), 2);
+        assert_eq!(prefills_this_step([100, 500], 0), 1);
+        assert_eq!(prefills_this_step([100, 412, 1], 0), 2);
+    }
 }
