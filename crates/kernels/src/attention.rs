@@ -18,6 +18,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::cpu::Cpu;
+use crate::round::{round_bf16_at, Compute};
 use crate::softmax;
 
 /// Fewest and most queries per task ([`Attention::query_block`]).
@@ -121,12 +123,25 @@ pub struct Output {
 }
 
 impl Attention<'_> {
-    /// Runs the attention on the current rayon pool; see [`Output`] for `score_queries`.
+    /// Runs the attention in f32 on the current rayon pool; see [`Output`] for
+    /// `score_queries`.
     ///
     /// # Panics
     /// When the shapes are inconsistent: a slice too short for its layout, `kv_heads` not
     /// dividing `heads`, or a query that sees no key or keys past `keys`.
     pub fn run(&self, score_queries: Option<usize>) -> Output {
+        self.run_with(score_queries, Compute::F32)
+    }
+
+    /// [`Attention::run`] with the products' inputs in `compute`'s precision. Under
+    /// [`Compute::Bf16`] the probabilities are rounded to bf16 before they multiply the values
+    /// (the received attention is summed from the unrounded ones); `q`, `k` and `v` are taken
+    /// as given: the caller rounds them once where they are made (a projection's output, a KV
+    /// cache), so a cache is not copied and rounded again for every block.
+    ///
+    /// # Panics
+    /// As [`Attention::run`].
+    pub fn run_with(&self, score_queries: Option<usize>, compute: Compute) -> Output {
         self.check();
         let d = self.heads * self.head_dim;
         let score_queries = score_queries.map(|n| n.min(self.queries));
@@ -143,7 +158,7 @@ impl Attention<'_> {
                 let scored = score_queries.map(|n| n.saturating_sub(q0).min(rows));
                 // SAFETY: the task writes rows q0..q0 + rows of head h's columns only; no two
                 // tasks share a (block, head) pair, so the regions written are disjoint.
-                unsafe { self.block(h, q0, rows, out_ptr, scored) }
+                unsafe { self.block(h, q0, rows, out_ptr, scored, compute) }
             })
             .reduce_with(|a, b| match (a, b) {
                 (Some(mut a), Some(b)) => {
@@ -220,6 +235,7 @@ impl Attention<'_> {
         rows: usize,
         out: SharedOut,
         scored: Option<usize>,
+        compute: Compute,
     ) -> Option<Vec<f64>> {
         let hd = self.head_dim;
         let g = h / (self.heads / self.kv_heads);
@@ -259,6 +275,19 @@ impl Attention<'_> {
             row[..a - lo].fill(0.0);
             row[b - lo..].fill(0.0);
         }
+        let scores = scored.map(|m| {
+            let mut sums = vec![0.0f64; self.keys];
+            for row in probs.chunks_exact(n).take(m) {
+                sums[lo..hi]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(s, &p)| *s += p as f64);
+            }
+            sums
+        });
+        if compute == Compute::Bf16 {
+            round_bf16_at(Cpu::detected(), &mut probs);
+        }
         let d = self.heads * hd;
         // out rows (rows x hd) = probs (rows x n) . v_g[lo..hi] (n x hd)
         gemm(
@@ -282,16 +311,7 @@ impl Attention<'_> {
             false,
             Parallelism::None,
         );
-        scored.map(|m| {
-            let mut sums = vec![0.0f64; self.keys];
-            for row in probs.chunks_exact(n).take(m) {
-                sums[lo..hi]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(s, &p)| *s += p as f64);
-            }
-            sums
-        })
+        scores
     }
 }
 
@@ -310,6 +330,12 @@ mod tests {
     /// The definition in f64: per head, softmax over the visible keys, times the values;
     /// received attention averaged over the heads and the first `n` queries.
     fn reference(a: &Attention, n: usize) -> (Vec<f64>, Vec<f64>) {
+        reference_with(a, n, Compute::F32)
+    }
+
+    /// [`reference`] with the probabilities rounded to bf16 before they weigh the values
+    /// under [`Compute::Bf16`].
+    fn reference_with(a: &Attention, n: usize, compute: Compute) -> (Vec<f64>, Vec<f64>) {
         let (hd, d) = (a.head_dim, a.heads * a.head_dim);
         let mut out = vec![0.0f64; a.queries * d];
         let mut received = vec![0.0f64; a.keys];
@@ -335,6 +361,10 @@ mod tests {
                     if i < n {
                         received[j] += p / (a.heads * n) as f64;
                     }
+                    let p = match compute {
+                        Compute::F32 => p,
+                        Compute::Bf16 => crate::round::round_bf16(p as f32) as f64,
+                    };
                     for c in 0..hd {
                         out[i * d + h * hd + c] += p * a.v.0[a.v.1.at(j, g) + c] as f64;
                     }
@@ -452,6 +482,64 @@ mod tests {
                 },
                 s,
             );
+        }
+    }
+
+    /// bf16 compute on bf16 inputs: the output is that of the probabilities rounded to bf16
+    /// (up to the rare probability whose f32 and f64 values round apart: a loose maximum, and
+    /// a root-mean-square error far below the rounding's own effect), the scores are the
+    /// unrounded ones; 1 to 3 threads, causal grouped heads and a masked prefix.
+    #[test]
+    fn bf16_compute_rounds_the_probabilities() {
+        use crate::round::rounded_bf16;
+        let rms = |a: &[f32], b: &[f64]| {
+            let s: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+            (s / a.len() as f64).sqrt()
+        };
+        for (t, heads, kv_heads, head_dim, visible) in [
+            (67, 4, 2, 8, Visible::Causal { start: 0, window: None }),
+            (130, 3, 3, 16, Visible::Prefix(100)),
+        ] {
+            let kv = kv_heads * head_dim;
+            let q = rounded_bf16(&values(t * heads * head_dim, 31));
+            let k = rounded_bf16(&values(t * kv, 32));
+            let v = rounded_bf16(&values(t * kv, 33));
+            let a = Attention {
+                q: (&q, Layout::rows(heads, head_dim)),
+                k: (&k, Layout::rows(kv_heads, head_dim)),
+                v: (&v, Layout::rows(kv_heads, head_dim)),
+                queries: t,
+                keys: t,
+                heads,
+                kv_heads,
+                head_dim,
+                scale: 1.0,
+                visible,
+            };
+            let (f32_out, want_rec) = reference(&a, t);
+            let (want, _) = reference_with(&a, t, Compute::Bf16);
+            let effect = f32_out
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / (want.len() as f64).sqrt();
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| a.run_with(Some(t), Compute::Bf16));
+                assert!(max_abs_diff(&got.out, &want) < 1e-4, "{threads} threads");
+                assert!(
+                    rms(&got.out, &want) < 0.1 * effect,
+                    "{threads} threads: rms {} against the rounding's {effect}",
+                    rms(&got.out, &want)
+                );
+                let rec = got.received.unwrap();
+                assert!(max_abs_diff(&rec, &want_rec) < 1e-6, "{threads} threads");
+            }
         }
     }
 

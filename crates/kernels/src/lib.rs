@@ -18,6 +18,9 @@
 //!   blocks against an activation row quantised to 8 bits, integer block dots with
 //!   AVX512-VNNI, AVX-VNNI or AVX2) and [`q4k`] (GGML `q4_K` super-blocks).
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
+//! - [`round`]: the precision of the products' inputs ([`round::Compute`]: f32, or bf16 as
+//!   PyTorch and llama.cpp compute it), the bf16 rounding (AVX2, portable), and the rule `auto`
+//!   follows. [`linear`] and [`attention`] take a [`round::Compute`].
 
 pub mod activation;
 pub mod attention;
@@ -28,6 +31,7 @@ pub mod linear;
 pub mod peak;
 pub mod q4k;
 pub mod qgemv;
+pub mod round;
 pub mod softmax;
 #[doc(hidden)]
 pub mod test_values;

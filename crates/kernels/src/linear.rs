@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::activation::gelu_erf_in_place;
 use crate::cpu::{Cpu, Simd};
+use crate::round::{round_bf16_in_place, rounded_bf16, Compute};
 
 /// What follows the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +66,15 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// Values from the start of the first row to the end of the last.
+    fn span(&self) -> usize {
+        (self.rows - 1) * self.stride + self.len
+    }
+
     fn check(&self) {
         assert!(self.rows > 0 && self.len > 0, "linear: empty x");
         assert!(
-            (self.rows - 1) * self.stride + self.len <= self.data.len(),
+            self.span() <= self.data.len(),
             "linear: {} rows of {} at stride {} need more than {} values",
             self.rows,
             self.len,
@@ -234,11 +240,27 @@ const BLOCK_ALIGN: usize = 64;
 const WIDEN_TASK: usize = 1 << 15;
 
 /// `act(x W^T + b)` for `w` of `out` rows of `x.len` values and `b` of `out` values;
-/// `(x.rows, out)` row-major, computed on the current rayon pool.
+/// `(x.rows, out)` row-major, computed in f32 on the current rayon pool.
 ///
 /// # Panics
 /// When the lengths disagree.
 pub fn linear<'a>(
+    x: Rows,
+    w: impl Into<Weight<'a>>,
+    out: usize,
+    bias: Option<&[f32]>,
+    act: Act,
+) -> Vec<f32> {
+    linear_with(Compute::F32, x, w, out, bias, act)
+}
+
+/// [`linear`] with the product's inputs in `compute`'s precision (see
+/// [`linear_into_with`]); the bias and the activation are f32.
+///
+/// # Panics
+/// When the lengths disagree.
+pub fn linear_with<'a>(
+    compute: Compute,
     x: Rows,
     w: impl Into<Weight<'a>>,
     out: usize,
@@ -255,7 +277,7 @@ pub fn linear<'a>(
         }
         None => vec![0.0; x.rows * out],
     };
-    linear_into(&mut y, out, 0, x, w);
+    linear_into_with(compute, &mut y, out, 0, x, w);
     if act == Act::GeluErf {
         gelu_erf_in_place(&mut y);
     }
@@ -276,12 +298,55 @@ pub fn linear_into<'a>(
     x: Rows,
     w: impl Into<Weight<'a>>,
 ) {
+    linear_into_with(Compute::F32, y, y_cols, col0, x, w)
+}
+
+/// [`linear_into`] with the product's inputs in `compute`'s precision. [`Compute::Bf16`]
+/// rounds `x` to bf16 once (one copy of its rows) and multiplies bf16 weights as they are;
+/// f32 and f16 weights are rounded to bf16 a block at a time as they are widened
+/// ([`WIDEN_BLOCK`]). The products then run in f32 on bf16 values, which is bf16 × bf16 with
+/// f32 accumulation: [`crate::round`].
+///
+/// # Panics
+/// When the lengths disagree.
+pub fn linear_into_with<'a>(
+    compute: Compute,
+    y: &mut [f32],
+    y_cols: usize,
+    col0: usize,
+    x: Rows,
+    w: impl Into<Weight<'a>>,
+) {
     let w = w.into();
-    let w = match w {
-        Weight::F32(w) => return gemm_into(y, y_cols, col0, x, w),
-        half => half,
-    };
     x.check();
+    let rounded;
+    let x = match compute {
+        Compute::F32 => x,
+        Compute::Bf16 => {
+            rounded = rounded_bf16(&x.data[..x.span()]);
+            Rows {
+                data: &rounded,
+                ..x
+            }
+        }
+    };
+    let round_w = compute == Compute::Bf16 && !matches!(w, Weight::Bf16(_));
+    match w {
+        Weight::F32(w) if !round_w => gemm_into(y, y_cols, col0, x, w),
+        w => widened_blocks_into(y, y_cols, col0, x, w, round_w),
+    }
+}
+
+/// [`linear_into`] over weights widened to f32 (and rounded to bf16 when `round` says) one
+/// block of rows at a time.
+fn widened_blocks_into(
+    y: &mut [f32],
+    y_cols: usize,
+    col0: usize,
+    x: Rows,
+    w: Weight,
+    round: bool,
+) {
     let k = x.len;
     assert!(w.len().is_multiple_of(k), "linear: w is not (out, {k})");
     let out = w.len() / k;
@@ -300,6 +365,9 @@ pub fn linear_into<'a>(
             let len = block_rows.min(out - start);
             buf.resize(len * k, 0.0);
             w.slice(start * k, len * k).widen_into(buf);
+            if round {
+                round_bf16_in_place(buf);
+            }
             gemm_into(y, y_cols, col0 + start, x, buf);
         }
     };
@@ -539,6 +607,78 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// bf16 compute equals the f64 product of the operands rounded to bf16 by the scalar
+    /// reference, for f32, bf16 and f16 weights, odd shapes (several widening blocks in the
+    /// last), overlapping rows, and 1-3 threads; and it is not the f32 product (the check can
+    /// tell the two apart).
+    #[test]
+    fn bf16_compute_equals_the_product_of_rounded_operands() {
+        use crate::round::round_bf16;
+        let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| round_bf16(x)).collect() };
+        for (rows, k, out, stride) in [
+            (1, 1, 1, 1),
+            (3, 5, 7, 5),
+            (17, 33, 65, 33),
+            (70, 129, 31, 64),
+            (4, 3001, 700, 3001),
+        ] {
+            let data = values((rows - 1) * stride + k, 21);
+            let x = Rows {
+                data: &data,
+                rows,
+                len: k,
+                stride,
+            };
+            let dense: Vec<f32> = (0..rows)
+                .flat_map(|r| round(&data[r * stride..r * stride + k]))
+                .collect();
+            let w = values(out * k, 22);
+            let b = values(out, 23);
+            let w16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let wh_wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+            let cases = [
+                (Weight::F32(&w), round(&w)),
+                (Weight::Bf16(&w16), round(&w)),
+                (Weight::F16(&wh), round(&wh_wide)),
+            ];
+            let unrounded: Vec<f32> = (0..rows)
+                .flat_map(|r| data[r * stride..r * stride + k].to_vec())
+                .collect();
+            let f32_product = reference(&unrounded, rows, &w, out, Some(&b));
+            let bf16_product = reference(&dense, rows, &round(&w), out, Some(&b));
+            for (weight, rounded_w) in cases {
+                let want = reference(&dense, rows, &rounded_w, out, Some(&b));
+                for threads in 1..=3 {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let got = pool.install(|| {
+                        linear_with(Compute::Bf16, x, weight, out, Some(&b), Act::Identity)
+                    });
+                    for (g, v) in got.iter().zip(&want) {
+                        let tol = 1e-6 * (1.0 + v.abs()) * (k as f64).sqrt();
+                        assert!(
+                            (*g as f64 - v).abs() <= tol,
+                            "{rows}x{k}x{out} {weight:?} {threads} threads: {g} vs {v}"
+                        );
+                    }
+                }
+            }
+            // The rounding moves the result by far more than the tolerance.
+            let moved = bf16_product
+                .iter()
+                .zip(&f32_product)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                k == 1 || moved > 1e-4,
+                "{rows}x{k}x{out}: rounding moved {moved}"
+            );
         }
     }
 
