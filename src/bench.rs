@@ -132,6 +132,11 @@ pub struct BenchReport {
     pub weights: String,
     /// Storage of its output head (the 4-bit modes give it `q8_0`).
     pub head_weights: String,
+    /// Precision of the matrix products' inputs (`f32`, `bf16`; see
+    /// [`crate::pipeline::ComputeMode`]).
+    pub compute: String,
+    /// Why that precision: chosen, or what `auto` found.
+    pub compute_reason: String,
     /// Bytes of weights one decode step reads (every linear layer and the head).
     pub weight_bytes_per_token: u64,
     /// The machine's read bandwidth with this run's threads, bytes per second (a parallel sum
@@ -436,6 +441,8 @@ pub fn run(
         load_ms: 0.0,
         weights: decoder.weight_format().to_string(),
         head_weights: decoder.head_weight_format().to_string(),
+        compute: pipeline.compute().name.to_string(),
+        compute_reason: pipeline.compute().reason.clone(),
         weight_bytes_per_token: weight_bytes as u64,
         read_bandwidth: bandwidth,
         decode_limit_tok_s: bandwidth / weight_bytes.max(1) as f64,
@@ -514,11 +521,13 @@ pub fn markdown(r: &BenchReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nload {:.1} s; weights {} (head {}), {:.2} GB read per decoded token; read bandwidth \
-         {:.1} GB/s, so decode can reach {:.2} tok/s at most\n",
+        "\nload {:.1} s; weights {} (head {}), compute {} ({}), {:.2} GB read per decoded token; \
+         read bandwidth {:.1} GB/s, so decode can reach {:.2} tok/s at most\n",
         r.load_ms / 1e3,
         r.weights,
         r.head_weights,
+        r.compute,
+        r.compute_reason,
         r.weight_bytes_per_token as f64 / 1e9,
         r.read_bandwidth / 1e9,
         r.decode_limit_tok_s

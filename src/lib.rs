@@ -29,7 +29,9 @@ pub mod whisper;
 use std::path::Path;
 
 pub use error::Error;
-pub use pipeline::{LoadOptions, Pipeline, PromptSpec, Request, Response, Task, Weights};
+pub use pipeline::{
+    ComputeChoice, ComputeMode, LoadOptions, Pipeline, PromptSpec, Request, Response, Task, Weights,
+};
 
 /// Default cap on generated tokens.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;

@@ -2,6 +2,7 @@
 //! values the pipeline takes.
 
 use auris::checkpoint::DEFAULT_MODEL;
+use auris::ComputeChoice;
 use auris_llm::WeightFormat;
 use auris_prune::{Policy, Remainder, Strategy};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -345,6 +346,16 @@ pub(super) struct ModelArgs {
     /// The embedding table keeps the checkpoint's precision; compute stays f32.
     #[arg(long, value_enum)]
     pub(super) quant: Option<QuantArg>,
+    /// Precision of the matrix products (CPU). f32: f32 inputs, the exact path, the same
+    /// results on every CPU. bf16: each product's inputs rounded to bf16 (round to nearest
+    /// even) and accumulated in f32, as PyTorch in bf16 and llama.cpp compute, with bf16
+    /// weights (f32/f16 ones rounded at load); with --quant the quantised weights keep their
+    /// integer products. It pays only on a bf16 matrix unit (AMX, AVX512-BF16), which no auris
+    /// kernel uses yet. auto: bf16 when the checkpoint stores bf16/f16 weights and a start-up
+    /// probe measures this CPU's bf16 unit faster than f32, else f32; until such a kernel
+    /// exists that is f32 on every CPU. The JSON field "compute" says what ran.
+    #[arg(long, value_enum, default_value_t = ComputeArg::Auto)]
+    pub(super) compute: ComputeArg,
     /// Load even when the estimated memory exceeds what the system has available.
     #[arg(long)]
     pub(super) no_memory_check: bool,
@@ -359,6 +370,23 @@ pub(super) enum DtypeArg {
     F32,
     F16,
     Bf16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(super) enum ComputeArg {
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl ComputeArg {
+    pub(super) fn choice(self) -> ComputeChoice {
+        match self {
+            ComputeArg::Auto => ComputeChoice::Auto,
+            ComputeArg::F32 => ComputeChoice::F32,
+            ComputeArg::Bf16 => ComputeChoice::Bf16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -58,7 +58,7 @@ pub(super) fn run(
     };
     let letter = answer.map(|i| choice_letter(i).to_string());
     if common.json {
-        let mut v = response_json(&r, &common.prune, session.load_ms);
+        let mut v = response_json(&r, &common.prune, &session);
         if !choices.is_empty() {
             v["choices"] = json!(choices);
             v["answer"] = json!(letter);

@@ -29,7 +29,7 @@ pub(super) fn run(audio: &[PathBuf], common: &Common) -> Result<ExitCode> {
             Ok(r) => {
                 log_done(&session, &r);
                 if common.json {
-                    print_line(&response_json(&r, &common.prune, session.load_ms).to_string())?;
+                    print_line(&response_json(&r, &common.prune, &session).to_string())?;
                 }
             }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {

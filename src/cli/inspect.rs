@@ -40,7 +40,7 @@ pub(super) fn run(audio: PathBuf, out: &std::path::Path, common: &Common) -> Res
     candle_core::safetensors::save(&tensors, out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     if common.json {
-        let mut v = response_json(&r, &common.prune, session.load_ms);
+        let mut v = response_json(&r, &common.prune, &session);
         v["out"] = json!(out.display().to_string());
         print_line(&v.to_string())?;
     } else {

@@ -123,6 +123,7 @@ fn open_metal() -> Result<Device> {
 
 /// The compute dtype and the language model's weight storage the options ask for.
 fn pick_precision(args: &ModelArgs, device: &Device) -> Result<(DType, Weights)> {
+    check_compute(args, device)?;
     if let Some(quant) = args.quant {
         if !device.is_cpu() {
             return Err(usage(format!(
@@ -151,6 +152,25 @@ fn pick_precision(args: &ModelArgs, device: &Device) -> Result<(DType, Weights)>
         (DtypeArg::Bf16 | DtypeArg::Auto, _) => DType::BF16,
     };
     Ok((dtype, Weights::Compute))
+}
+
+/// `--compute` is for the CPU, and bf16 compute multiplies bf16 weights.
+fn check_compute(args: &ModelArgs, device: &Device) -> Result<()> {
+    if args.compute == ComputeArg::Auto {
+        return Ok(());
+    }
+    if !device.is_cpu() {
+        return Err(usage(
+            "--compute is for the CPU; on a GPU --dtype picks the compute precision",
+        ));
+    }
+    if args.compute == ComputeArg::Bf16 && matches!(args.dtype, DtypeArg::F32 | DtypeArg::F16) {
+        return Err(usage_with_hint(
+            "--compute bf16 multiplies bf16 weights; --dtype f32 and --dtype f16 keep others",
+            "leave --dtype at auto (or bf16) with --compute bf16, or use --compute f32",
+        ));
+    }
+    Ok(())
 }
 
 fn device_name(device: &Device) -> &'static str {
@@ -216,6 +236,7 @@ fn load_for(
             memory_check: !args.no_memory_check,
             context: auris::pipeline::DEFAULT_CONTEXT,
             sequences,
+            compute: args.compute.choice(),
             progress: !quiet,
             prompt_format: match format {
                 FormatArg::Auto => PromptFormat::Auto,
@@ -224,6 +245,10 @@ fn load_for(
             },
         },
     )?;
+    if !quiet {
+        let compute = pipeline.compute();
+        eprintln!("auris: compute {} ({})", compute.name, compute.reason);
+    }
     Ok(Session {
         pipeline,
         load_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -283,8 +308,9 @@ fn generate_options(
     Ok(opts)
 }
 
-fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
+fn response_json(r: &Response, prune: &PruneArgs, session: &Session) -> Value {
     let t = &r.timings;
+    let load_ms = session.load_ms;
     json!({
         "audio": r.audio.display().to_string(),
         "duration_s": r.duration_s,
@@ -300,6 +326,7 @@ fn response_json(r: &Response, prune: &PruneArgs, load_ms: f64) -> Value {
         "text": r.text,
         "timings_ms": timings_json(t, Some(load_ms)),
         "tokens_per_s": t.tokens_per_s,
+        "compute": session.pipeline.compute().name,
     })
 }
 

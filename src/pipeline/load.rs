@@ -4,6 +4,8 @@
 use auris_audio::config::EncoderConfig;
 use auris_audio::encoder::Qwen2AudioEncoder;
 use auris_audio::{MelConfig, MelExtractor};
+use auris_kernels::cpu::Cpu;
+use auris_kernels::round::{resolve_auto, Compute};
 use auris_llm::{Qwen2Decoder, WeightFormat};
 use auris_projector::MultiModalProjector;
 use candle_core::{DType, Device};
@@ -38,6 +40,8 @@ pub struct LoadOptions {
     pub context: usize,
     /// Sequences served at the same time, each with its own KV cache of `context` positions.
     pub sequences: Sequences,
+    /// Precision of the matrix products' inputs.
+    pub compute: ComputeChoice,
 }
 
 /// How many sequences a loaded model serves at the same time ([`LoadOptions::sequences`]):
@@ -64,7 +68,87 @@ impl Default for LoadOptions {
             memory_check: true,
             context: DEFAULT_CONTEXT,
             sequences: Sequences::Exactly(1),
+            compute: ComputeChoice::Auto,
         }
+    }
+}
+
+/// The precision asked of the matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeChoice {
+    /// bf16 when the checkpoint stores bf16/f16 weights, the CPU has a bf16 matrix unit and a
+    /// start-up probe measures its kernel faster than the f32 one; f32 otherwise
+    /// ([`auris_kernels::round::resolve_auto`]: no such kernel exists yet, so f32 on every
+    /// CPU today). Off the CPU: the compute dtype.
+    #[default]
+    Auto,
+    /// f32 inputs: the exact path.
+    F32,
+    /// Inputs rounded to bf16, f32 accumulation, bf16 weights (CPU only): the encoder's
+    /// products (convolution stem, attention, MLP), the projector, and the language model's
+    /// float products (prefill, decode, attention, output head). Quantised weights (`--quant`)
+    /// keep their integer products.
+    Bf16,
+}
+
+/// What a load computes the matrix products in, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeMode {
+    /// The precision of the products' inputs: `f32` or `bf16`, and off the CPU the compute
+    /// dtype's name (`f16` too).
+    pub name: &'static str,
+    /// The CPU kernels' precision (f32 off the CPU, where candle computes in the dtype).
+    pub kernels: Compute,
+    /// Why: chosen by the caller, or what `auto` found.
+    pub reason: String,
+}
+
+impl ComputeChoice {
+    /// The mode of a load with `opts` of a checkpoint whose language model is stored in
+    /// `checkpoint`; [`Error::InvalidConfig`] for a choice off the CPU (the dtype decides
+    /// there) and for bf16 with weights in the f32 compute dtype ([`Weights::Compute`]).
+    pub fn resolve(self, opts: &LoadOptions, checkpoint: DType) -> Result<ComputeMode, Error> {
+        let refuse = |reason: &str| Error::InvalidConfig {
+            field: "compute".to_string(),
+            value: format!("{self:?}").to_lowercase(),
+            reason: reason.to_string(),
+        };
+        if !opts.device.is_cpu() {
+            if self != ComputeChoice::Auto {
+                return Err(refuse(
+                    "off the CPU the products compute in the compute dtype",
+                ));
+            }
+            let name = match opts.dtype {
+                DType::BF16 => "bf16",
+                DType::F16 => "f16",
+                _ => "f32",
+            };
+            let reason = format!("the device computes in {}", opts.dtype.as_str());
+            return Ok(ComputeMode {
+                name,
+                kernels: Compute::F32,
+                reason,
+            });
+        }
+        let (kernels, reason) = match self {
+            ComputeChoice::F32 => (Compute::F32, "chosen".to_string()),
+            ComputeChoice::Bf16 if opts.weights == Weights::Compute => {
+                return Err(refuse("bf16 compute multiplies bf16 weights, not f32 ones"))
+            }
+            ComputeChoice::Bf16 => (Compute::Bf16, "chosen".to_string()),
+            ComputeChoice::Auto => {
+                let half = matches!(checkpoint, DType::BF16 | DType::F16)
+                    && opts.weights != Weights::Compute;
+                let (compute, why) = resolve_auto(Cpu::detected(), half);
+                (compute, format!("auto: {why}"))
+            }
+        };
+        Ok(ComputeMode {
+            name: kernels.name(),
+            kernels,
+            reason,
+        })
     }
 }
 
@@ -88,6 +172,19 @@ pub enum Weights {
 }
 
 impl Weights {
+    /// The storage that `compute` multiplies: under bf16 the float modes store bf16 (the
+    /// checkpoint's own bf16 weights as they are, others rounded at load); the quantised
+    /// formats and f32 compute keep theirs.
+    pub fn for_compute(self, compute: Compute) -> Weights {
+        match (compute, self) {
+            (
+                Compute::Bf16,
+                Weights::Checkpoint | Weights::Format(WeightFormat::F32 | WeightFormat::F16),
+            ) => Weights::Format(WeightFormat::Bf16),
+            (_, w) => w,
+        }
+    }
+
     /// Where the language model's weights go for a checkpoint stored in `checkpoint` (the
     /// dtype of its language-model tensors), with `compute` for the other stages.
     pub fn placement(self, compute: DType, checkpoint: DType) -> Placement {
@@ -254,9 +351,8 @@ impl Pipeline {
 
         let store = WeightStore::open_model(files)?;
         let infos = store.infos();
-        let place = opts
-            .weights
-            .placement(opts.dtype, llm_checkpoint_dtype(&infos, family));
+        let (compute, opts, place) = compute_placement(opts, llm_checkpoint_dtype(&infos, family))?;
+        let opts = &opts;
         // The estimate is of host memory, where the CPU keeps the weights; on a GPU they live in
         // device memory (the memory-mapped file is read through once), and an oversized model
         // fails with the driver's out-of-memory error instead.
@@ -272,7 +368,8 @@ impl Pipeline {
                 .var_builder(place.audio_linear, &opts.device)
                 .pp(layout.audio_tower),
             opts.dtype,
-        )?;
+        )?
+        .with_compute(compute.kernels);
         let projector = MultiModalProjector::load_kind(
             family.projector(&config),
             config.audio_config.d_model,
@@ -280,8 +377,10 @@ impl Pipeline {
             store
                 .var_builder(opts.dtype, &opts.device)
                 .pp(layout.projector),
-        )?;
-        let decoder = load_decoder(&config, &store, &place, &opts.device, family)?;
+        )?
+        .with_compute(compute.kernels)?;
+        let kernels = compute.kernels;
+        let decoder = load_decoder(&config, &store, &place, &opts.device, family, kernels)?;
         store.check_coverage(&[layout.lm_head().as_str()])?;
 
         let stop_ids = stop_ids(&generation, &config, &tokenizer, family);
@@ -302,8 +401,29 @@ impl Pipeline {
             device: opts.device.clone(),
             name: name.to_string(),
             sequences,
+            compute,
         })
     }
+}
+
+/// The compute mode `opts` resolve to for a checkpoint whose language model is stored in
+/// `checkpoint`, the options with the weight storage that mode multiplies
+/// ([`Weights::for_compute`]), and where the weights go (under bf16 the encoder's linear
+/// weights are bf16 too, so no product rounds them again).
+fn compute_placement(
+    opts: &LoadOptions,
+    checkpoint: DType,
+) -> Result<(ComputeMode, LoadOptions, Placement), Error> {
+    let compute = opts.compute.resolve(opts, checkpoint)?;
+    let opts = LoadOptions {
+        weights: opts.weights.for_compute(compute.kernels),
+        ..opts.clone()
+    };
+    let mut place = opts.weights.placement(opts.dtype, checkpoint);
+    if compute.kernels == Compute::Bf16 {
+        place.audio_linear = DType::BF16;
+    }
+    Ok((compute, opts, place))
 }
 
 /// The tokenizer and the ids of its audio special tokens (a tokenizer without them is not an
@@ -363,15 +483,18 @@ fn load_decoder(
     place: &Placement,
     device: &Device,
     family: &dyn Family,
+    compute: Compute,
 ) -> Result<Qwen2Decoder, Error> {
     let vb = store
         .var_builder(place.llm_read, device)
         .pp(family.layout().language_model);
     Ok(match place.llm_format {
         None => Qwen2Decoder::load(&config.text_config, vb)?,
-        Some(weights) => {
-            Qwen2Decoder::load_with(&config.text_config, vb, &auris_llm::LoadOptions { weights })?
-        }
+        Some(weights) => Qwen2Decoder::load_with(
+            &config.text_config,
+            vb,
+            &auris_llm::LoadOptions { weights, compute },
+        )?,
     })
 }
 

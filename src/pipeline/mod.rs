@@ -65,7 +65,7 @@ mod request;
 mod stream;
 mod tokens;
 pub use execute::Prepared;
-pub use load::{LoadOptions, Sequences, Weights, DEFAULT_CONTEXT};
+pub use load::{ComputeChoice, ComputeMode, LoadOptions, Sequences, Weights, DEFAULT_CONTEXT};
 pub use request::{
     AudioRequest, AudioSource, Inspection, PromptSpec, Request, Response, Task, Timings,
 };
@@ -116,6 +116,7 @@ pub struct Pipeline {
     /// Sequences served at the same time ([`LoadOptions::sequences`], as the memory check
     /// resolved it).
     sequences: usize,
+    compute: ComputeMode,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -156,6 +157,11 @@ impl Pipeline {
     /// The language model.
     pub fn decoder(&self) -> &Qwen2Decoder {
         &self.decoder
+    }
+
+    /// What the matrix products compute in, and why ([`LoadOptions::compute`]).
+    pub fn compute(&self) -> &ComputeMode {
+        &self.compute
     }
 
     /// Ids of the audio placeholder tokens.

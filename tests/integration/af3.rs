@@ -124,7 +124,7 @@ fn af3_choice_scores_match_transformers() {
 /// `auris caption --json` on `model` with `extra` options: its one output object.
 fn caption_json(model: &Path, audio: &Path, extra: &[&str]) -> Value {
     let out = run(auris()
-        .args(["caption", "--json", "--model"])
+        .args(["caption", "--json", "--compute", "f32", "--model"])
         .arg(model)
         .arg(audio)
         .args(extra));

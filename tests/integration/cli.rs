@@ -17,6 +17,7 @@ fn caption_json_reproduces_reference_tokens() {
     let case = Case::load("tiny-base", "caption_librivox");
     let out = run(auris()
         .args(["caption", "--json", "--max-new-tokens", "24", "--model"])
+        .args(["--compute", "f32"])
         .arg(model_dir("tiny-base"))
         .arg(case.audio()));
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -63,6 +64,7 @@ fn ask_json_reproduces_reference_greedy_with_repetition_penalty() {
             "24",
             "--model",
         ])
+        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
         .arg(case.audio())
         .args(["--question", "Describe the audio in one sentence."]));
@@ -77,6 +79,7 @@ fn ask_with_choices_scores_them() {
     let case = Case::load("tiny-chat", "ask_mc_dog");
     let out = run(auris()
         .args(["ask", "--json", "--score-choices", "--model"])
+        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
         .arg(case.audio())
         .args([
@@ -116,6 +119,7 @@ fn caption_with_segmentwise_pruning_reports_the_selection() {
             "10",
             "--model",
         ])
+        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
         .arg(case.audio()));
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -136,6 +140,7 @@ fn inspect_writes_reference_tensors() {
         std::env::temp_dir().join(format!("auris-inspect-{}.safetensors", std::process::id()));
     let out = run(auris()
         .args(["inspect", "--model"])
+        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
         .arg(case.audio())
         .arg("--out")

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use auris::checkpoint::ModelSource;
-use auris::{LoadOptions, Pipeline};
+use auris::{ComputeChoice, LoadOptions, Pipeline};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
@@ -23,11 +23,15 @@ pub(crate) fn model_dir(name: &str) -> PathBuf {
     root().join("models").join(name)
 }
 
-/// Loads a tiny model on the CPU in f32.
+/// Loads a tiny model on the CPU in f32, products included (`--compute f32`: the reference
+/// path on every CPU, whatever `auto` would pick).
 pub(crate) fn load_model(name: &str) -> Pipeline {
     Pipeline::load(
         &ModelSource::Local(model_dir(name)),
-        &LoadOptions::default(),
+        &LoadOptions {
+            compute: ComputeChoice::F32,
+            ..LoadOptions::default()
+        },
     )
     .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }

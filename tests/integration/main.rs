@@ -8,6 +8,7 @@ mod asr;
 mod checkpoint_faults;
 mod cli;
 mod common;
+mod compute;
 mod context;
 mod errors;
 mod eval;

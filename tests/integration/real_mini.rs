@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use auris::checkpoint::ModelSource;
 use auris::pipeline::{PromptSpec, Request, Task};
-use auris::{LoadOptions, Pipeline};
+use auris::{ComputeChoice, LoadOptions, Pipeline};
 use auris_prune::{Policy, Strategy};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -65,7 +65,11 @@ fn real_mini_matches_transformers_on_librivox() {
     let Some((model, refs)) = setup() else {
         return;
     };
-    let p = Pipeline::load(&ModelSource::Local(model.clone()), &LoadOptions::default())
+    let opts = LoadOptions {
+        compute: ComputeChoice::F32,
+        ..LoadOptions::default()
+    };
+    let p = Pipeline::load(&ModelSource::Local(model.clone()), &opts)
         .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()));
     assert!(p.is_chat(), "real-mini ships a chat template");
     let im_end = p.tokenizer().token_to_id("<|im_end|>").unwrap();

@@ -3,7 +3,8 @@
 //! `v_proj`, `out_proj`, queries scaled by `head_dim^-1/2`. Used by the encoder's self-attention
 //! and by a Whisper text decoder's self- and cross-attention.
 
-use auris_kernels::linear::{linear as fused_linear, Act, Rows, Weight};
+use auris_kernels::linear::{linear_with as fused_linear, Act, Rows, Weight};
+use auris_kernels::round::Compute;
 use candle_core::{DType, Module, Storage, Tensor, WithDType};
 use candle_nn::{
     linear, linear_no_bias, Activation, LayerNorm, LayerNormConfig, Linear, VarBuilder,
@@ -29,6 +30,7 @@ pub struct Attention {
     heads: usize,
     head_dim: usize,
     product: Product,
+    compute: Compute,
 }
 
 impl Attention {
@@ -48,12 +50,21 @@ impl Attention {
             heads,
             head_dim: d / heads,
             product,
+            compute: Compute::F32,
         })
+    }
+
+    /// The precision of the products on the CPU in f32 ([`Product::RowsTimesWeight`] and the
+    /// fused attention): under [`Compute::Bf16`] the projections round their inputs and
+    /// weights to bf16, [`Attention::forward_fused`] rounds the queries (scaled), keys, values
+    /// and probabilities. The unfused path computes in its tensors' dtype.
+    pub fn set_compute(&mut self, compute: Compute) {
+        self.compute = compute;
     }
 
     fn project(&self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.product {
-            Product::RowsTimesWeight => apply(layer, x),
+            Product::RowsTimesWeight => apply_with(layer, x, self.compute),
             Product::WeightTimesRows => project_rows(layer, x),
         }
     }
@@ -117,7 +128,11 @@ impl Attention {
             return Ok(None);
         }
         let scale = (self.head_dim as f64).powf(-0.5);
-        let rows = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let rows = |t: Tensor| -> candle_core::Result<Vec<f32>> {
+            let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+            self.compute.round_in_place(&mut values);
+            Ok(values)
+        };
         let q = rows((self.project(&self.q_proj, x)? * scale)?)?;
         let k = rows(self.project(&self.k_proj, x)?)?;
         let v = rows(self.project(&self.v_proj, x)?)?;
@@ -134,7 +149,7 @@ impl Attention {
             scale: 1.0,
             visible: Visible::Prefix(valid_keys.min(t)),
         }
-        .run(score_queries);
+        .run_with(score_queries, self.compute);
         let out = Tensor::from_vec(fused.out, (1, t, d), x.device())?;
         Ok(Some((self.project(&self.out_proj, &out)?, fused.received)))
     }
@@ -169,7 +184,14 @@ pub fn project_rows(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
 /// inside the product, elsewhere by candle), so the model keeps its compact weights and computes
 /// exactly what an f32 copy of them would.
 pub fn apply(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    match linear_cpu(layer, x, Act::Identity)? {
+    apply_with(layer, x, Compute::F32)
+}
+
+/// [`apply`] with the product's inputs in `compute`'s precision on the CPU (f32 data through
+/// [`auris_kernels::linear::linear_with`]: under [`Compute::Bf16`] `x` is rounded to bf16
+/// once, and an f32 or f16 weight a block of rows at a time); elsewhere in `x`'s dtype.
+pub fn apply_with(layer: &Linear, x: &Tensor, compute: Compute) -> candle_core::Result<Tensor> {
+    match linear_cpu(layer, x, Act::Identity, compute)? {
         Some(y) => Ok(y),
         None => widened(layer, x.dtype())?.forward(x),
     }
@@ -182,19 +204,35 @@ pub fn apply_then(
     x: &Tensor,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
+    apply_then_with(layer, x, activation, Compute::F32)
+}
+
+/// [`apply_then`] with the product's inputs in `compute`'s precision (see [`apply_with`]).
+pub fn apply_then_with(
+    layer: &Linear,
+    x: &Tensor,
+    activation: Activation,
+    compute: Compute,
+) -> candle_core::Result<Tensor> {
     if activation == Activation::Gelu {
-        if let Some(y) = linear_cpu(layer, x, Act::GeluErf)? {
+        if let Some(y) = linear_cpu(layer, x, Act::GeluErf, compute)? {
             return Ok(y);
         }
     }
-    activation.forward(&apply(layer, x)?)
+    activation.forward(&apply_with(layer, x, compute)?)
 }
 
 /// `act(x W^T + b)` through [`auris_kernels::linear`] when `x` is contiguous f32 CPU data and
 /// the weight contiguous f32, bf16 or f16 CPU data (a half weight is widened inside the
 /// product, a block of rows at a time; the bias inside the product, the activation in place:
-/// no intermediate tensors); `None` otherwise.
-fn linear_cpu(layer: &Linear, x: &Tensor, act: Act) -> candle_core::Result<Option<Tensor>> {
+/// no intermediate tensors), its inputs in `compute`'s precision; `None` otherwise (under
+/// bf16 a strided `x` is made contiguous first, so f32 CPU data always takes this path).
+fn linear_cpu(
+    layer: &Linear,
+    x: &Tensor,
+    act: Act,
+    compute: Compute,
+) -> candle_core::Result<Option<Tensor>> {
     let w = layer.weight();
     let (out, k) = w.dims2()?;
     let on_cpu = x.device().is_cpu() && w.device().is_cpu();
@@ -205,13 +243,17 @@ fn linear_cpu(layer: &Linear, x: &Tensor, act: Act) -> candle_core::Result<Optio
     if x.dims().last() != Some(&k) || rows == 0 {
         return Ok(None);
     }
+    let x = &match compute {
+        Compute::F32 => x.clone(),
+        Compute::Bf16 => x.contiguous()?,
+    };
     let bias = layer
         .bias()
         .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
     let y = with_cpu_slice::<f32, _>(x, |x| {
         with_weight(w, |w| {
-            fused_linear(Rows::dense(x, rows), w, out, bias.as_deref(), act)
+            fused_linear(compute, Rows::dense(x, rows), w, out, bias.as_deref(), act)
         })
     })?;
     let Some(Some(y)) = y else {

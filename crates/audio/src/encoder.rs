@@ -24,6 +24,7 @@
 
 mod whisper;
 
+use auris_kernels::round::Compute;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -102,6 +103,11 @@ impl Qwen2AudioEncoder {
         compute: DType,
     ) -> Result<Self, AudioError> {
         WhisperEncoder::load_with(cfg, vb, compute).map(Self::new)
+    }
+
+    /// The encoder with its products in `compute` ([`WhisperEncoder::with_compute`]).
+    pub fn with_compute(self, compute: Compute) -> Self {
+        Self::new(self.whisper.with_compute(compute))
     }
 
     /// The pooling on top of `whisper` (the audio tower's weights, loaded by the caller).

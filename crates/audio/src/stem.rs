@@ -11,7 +11,8 @@
 //! place ([`auris_kernels::linear`]). Elsewhere (another device or dtype) candle's `conv1d`.
 
 use auris_kernels::activation::gelu_erf_in_place;
-use auris_kernels::linear::{linear_into, Rows};
+use auris_kernels::linear::{linear_into_with, Rows};
+use auris_kernels::round::Compute;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::Conv1d;
 
@@ -60,6 +61,7 @@ impl Stem {
         frames: usize,
         positions: usize,
         dtype: DType,
+        compute: Compute,
         device: &candle_core::Device,
     ) -> candle_core::Result<Tensor> {
         match self {
@@ -72,7 +74,8 @@ impl Stem {
                 x.narrow(2, 0, positions)?.transpose(1, 2)
             }
             Self::Cpu { w1, b1, w2, b2, d } => {
-                let y = cpu_stem(mel, frames, positions, [(w1, b1), (w2, b2)], *d);
+                let weights = [(w1, b1), (w2, b2)];
+                let y = cpu_stem(mel, frames, positions, weights, *d, compute);
                 Tensor::from_vec(y, (1, positions, *d), device)
             }
         }
@@ -86,6 +89,7 @@ fn cpu_stem(
     positions: usize,
     [(w1, b1), (w2, b2)]: [(&Vec<f32>, &Vec<f32>); 2],
     d: usize,
+    compute: Compute,
 ) -> Vec<f32> {
     let c = mel.n_mels;
     // Time-major mel with a zero row on each side: row t + 1 is frame t.
@@ -105,7 +109,7 @@ fn cpu_stem(
         len: 3 * c,
         stride: c,
     };
-    linear_into(body, d, 0, windows, &w1[..]);
+    linear_into_with(compute, body, d, 0, windows, &w1[..]);
     gelu_erf_in_place(body);
     // conv2 (stride 2): output t reads padded rows 2t..2t + 2.
     let mut out = b2.repeat(positions);
@@ -115,7 +119,7 @@ fn cpu_stem(
         len: 3 * d,
         stride: 2 * d,
     };
-    linear_into(&mut out, d, 0, windows, &w2[..]);
+    linear_into_with(compute, &mut out, d, 0, windows, &w2[..]);
     gelu_erf_in_place(&mut out);
     out
 }
@@ -126,6 +130,8 @@ mod tests {
     use auris_kernels::test_values::values;
     use candle_core::Device;
     use candle_nn::Conv1dConfig;
+
+    const F32: Compute = Compute::F32;
 
     fn conv(out: usize, inp: usize, stride: usize, seed: u64) -> Conv1d {
         let w = Tensor::from_vec(values(out * inp * 3, seed), (out, inp, 3), &Device::Cpu);
@@ -157,7 +163,7 @@ mod tests {
         assert!(matches!(cpu, Stem::Cpu { .. }));
         for (frames, positions) in [(1, 1), (7, 3), (9, 4), (40, 20), (40, 13)] {
             let want: Vec<f32> = candle
-                .forward(&mel, frames, positions, DType::F32, &Device::Cpu)
+                .forward(&mel, frames, positions, DType::F32, F32, &Device::Cpu)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -169,7 +175,7 @@ mod tests {
                     .build()
                     .unwrap();
                 let got: Vec<f32> = pool
-                    .install(|| cpu.forward(&mel, frames, positions, DType::F32, &Device::Cpu))
+                    .install(|| cpu.forward(&mel, frames, positions, DType::F32, F32, &Device::Cpu))
                     .unwrap()
                     .flatten_all()
                     .unwrap()

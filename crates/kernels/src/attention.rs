@@ -497,7 +497,16 @@ mod tests {
             (s / a.len() as f64).sqrt()
         };
         for (t, heads, kv_heads, head_dim, visible) in [
-            (67, 4, 2, 8, Visible::Causal { start: 0, window: None }),
+            (
+                67,
+                4,
+                2,
+                8,
+                Visible::Causal {
+                    start: 0,
+                    window: None,
+                },
+            ),
             (130, 3, 3, 16, Visible::Prefix(100)),
         ] {
             let kv = kv_heads * head_dim;

@@ -339,14 +339,7 @@ pub fn linear_into_with<'a>(
 
 /// [`linear_into`] over weights widened to f32 (and rounded to bf16 when `round` says) one
 /// block of rows at a time.
-fn widened_blocks_into(
-    y: &mut [f32],
-    y_cols: usize,
-    col0: usize,
-    x: Rows,
-    w: Weight,
-    round: bool,
-) {
+fn widened_blocks_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: Weight, round: bool) {
     let k = x.len;
     assert!(w.len().is_multiple_of(k), "linear: w is not (out, {k})");
     let out = w.len() / k;

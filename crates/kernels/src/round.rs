@@ -128,9 +128,7 @@ mod x86 {
                 _mm256_storeu_si256(p as *mut __m256i, out);
             }
         }
-        xs[n..]
-            .iter_mut()
-            .for_each(|x| *x = super::round_bf16(*x));
+        xs[n..].iter_mut().for_each(|x| *x = super::round_bf16(*x));
     }
 }
 
@@ -284,7 +282,11 @@ mod tests {
             let y = round_bf16(x);
             assert!(same(y, half_crate(x)), "{:#010x}", x.to_bits());
             assert_eq!(y.to_bits() & 0xffff, 0, "{:#010x} is not bf16", x.to_bits());
-            assert!(same(round_bf16(y), y), "rounding twice changes {:#010x}", x.to_bits());
+            assert!(
+                same(round_bf16(y), y),
+                "rounding twice changes {:#010x}",
+                x.to_bits()
+            );
         }
     }
 

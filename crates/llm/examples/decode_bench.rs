@@ -64,7 +64,14 @@ fn load(
     let vb = vb.pp("language_model");
     Ok(match weights {
         None => Qwen2Decoder::load(cfg, vb)?,
-        Some(weights) => Qwen2Decoder::load_with(cfg, vb, &LoadOptions { weights })?,
+        Some(weights) => Qwen2Decoder::load_with(
+            cfg,
+            vb,
+            &LoadOptions {
+                weights,
+                compute: Default::default(),
+            },
+        )?,
     })
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use auris_kernels::round::Compute;
 use candle_core::DType;
 
 use crate::LlmError;
@@ -171,13 +172,32 @@ impl FromStr for WeightFormat {
     }
 }
 
-/// How [`crate::Qwen2Decoder::load_with`] stores the weights.
+/// How [`crate::Qwen2Decoder::load_with`] stores the weights and computes the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Storage of the linear layers (attention and MLP projections, and the output head as
     /// given by [`WeightFormat::head_format`]); the embedding table gets
     /// [`WeightFormat::embedding_format`].
     pub weights: WeightFormat,
+    /// Precision of the matrix products' inputs. [`Compute::Bf16`] multiplies bf16 weights
+    /// (`f32` and `f16` storage become `bf16`; the block formats keep their integer products,
+    /// as do their activations, quantised to 8 bits per block) by activations rounded to bf16
+    /// once per product, prefill and decode alike and the output head too, and rounds the
+    /// attention's queries, the keys and values as they enter the cache, and the probabilities
+    /// before they weigh the values; accumulation, norms, softmax and the residual stream stay
+    /// f32 ([`auris_kernels::round`]).
+    pub compute: Compute,
+}
+
+impl LoadOptions {
+    /// The weight storage that `compute` multiplies: `bf16` for the float formats under
+    /// [`Compute::Bf16`], `weights` otherwise.
+    pub fn stored_weights(&self) -> WeightFormat {
+        match (self.compute, self.weights) {
+            (Compute::Bf16, WeightFormat::F32 | WeightFormat::F16) => WeightFormat::Bf16,
+            (_, w) => w,
+        }
+    }
 }
 
 #[cfg(test)]

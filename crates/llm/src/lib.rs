@@ -34,6 +34,11 @@
 //!   through `auris_kernels::linear`, widening a cache-sized block of weight rows at a time;
 //!   quantised weights dequantise one chunk of weight rows at a time for gemm from 16 rows on,
 //!   and 2 to 15 rows go through candle's `QMatMul`.
+//! - [`LoadOptions::compute`] picks the precision of the products' inputs
+//!   ([`auris_kernels::round::Compute`]): f32 (exact), or bf16 (activations, attention
+//!   queries, cached keys and values, and probabilities rounded to bf16 once per product,
+//!   bf16 weights, f32 accumulation), as PyTorch in bf16 and llama.cpp's bf16 path multiply.
+//!   [`Qwen2Decoder::compute`] says which.
 //! - [`SizePlan`] says what a load keeps, per [`Part`] ([`PartBytes`]), from the functions the
 //!   loader itself calls: a memory estimate asks it instead of repeating the loader's rules.
 //! - [`Qwen2Decoder::embed_tokens`]: ids `(batch, seq)` → `(batch, seq, hidden)` in the compute

@@ -23,6 +23,7 @@ use auris_kernels::halfgemv::{gemv_half, HalfKind};
 use auris_kernels::linear::{linear_into, Rows};
 use auris_kernels::q4k::q4k_gemv;
 use auris_kernels::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
+use auris_kernels::round::Compute;
 
 use crate::{LlmError, WeightFormat};
 
@@ -61,6 +62,8 @@ pub(crate) struct Linear {
     bias: Option<Tensor>,
     out_dim: usize,
     in_dim: usize,
+    /// Under [`Compute::Bf16`] a float weight's product rounds its input to bf16 first.
+    compute: Compute,
 }
 
 impl Linear {
@@ -72,6 +75,7 @@ impl Linear {
             bias,
             out_dim,
             in_dim,
+            compute: Compute::F32,
         })
     }
 
@@ -105,6 +109,7 @@ impl Linear {
             bias: bias.map(|b| b.to_dtype(DType::F32)).transpose()?,
             out_dim,
             in_dim,
+            compute: Compute::F32,
         })
     }
 
@@ -120,6 +125,7 @@ impl Linear {
             bias: None,
             out_dim,
             in_dim,
+            compute: Compute::F32,
         })
     }
 
@@ -196,7 +202,15 @@ impl Linear {
             bias,
             out_dim,
             in_dim,
+            compute: Compute::F32,
         })
+    }
+
+    /// The precision of this layer's products: [`Compute::Bf16`] rounds the input of every
+    /// product with a float weight (stored bf16, see [`crate::LoadOptions::compute`]) to bf16,
+    /// once, before any kernel runs; a quantised weight keeps its own products.
+    pub(crate) fn set_compute(&mut self, compute: Compute) {
+        self.compute = compute;
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
@@ -209,6 +223,14 @@ impl Linear {
                 dtype: xs.dtype(),
             });
         }
+        let rounded;
+        let xs = match (&self.weight, self.compute) {
+            (Weight::Quant { .. }, _) | (_, Compute::F32) => xs,
+            (_, Compute::Bf16) => {
+                rounded = rounded_bf16(xs)?;
+                &rounded
+            }
+        };
         match &self.weight {
             Weight::Dense(w) => match self.forward_one_row(xs, w)? {
                 Some(ys) => Ok(ys),
@@ -596,6 +618,16 @@ fn cat_quant(
     }
     let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, ggml_dtype(format))?;
     Ok(QTensor::new(storage, (out_dim, in_dim))?)
+}
+
+/// `t` in f32 with every value rounded to bf16 (to nearest even): on the CPU by
+/// [`auris_kernels::round`], elsewhere by candle's conversion (the same rounding).
+pub(crate) fn rounded_bf16(t: &Tensor) -> Result<Tensor, LlmError> {
+    let t = t.to_dtype(DType::F32)?;
+    match with_cpu_slice::<f32, _>(&t, auris_kernels::round::rounded_bf16)? {
+        Some(values) => Ok(Tensor::from_vec(values, t.dims(), t.device())?),
+        None => Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
+    }
 }
 
 /// A contiguous CPU tensor's values, or `None` elsewhere.

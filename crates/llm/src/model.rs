@@ -6,11 +6,12 @@ use std::cell::OnceCell;
 
 use auris_kernels::activation::silu_gate;
 use auris_kernels::attention::{Attention as FusedAttention, Layout, Visible};
+use auris_kernels::round::Compute;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::embedding::Embedding;
-use crate::linear::{out_dims, with_cpu_slice, Linear};
+use crate::linear::{out_dims, rounded_bf16, with_cpu_slice, Linear};
 use crate::plan::{tensor_parts, tied_head_shares_table};
 use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
 
@@ -178,6 +179,9 @@ struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     window: Option<usize>,
+    /// Under [`Compute::Bf16`]: queries, keys and values rounded to bf16 as they are made (the
+    /// cache holds the rounded keys and values), probabilities before they weigh the values.
+    compute: Compute,
 }
 
 impl Attention {
@@ -220,6 +224,7 @@ impl Attention {
             num_kv_heads,
             head_dim,
             window: cfg.layer_window(layer),
+            compute: Compute::F32,
         })
     }
 
@@ -244,6 +249,10 @@ impl Attention {
         let v = heads(self.num_heads + self.num_kv_heads, self.num_kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &step.cos, &step.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
+        let (q, k, v) = match self.compute {
+            Compute::F32 => (q, k, v),
+            Compute::Bf16 => (rounded_bf16(&q)?, rounded_bf16(&k)?, rounded_bf16(&v)?),
+        };
 
         let (k, v) = cache.append(layer, &k, &v)?;
         if let Some(out) = self.fused_prefill(&q, &k, &v)? {
@@ -267,9 +276,12 @@ impl Attention {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(xs.dtype())?
-            .reshape((b, self.num_kv_heads, groups * s, kv_len))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?;
+        let probs = match self.compute {
+            Compute::F32 => probs,
+            Compute::Bf16 => rounded_bf16(&probs)?,
+        }
+        .reshape((b, self.num_kv_heads, groups * s, kv_len))?;
         let out = probs
             .matmul(&v)?
             .reshape((b, self.num_heads, s, self.head_dim))?
@@ -328,7 +340,7 @@ impl Attention {
                 window: self.window,
             },
         }
-        .run(None);
+        .run_with(None, self.compute);
         let d = self.num_heads * self.head_dim;
         Ok(Some(Tensor::from_vec(fused.out, (1, s, d), q.device())?))
     }
@@ -534,6 +546,7 @@ pub struct Qwen2Decoder {
     rope: Rope,
     weights: WeightFormat,
     dtype: DType,
+    compute: Compute,
     device: Device,
 }
 
@@ -554,7 +567,8 @@ impl Qwen2Decoder {
 
     /// Like [`Qwen2Decoder::load`], but keeps the linear weights in `options.weights` and
     /// computes in f32: activations, norms (weights widened to f32), RoPE, attention,
-    /// softmax and the KV cache.
+    /// softmax and the KV cache. With [`LoadOptions::compute`] bf16 the products' inputs are
+    /// rounded to bf16 (and float weights stored bf16: [`LoadOptions::stored_weights`]).
     ///
     /// `vb`'s dtype is the one tensors are read in (the checkpoint's, e.g. bf16: no
     /// whole-model f32 copy is ever made). `bf16`/`f16` keep each weight in that precision
@@ -574,7 +588,23 @@ impl Qwen2Decoder {
         vb: VarBuilder,
         options: &LoadOptions,
     ) -> Result<Self, LlmError> {
-        Self::load_impl(cfg, vb, Some(options.weights))
+        let mut model = Self::load_impl(cfg, vb, Some(options.stored_weights()))?;
+        model.set_compute(options.compute);
+        Ok(model)
+    }
+
+    /// Every product of the model in `compute` (see [`LoadOptions::compute`]).
+    fn set_compute(&mut self, compute: Compute) {
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            attn.compute = compute;
+            attn.qkv_proj.set_compute(compute);
+            attn.o_proj.set_compute(compute);
+            layer.mlp.gate_up_proj.set_compute(compute);
+            layer.mlp.down_proj.set_compute(compute);
+        }
+        self.lm_head.set_compute(compute);
+        self.compute = compute;
     }
 
     fn load_impl(cfg: &Qwen2Config, vb: VarBuilder, storage: Storage) -> Result<Self, LlmError> {
@@ -633,6 +663,7 @@ impl Qwen2Decoder {
             rope: Rope::new(cfg),
             weights,
             dtype,
+            compute: Compute::F32,
             device: vb.device().clone(),
         })
     }
@@ -651,6 +682,13 @@ impl Qwen2Decoder {
     /// The configuration the model was loaded with.
     pub fn config(&self) -> &Qwen2Config {
         &self.cfg
+    }
+
+    /// The precision of the products' inputs: [`LoadOptions::compute`] after
+    /// [`Qwen2Decoder::load_with`], f32 after [`Qwen2Decoder::load`] (whose products take the
+    /// compute dtype's values).
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     /// The compute dtype: the `VarBuilder`'s after [`Qwen2Decoder::load`], f32 after

@@ -797,7 +797,15 @@ fn load_stored(
     weights: WeightFormat,
 ) -> Qwen2Decoder {
     let vb = VarBuilder::from_tensors(w.clone(), read, &Device::Cpu);
-    Qwen2Decoder::load_with(cfg, vb.pp(PREFIX), &LoadOptions { weights }).unwrap()
+    Qwen2Decoder::load_with(
+        cfg,
+        vb.pp(PREFIX),
+        &LoadOptions {
+            weights,
+            compute: Default::default(),
+        },
+    )
+    .unwrap()
 }
 
 /// Every tensor rounded to `dtype` and widened back: what a model stored in `dtype` computes
@@ -1007,6 +1015,7 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
     assert_eq!(max_diff(&a, &b), 0.0);
 }
 
+mod compute;
 mod steps;
 
 /// The size plan counts what the load keeps: the table's bytes, and the layers' and head's

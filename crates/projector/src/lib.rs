@@ -14,8 +14,13 @@
 //!
 //! Both map `(n, d_audio) -> (n, hidden)`. Because they act on each row alone, projecting only
 //! the rows kept by pruning gives exactly the rows the full projection would have produced.
+//!
+//! [`MultiModalProjector::with_compute`] picks the precision of the products' inputs: f32 (as
+//! loaded), or bf16 (weights rounded to bf16 once, each layer's input rows rounded before its
+//! product, f32 accumulation and bias; [`auris_kernels::round`]).
 
-use candle_core::{Module, Tensor};
+use auris_kernels::round::{round_bf16_in_place, Compute};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{linear, linear_b, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -98,6 +103,7 @@ pub struct MultiModalProjector {
     layers: Layers,
     in_dim: usize,
     out_dim: usize,
+    compute: Compute,
 }
 
 impl MultiModalProjector {
@@ -129,7 +135,46 @@ impl MultiModalProjector {
             layers,
             in_dim,
             out_dim,
+            compute: Compute::F32,
         })
+    }
+
+    /// The projector with its products in `compute`: under [`Compute::Bf16`] the weights are
+    /// rounded to bf16 here (the biases stay), and [`MultiModalProjector::forward`] rounds each
+    /// layer's input rows to bf16.
+    pub fn with_compute(mut self, compute: Compute) -> Result<Self, ProjectorError> {
+        if compute == Compute::Bf16 {
+            let round = |l: &Linear| -> candle_core::Result<Linear> {
+                Ok(Linear::new(rounded_bf16(l.weight())?, l.bias().cloned()))
+            };
+            self.layers = match &self.layers {
+                Layers::Linear(l) => Layers::Linear(round(l)?),
+                Layers::Mlp {
+                    linear_1,
+                    act,
+                    linear_2,
+                } => Layers::Mlp {
+                    linear_1: round(linear_1)?,
+                    act: *act,
+                    linear_2: round(linear_2)?,
+                },
+            };
+        }
+        self.compute = compute;
+        Ok(self)
+    }
+
+    /// The precision of the products' inputs ([`MultiModalProjector::with_compute`]).
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    /// `layer(x)` with `x` rounded to bf16 first under [`Compute::Bf16`].
+    fn product(&self, layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.compute {
+            Compute::F32 => layer.forward(x),
+            Compute::Bf16 => layer.forward(&rounded_bf16(x)?),
+        }
     }
 
     /// Width of the language model's embeddings.
@@ -147,14 +192,21 @@ impl MultiModalProjector {
             });
         }
         Ok(match &self.layers {
-            Layers::Linear(linear) => linear.forward(rows)?,
+            Layers::Linear(linear) => self.product(linear, rows)?,
             Layers::Mlp {
                 linear_1,
                 act,
                 linear_2,
-            } => linear_2.forward(&act.apply(&linear_1.forward(rows)?)?)?,
+            } => self.product(linear_2, &act.apply(&self.product(linear_1, rows)?)?)?,
         })
     }
+}
+
+/// `t`'s values rounded to bf16, in `t`'s dtype (an f32 tensor holding bf16 values).
+fn rounded_bf16(t: &Tensor) -> candle_core::Result<Tensor> {
+    let mut values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    round_bf16_in_place(&mut values);
+    Tensor::from_vec(values, t.dims(), t.device())?.to_dtype(t.dtype())
 }
 
 #[cfg(test)]
@@ -343,6 +395,35 @@ mod tests {
         let both = p.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         let second = p.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
         assert_eq!(second.to_vec2::<f32>().unwrap()[0], both[1]);
+    }
+
+    /// bf16 compute: values chosen so the rounding shows (1 + 2^-10 rounds to 1, 3 + 2^-6
+    /// stays): both layers of an MLP give the hand computation on the rounded inputs,
+    /// hidden rows and weights, and not the f32 one; the linear kind likewise.
+    #[test]
+    fn bf16_compute_rounds_every_product_input() {
+        let fine = 1.0 + 2f32.powi(-10);
+        let x = t2(&[[fine, 3.0 + 2f32.powi(-6)]]);
+        let kind = ProjectorKind::Mlp {
+            act: ProjectorAct::Relu,
+            bias: false,
+        };
+        let weights = vec![
+            ("linear_1.weight", t2(&[[fine, 0.0], [0.0, 1.0]])),
+            ("linear_2.weight", t2(&[[1.0, 0.0], [0.0, fine]])),
+        ];
+        let load = || MultiModalProjector::load_kind(kind, 2, 2, var_builder(&weights)).unwrap();
+        let f32_out = load().forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        let p = load().with_compute(Compute::Bf16).unwrap();
+        assert_eq!(p.compute(), Compute::Bf16);
+        let bf16_out = p.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        // f32: (fine * fine, fine * (3 + 2^-6)); bf16: every `fine` is 1.
+        let third = 3.0 + 2f32.powi(-6);
+        assert_close(&f32_out, &[vec![fine * fine, fine * third]]);
+        assert_close(&bf16_out, &[vec![1.0, third]]);
+        let linear = projector().with_compute(Compute::Bf16).unwrap();
+        let y = linear.forward(&t2(&[[fine, 1.0]])).unwrap();
+        assert_close(&y.to_vec2::<f32>().unwrap(), &[vec![3.1, -0.3, 3.3]]);
     }
 
     #[test]

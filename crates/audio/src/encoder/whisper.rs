@@ -15,7 +15,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{conv1d, linear, Activation, Conv1dConfig, LayerNorm, Linear, VarBuilder};
 
 use super::{EncoderOutput, FrameOptions};
-use crate::attention::{apply, apply_then, layer_norm, Attention, Product};
+use auris_kernels::round::Compute;
+
+use crate::attention::{apply_then_with, apply_with, layer_norm, Attention, Product};
 use crate::config::EncoderConfig;
 use crate::stem::Stem;
 use crate::{AudioError, LogMel};
@@ -30,6 +32,7 @@ struct EncoderLayer {
     fc2: Linear,
     final_layer_norm: LayerNorm,
     activation: Activation,
+    compute: Compute,
 }
 
 impl EncoderLayer {
@@ -48,6 +51,7 @@ impl EncoderLayer {
             fc2: linear(cfg.encoder_ffn_dim, d, vb.pp("fc2"))?,
             final_layer_norm: layer_norm(d, f.pp("final_layer_norm"))?,
             activation: cfg.activation_function,
+            compute: Compute::F32,
         })
     }
 
@@ -75,8 +79,8 @@ impl EncoderLayer {
         };
         let x = (x + h)?;
         let h = self.final_layer_norm.forward(&x)?;
-        let h = apply_then(&self.fc1, &h, self.activation)?;
-        let h = apply(&self.fc2, &h)?;
+        let h = apply_then_with(&self.fc1, &h, self.activation, self.compute)?;
+        let h = apply_with(&self.fc2, &h, self.compute)?;
         let mut x = (x + h)?;
         if x.dtype() == DType::F16 {
             x = x.clamp(-F16_CLAMP, F16_CLAMP)?;
@@ -128,6 +132,7 @@ pub struct WhisperEncoder {
     layer_norm: LayerNorm,
     cfg: EncoderConfig,
     dtype: DType,
+    compute: Compute,
     device: Device,
 }
 
@@ -172,8 +177,28 @@ impl WhisperEncoder {
             layer_norm: layer_norm(d, f.pp("layer_norm"))?,
             cfg: cfg.clone(),
             dtype: compute,
+            compute: Compute::F32,
             device: vb.device().clone(),
         })
+    }
+
+    /// The encoder with its matrix products in `compute` on the CPU in f32: the convolution
+    /// stem, the attention's projections and products and the MLP; under [`Compute::Bf16`]
+    /// each product's inputs (activations and weights) are rounded to bf16 and accumulated in
+    /// f32 (see [`auris_kernels::round`]), norms, GELU, softmax and the residual stream stay
+    /// f32. Elsewhere the products compute in the tensors' dtype.
+    pub fn with_compute(mut self, compute: Compute) -> Self {
+        for layer in &mut self.layers {
+            layer.compute = compute;
+            layer.self_attn.set_compute(compute);
+        }
+        self.compute = compute;
+        self
+    }
+
+    /// The precision of the products' inputs ([`WhisperEncoder::with_compute`]).
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     /// The configuration the encoder was built from.
@@ -216,6 +241,7 @@ impl WhisperEncoder {
             span.input_frames,
             span.positions,
             self.dtype,
+            self.compute,
             &self.device,
         )?;
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, span.positions)?)?;
