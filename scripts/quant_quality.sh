@@ -7,8 +7,12 @@
 #   scripts/quant_quality.sh                               # all modes, bench/quant_quality.json
 #   scripts/quant_quality.sh --modes q8_0 --out /tmp/q8.json
 #
-# Builds target/release/auris; the venv is the reference one (.venv-ref/, or AURIS_REF_VENV),
-# created when missing. About 20 minutes on 2 cores for the five default modes.
+#   scripts/quant_quality.sh --modes compute_bf16 --torch --out bench/compute_quality.json
+#                                                          # --compute bf16, and PyTorch bf16 vs f32
+#
+# Builds target/release/auris (AURIS_BIN=path uses that binary instead); the venv is the
+# reference one (.venv-ref/, or AURIS_REF_VENV), created when missing. About 20 minutes on 2
+# cores for the five default modes.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/real_common.sh"
 
@@ -20,5 +24,9 @@ if [[ ! -f "$MODEL/config.json" ]]; then
 fi
 ensure_ref_venv
 fetch_clip_packages
-(cd "$ROOT" && cargo build --release --quiet --bin auris)
-"$PY" "$ROOT/scripts/quant_quality.py" --auris "$ROOT/target/release/auris" --model "$MODEL" "$@"
+BIN="${AURIS_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  (cd "$ROOT" && cargo build --release --quiet --bin auris)
+  BIN="$ROOT/target/release/auris"
+fi
+"$PY" "$ROOT/scripts/quant_quality.py" --auris "$BIN" --model "$MODEL" "$@"

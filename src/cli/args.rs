@@ -349,8 +349,8 @@ pub(super) struct ModelArgs {
     /// Precision of the matrix products (CPU). f32: f32 inputs, the exact path, the same
     /// results on every CPU. bf16: each product's inputs rounded to bf16 (round to nearest
     /// even) and accumulated in f32, as PyTorch in bf16 and llama.cpp compute, with bf16
-    /// weights (f32/f16 ones rounded at load); with --quant the quantised weights keep their
-    /// integer products. It pays only on a bf16 matrix unit (AMX, AVX512-BF16), which no auris
+    /// weights (an f32 or f16 checkpoint's rounded at load); with --quant the quantised weights
+    /// keep their integer products. It pays only on a bf16 matrix unit (AMX, AVX512-BF16), which no auris
     /// kernel uses yet. auto: bf16 when the checkpoint stores bf16/f16 weights and a start-up
     /// probe measures this CPU's bf16 unit faster than f32, else f32; until such a kernel
     /// exists that is f32 on every CPU. The JSON field "compute" says what ran.
