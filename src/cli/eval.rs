@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use super::args::{
-    AsrPruningArgs, DtypeArg, FormatArg, ModelArgs, RemainderArg, ScopeArg, StrategyArg,
+    AsrPruningArgs, ComputeArg, DtypeArg, FormatArg, ModelArgs, RemainderArg, ScopeArg, StrategyArg,
 };
 use super::{device_name, load, parse_device, print_line, set_threads, usage};
 use crate::eval::asr::ManifestEntry;
@@ -473,6 +473,7 @@ fn settings_fingerprint(model: &ModelArgs, args: &SweepArgs, parameters: &Value)
         "revision": model.revision,
         "dtype": format!("{:?}", model.dtype),
         "quant": model.quant.map(|q| q.format().to_string()),
+        "compute": format!("{:?}", model.compute),
         "prompt": parameters.get("prompt_template").or_else(|| parameters.get("prompt")),
         "max_new_tokens": args.max_new_tokens,
         "segments": args.segments,
@@ -692,9 +693,12 @@ pub(super) fn asr_pruning(args: AsrPruningArgs) -> Result<ExitCode> {
         model,
     } = args;
     let quiet = outputs.quiet;
-    if model.quant.is_some() || !matches!(model.dtype, DtypeArg::Auto | DtypeArg::F32) {
+    if model.quant.is_some()
+        || !matches!(model.dtype, DtypeArg::Auto | DtypeArg::F32)
+        || model.compute == ComputeArg::Bf16
+    {
         return Err(usage(
-            "the Whisper evaluation computes in f32: --dtype and --quant apply to eval mmau and eval captions",
+            "the Whisper evaluation computes in f32: --dtype, --quant and --compute apply to eval mmau and eval captions",
         ));
     }
     let resolved = strategies(&names, segments, Remainder::Spread, seed, &keeps)?;

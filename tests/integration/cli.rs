@@ -17,8 +17,8 @@ fn caption_json_reproduces_reference_tokens() {
     let case = Case::load("tiny-base", "caption_librivox");
     let out = run(auris()
         .args(["caption", "--json", "--max-new-tokens", "24", "--model"])
-        .args(["--compute", "f32"])
         .arg(model_dir("tiny-base"))
+        .args(["--compute", "f32"])
         .arg(case.audio()));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines = json_lines(&out.stdout);
@@ -64,8 +64,8 @@ fn ask_json_reproduces_reference_greedy_with_repetition_penalty() {
             "24",
             "--model",
         ])
-        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
+        .args(["--compute", "f32"])
         .arg(case.audio())
         .args(["--question", "Describe the audio in one sentence."]));
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -79,8 +79,8 @@ fn ask_with_choices_scores_them() {
     let case = Case::load("tiny-chat", "ask_mc_dog");
     let out = run(auris()
         .args(["ask", "--json", "--score-choices", "--model"])
-        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
+        .args(["--compute", "f32"])
         .arg(case.audio())
         .args([
             "--question",
@@ -119,8 +119,8 @@ fn caption_with_segmentwise_pruning_reports_the_selection() {
             "10",
             "--model",
         ])
-        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
+        .args(["--compute", "f32"])
         .arg(case.audio()));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = &json_lines(&out.stdout)[0];
@@ -140,8 +140,8 @@ fn inspect_writes_reference_tensors() {
         std::env::temp_dir().join(format!("auris-inspect-{}.safetensors", std::process::id()));
     let out = run(auris()
         .args(["inspect", "--model"])
-        .args(["--compute", "f32"])
         .arg(model_dir("tiny-chat"))
+        .args(["--compute", "f32"])
         .arg(case.audio())
         .arg("--out")
         .arg(&out_path));
@@ -306,6 +306,8 @@ fn bench_quick_reports_every_stage() {
     assert_eq!(keeps[1]["n_kept"], 21);
     assert!(keeps[1]["decode_tok_s"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["compute"], "f32", "{v}");
+    assert!(v["compute_reason"].as_str().unwrap().starts_with("auto: "));
 }
 
 #[test]

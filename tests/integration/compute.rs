@@ -65,20 +65,8 @@ fn bf16_compute_is_close_to_f32_on_every_tiny_checkpoint() {
 }
 
 fn caption(extra: &[&str]) -> (Value, String) {
-    let out = run(auris()
-        .args([
-            "caption",
-            "--json",
-            "--greedy",
-            "--max-new-tokens",
-            "3",
-            "--model",
-        ])
-        .arg(model_dir("tiny-chat"))
-        .arg(fixture("audio/librivox_0930_16k.wav"))
-        .args(extra));
-    assert_eq!(out.code, 0, "{extra:?}: {}", out.stderr);
-    (serde_json::from_str(out.stdout.trim()).unwrap(), out.stderr)
+    let out = crate::weights::caption(&model_dir("tiny-chat"), extra);
+    (crate::weights::output(&out), out.stderr)
 }
 
 /// No bf16 kernel exists yet, so `auto` is f32 on every CPU and says why; the JSON names what

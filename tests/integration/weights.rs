@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::common::{auris, copy_model, fixture, model_dir, run, Run};
 
-fn caption(model: &Path, extra: &[&str]) -> Run {
+/// `auris caption --json --greedy --max-new-tokens 4` of a LibriVox clip on `model`.
+pub(crate) fn caption(model: &Path, extra: &[&str]) -> Run {
     run(auris()
         .args([
             "caption",
@@ -22,7 +23,8 @@ fn caption(model: &Path, extra: &[&str]) -> Run {
         .arg(fixture("audio/librivox_0930_16k.wav")))
 }
 
-fn output(out: &Run) -> Value {
+/// The JSON output of a run that succeeded.
+pub(crate) fn output(out: &Run) -> Value {
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     serde_json::from_str(out.stdout.trim()).unwrap()
 }
