@@ -1169,6 +1169,26 @@ fn quantised_loads_read_by_rows_make_the_same_blocks() {
     }
 }
 
+/// The size plan's transient buffer of a quantised load is one chunk of rows (its mapped
+/// pages and copy in the read dtype, and f32), not the tensor: 64 MiB for the 7B's
+/// 156032 x 4096 bf16 head in q8_0 rather than its 1.3 GB; a tensor smaller than a chunk is
+/// read at once, and float storage quantises nothing.
+#[test]
+fn the_size_plan_transient_is_one_chunk_of_rows() {
+    let cfg = storage_cfg();
+    let transient = |read: DType, format, shape: &[usize]| {
+        SizePlan::new(&cfg, read, Some(format))
+            .bytes([("lm_head.weight", shape)])
+            .transient
+    };
+    let chunk = crate::linear::QUANTIZE_CHUNK_WEIGHTS as u64;
+    let head = [156_032, 4096];
+    assert_eq!(transient(DType::BF16, WeightFormat::Q8_0, &head), chunk * 8);
+    assert_eq!(transient(DType::F32, WeightFormat::Q4K, &head), chunk * 12);
+    assert_eq!(transient(DType::BF16, WeightFormat::Q8_0, &[48, 64]), 48 * 64 * 8);
+    assert_eq!(transient(DType::BF16, WeightFormat::Bf16, &head), 0);
+}
+
 /// A quantised load by rows names a missing or misshapen weight as a whole read does.
 #[test]
 fn rows_of_missing_or_misshapen_weights_are_named() {
