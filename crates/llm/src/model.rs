@@ -22,8 +22,9 @@ pub(crate) struct Storage<'r> {
     /// `None` computes in the `VarBuilder`'s dtype ([`Qwen2Decoder::load`]); a format stores
     /// the linears that way and computes in f32 ([`Qwen2Decoder::load_with`]).
     pub(crate) format: Option<WeightFormat>,
-    /// Where a weight stored in a block format is read from, by ranges of rows ([`Qwen2Decoder::load_with_rows`]); `None`: whole, through
-    /// the `VarBuilder`, then quantised a chunk of rows at a time.
+    /// Where a weight stored in a block format is read from, by ranges of rows
+    /// ([`Qwen2Decoder::load_with_rows`]); `None`: whole, through the `VarBuilder`, then
+    /// quantised a chunk of rows at a time.
     pub(crate) rows: Option<&'r dyn RowReader>,
     /// Weights (whole rows, at least one) converted to f32 at a time while quantising.
     pub(crate) chunk_weights: usize,

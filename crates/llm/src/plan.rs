@@ -81,8 +81,8 @@ pub struct PartBytes {
     /// [`Part::Other`].
     pub other: u64,
     /// The largest buffer alive only while loading: one chunk of the rows of a tensor being
-    /// quantised, as read by rows ([`Qwen2Decoder::load_with_rows`](crate::Qwen2Decoder::load_with_rows)),
-    /// in the dtype it is read in and in f32.
+    /// quantised, as [`crate::Qwen2Decoder::load_with_rows`] reads them, in the dtype it is
+    /// read in and in f32.
     pub transient: u64,
 }
 

@@ -1009,12 +1009,15 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
     assert_eq!(max_diff(&a, &b), 0.0);
 }
 
+/// One read of a tensor: its name and the dims read.
+type Read = (String, Vec<usize>);
+
 /// A checkpoint in a tensor map, read whole through a `VarBuilder` backend or by ranges of
-/// rows through [`RowReader`], recording every read as (name, dims read).
+/// rows through [`RowReader`], recording every read.
 #[derive(Clone)]
 struct RecordingReads {
     tensors: Arc<HashMap<String, Tensor>>,
-    reads: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
+    reads: Arc<Mutex<Vec<Read>>>,
 }
 
 impl RecordingReads {
@@ -1025,7 +1028,7 @@ impl RecordingReads {
         }
     }
 
-    fn take(&self) -> Vec<(String, Vec<usize>)> {
+    fn take(&self) -> Vec<Read> {
         std::mem::take(&mut *self.reads.lock().unwrap())
     }
 
@@ -1116,7 +1119,7 @@ fn quantised_loads_read_by_rows_make_the_same_blocks() {
             };
             let what = format!("{format}, tied {tied}");
             // The tensors some read of which held more than a chunk of rows.
-            let whole_reads = |reads: &[(String, Vec<usize>)]| -> Vec<String> {
+            let whole_reads = |reads: &[Read]| -> Vec<String> {
                 let mut names: Vec<String> = reads
                     .iter()
                     .filter(|(_, d)| d.len() == 2 && d[0] > (chunk_weights / d[1]).max(1))
@@ -1185,7 +1188,10 @@ fn the_size_plan_transient_is_one_chunk_of_rows() {
     let head = [156_032, 4096];
     assert_eq!(transient(DType::BF16, WeightFormat::Q8_0, &head), chunk * 8);
     assert_eq!(transient(DType::F32, WeightFormat::Q4K, &head), chunk * 12);
-    assert_eq!(transient(DType::BF16, WeightFormat::Q8_0, &[48, 64]), 48 * 64 * 8);
+    assert_eq!(
+        transient(DType::BF16, WeightFormat::Q8_0, &[48, 64]),
+        48 * 64 * 8
+    );
     assert_eq!(transient(DType::BF16, WeightFormat::Bf16, &head), 0);
 }
 
