@@ -7,10 +7,12 @@
 //! tensors the model asked for so that [`WeightStore::coverage`] can prove every tensor was used.
 
 use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use auris_audio::MelConfig;
+use auris_llm::RowReader;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -363,14 +365,38 @@ impl WeightStore {
     }
 }
 
+/// Row ranges straight from the mapping, for the weights a quantised load converts a chunk of
+/// rows at a time ([`auris_llm::Qwen2Decoder::load_with_rows`]): a tensor so read is never
+/// whole in memory, and the mapped pages of each chunk are released once copied, so the
+/// process's resident memory grows by the quantised blocks and one chunk only. Reads count
+/// as uses for [`WeightStore::coverage`].
+impl RowReader for WeightStore {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.tensors.get(name).map(|stored| stored.shape)
+    }
+
+    fn read_rows(&self, name: &str, rows: Range<usize>) -> candle_core::Result<Tensor> {
+        let (tensor, bytes) = self.inner.tensors.load_rows(name, rows)?;
+        self.inner.mark_used(name);
+        release_pages(bytes);
+        Ok(tensor)
+    }
+}
+
+impl Recorder {
+    fn mark_used(&self, name: &str) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(name.to_string());
+        }
+    }
+}
+
 struct RecordingBackend(Arc<Recorder>);
 
 impl RecordingBackend {
     fn read(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let tensor = self.0.tensors.load(name, dev)?;
-        if let Ok(mut used) = self.0.used.lock() {
-            used.insert(name.to_string());
-        }
+        self.0.mark_used(name);
         if let Some(stored) = self.0.tensors.get(name) {
             release_pages(stored.data);
         }
@@ -458,8 +484,7 @@ mod tests {
         assert!(err.to_string().contains("no such folder"), "{err}");
     }
 
-    #[test]
-    fn infos_come_from_the_headers() {
+    fn tiny_chat_store() -> WeightStore {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-chat");
         let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
@@ -467,7 +492,34 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
             .collect();
         shards.sort();
-        let store = WeightStore::open(&shards).unwrap();
+        WeightStore::open(&shards).unwrap()
+    }
+
+    /// Rows read from the mapping are those rows of the whole tensor, in its stored dtype,
+    /// and count as a use; a range past the rows, a 1-D tensor and a missing one are errors
+    /// naming the tensor.
+    #[test]
+    fn rows_come_straight_from_the_mapping() {
+        let store = tiny_chat_store();
+        let name = "language_model.model.embed_tokens.weight";
+        assert_eq!(store.shape(name), Some(vec![512, 64]));
+        let whole = store.inner.tensors.load(name, &Device::Cpu).unwrap();
+        let rows = store.read_rows(name, 7..300).unwrap();
+        assert_eq!((rows.dims(), rows.dtype()), (&[293, 64][..], DType::BF16));
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(f32s(&rows), f32s(&whole.narrow(0, 7, 293).unwrap()));
+        assert!(!store.coverage(&[]).unused.iter().any(|n| n == name));
+        let norm = "language_model.model.norm.weight";
+        for (name, range) in [(name, 500..513), (norm, 0..1), ("no.such.weight", 0..1)] {
+            let err = store.read_rows(name, range).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        assert_eq!(store.shape("no.such.weight"), None);
+    }
+
+    #[test]
+    fn infos_come_from_the_headers() {
+        let store = tiny_chat_store();
         let infos = store.infos();
         assert_eq!(infos.len(), store.names().len());
         let embed = infos

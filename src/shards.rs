@@ -2,6 +2,7 @@
 //! a shard cut short, a tensor stored in two shards, a `weight_map` naming a tensor twice.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -23,6 +24,8 @@ pub(crate) struct Stored<'a> {
     pub(crate) data: &'a [u8],
     /// Its dtype as the header names it (`None`: one candle does not know).
     pub(crate) dtype: Option<DType>,
+    /// Its shape as the header gives it.
+    pub(crate) shape: Vec<usize>,
     /// The header's dtype name, for errors.
     pub(crate) dtype_name: String,
     /// Its shard.
@@ -98,6 +101,7 @@ impl Shards {
         Some(Stored {
             data: view.data(),
             dtype: DType::try_from(view.dtype()).ok(),
+            shape: view.shape().to_vec(),
             dtype_name: format!("{:?}", view.dtype()),
             path,
         })
@@ -105,23 +109,60 @@ impl Shards {
 
     /// Reads `name` onto `dev` in its stored dtype; weights must be stored as floats.
     pub(crate) fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        self.stored_float(name)?;
+        let (_, file) = &self.files[self.route[name]];
+        file.load(name, dev)
+    }
+
+    /// Rows `rows` of the 2-D tensor `name`, copied onto the CPU in its stored dtype (floats),
+    /// and the bytes of the mapping they came from: only those rows are read.
+    pub(crate) fn load_rows(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+    ) -> candle_core::Result<(Tensor, &[u8])> {
+        let (stored, dtype) = self.stored_float(name)?;
+        let fault = |what: String| {
+            candle_core::Error::Msg(format!(
+                "tensor {name} in {}: {what}",
+                stored.path.display()
+            ))
+        };
+        let &[count, columns] = stored.shape.as_slice() else {
+            return Err(fault(format!(
+                "rows of a {}-D tensor cannot be read",
+                stored.shape.len()
+            )));
+        };
+        if rows.start > rows.end || rows.end > count {
+            return Err(fault(format!("no rows {rows:?} among {count}")));
+        }
+        let row_bytes = columns * dtype.size_in_bytes();
+        let bytes = stored
+            .data
+            .get(rows.start * row_bytes..rows.end * row_bytes)
+            .ok_or_else(|| fault(format!("the data is shorter than {count} rows")))?;
+        let tensor = Tensor::from_raw_buffer(bytes, dtype, &[rows.len(), columns], &Device::Cpu)?;
+        Ok((tensor, bytes))
+    }
+
+    /// The tensor `name` and its dtype, which must be a float type.
+    fn stored_float(&self, name: &str) -> candle_core::Result<(Stored<'_>, DType)> {
         let stored = self
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
             })?;
-        if !matches!(
-            stored.dtype,
-            Some(DType::F32 | DType::F16 | DType::BF16 | DType::F64)
-        ) {
-            return Err(candle_core::Error::Msg(format!(
+        match stored.dtype {
+            Some(dtype @ (DType::F32 | DType::F16 | DType::BF16 | DType::F64)) => {
+                Ok((stored, dtype))
+            }
+            _ => Err(candle_core::Error::Msg(format!(
                 "tensor {name} in {} is stored as {:?}; weights must be F32, F16, BF16 or F64",
                 stored.path.display(),
                 stored.dtype_name
-            )));
+            ))),
         }
-        let (_, file) = &self.files[self.route[name]];
-        file.load(name, dev)
     }
 
     /// Names of every tensor of every shard.

@@ -490,10 +490,12 @@ fn load_decoder(
         .pp(family.layout().language_model);
     Ok(match place.llm_format {
         None => Qwen2Decoder::load(&config.text_config, vb)?,
-        Some(weights) => Qwen2Decoder::load_with(
+        // The weights quantised at load are read by rows from the mapping, never whole.
+        Some(weights) => Qwen2Decoder::load_with_rows(
             &config.text_config,
             vb,
             &auris_llm::LoadOptions { weights, compute },
+            store,
         )?,
     })
 }

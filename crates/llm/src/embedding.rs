@@ -51,6 +51,19 @@ impl Embedding {
         })
     }
 
+    /// A table already quantised to `format` (read and quantised by rows), `(vocab, hidden)`.
+    pub(crate) fn from_quant(
+        qtensor: Arc<QTensor>,
+        format: WeightFormat,
+    ) -> Result<Self, LlmError> {
+        let (vocab, hidden) = qtensor.shape().dims2()?;
+        Ok(Self {
+            table: Table::Quant { qtensor, format },
+            vocab,
+            hidden,
+        })
+    }
+
     /// The block format of the table, or `None` when it keeps the checkpoint's dtype.
     pub(crate) fn format(&self) -> Option<WeightFormat> {
         match &self.table {

@@ -21,7 +21,10 @@
 //!   [`WeightFormat::for_row_len`]. The embedding table gets [`WeightFormat::embedding_format`]:
 //!   `q8_0` in the block formats (lookups dequantise only the gathered rows; a tied head of
 //!   that format shares the table), the checkpoint's dtype otherwise or when its rows do not
-//!   fit the block; norm weights and biases are f32. [`Qwen2Decoder::weight_format`],
+//!   fit the block; norm weights and biases are f32. [`Qwen2Decoder::load_with_rows`] also
+//!   takes a [`RowReader`] (the checkpoint's tensors by ranges of rows), from which every
+//!   weight stored in a block format is read one chunk of rows at a time: the load then never
+//!   holds a whole such tensor, not even in the checkpoint's dtype. [`Qwen2Decoder::weight_format`],
 //!   [`Qwen2Decoder::head_weight_format`], [`Qwen2Decoder::dtype`] (the compute dtype) and
 //!   [`Qwen2Decoder::linear_weight_bytes`], [`Qwen2Decoder::embedding_format`] and
 //!   [`Qwen2Decoder::embedding_bytes`] describe the result. On the CPU, single-row
@@ -79,6 +82,7 @@ mod generate;
 mod linear;
 mod model;
 mod plan;
+mod rows;
 mod sampling;
 mod sequence;
 mod stop;
@@ -94,6 +98,7 @@ pub use format::{LoadOptions, WeightFormat};
 pub use generate::{generate, generate_from_logits, GenerateOptions, Generation};
 pub use model::{Qwen2Decoder, SequenceInput, PREFILL_CHUNK};
 pub use plan::{Part, PartBytes, SizePlan};
+pub use rows::RowReader;
 pub use sampling::SamplingParams;
 pub use sequence::{step_many, Finish, Sequence};
 pub use stop::StopStrings;

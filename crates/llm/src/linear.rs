@@ -119,10 +119,21 @@ impl Linear {
         qtensor: Arc<QTensor>,
         format: WeightFormat,
     ) -> Result<Self, LlmError> {
+        Self::quantized(qtensor, None, format)
+    }
+
+    /// A layer over an `(out, in)` weight quantised to `format` (by [`quantize_rows_from`] as
+    /// it was read), with an optional `bias` `(out)` widened to f32 as in
+    /// [`Linear::with_format`].
+    pub(crate) fn quantized(
+        qtensor: Arc<QTensor>,
+        bias: Option<&Tensor>,
+        format: WeightFormat,
+    ) -> Result<Self, LlmError> {
         let (out_dim, in_dim) = qtensor.shape().dims2()?;
         Ok(Self {
             weight: Weight::Quant { qtensor, format },
-            bias: None,
+            bias: bias.map(|b| b.to_dtype(DType::F32)).transpose()?,
             out_dim,
             in_dim,
             compute: Compute::F32,
@@ -504,32 +515,21 @@ fn fresh_f32(t: &Tensor) -> Result<Tensor, LlmError> {
 ///
 /// The bytes equal those of `QTensor::quantize` on the whole tensor: a row is a whole number
 /// of blocks and GGML quantises each block on its own. On the CPU the blocks are written in
-/// place into the final vector (no second copy of the quantised tensor); elsewhere each chunk
-/// is quantised on the device and the block bytes are joined.
+/// place into the final vector (no second copy of the quantised tensor, see
+/// [`quantize_rows_from`]); elsewhere each chunk is quantised on the device and the block
+/// bytes are joined.
 pub(crate) fn quantize_rows(
     weight: &Tensor,
     format: WeightFormat,
     chunk_weights: usize,
 ) -> Result<QTensor, LlmError> {
     let (out_dim, in_dim) = weight.dims2()?;
-    if !format.is_quantized() || !in_dim.is_multiple_of(format.block_len()) {
-        return Err(LlmError::Unsupported {
-            field: "weights",
-            value: format.name().into(),
-            reason: format!(
-                "cannot quantise rows of {in_dim} weights to {format} (blocks of {})",
-                format.block_len()
-            ),
+    if weight.device().is_cpu() {
+        return quantize_rows_from((out_dim, in_dim), format, chunk_weights, |start, len| {
+            Ok(weight.narrow(0, start, len)?)
         });
     }
-    let rows_per_chunk = (chunk_weights / in_dim.max(1)).max(1);
-    if weight.device().is_cpu() {
-        return match format {
-            WeightFormat::Q8_0 => quantize_rows_cpu::<BlockQ8_0>(weight, rows_per_chunk),
-            WeightFormat::Q4_0 => quantize_rows_cpu::<BlockQ4_0>(weight, rows_per_chunk),
-            _ => quantize_rows_cpu::<BlockQ4K>(weight, rows_per_chunk),
-        };
-    }
+    let rows_per_chunk = chunk_rows(format, in_dim, chunk_weights)?;
     let dtype = ggml_dtype(format);
     let mut bytes =
         Vec::with_capacity(out_dim * in_dim / format.block_len() * format.block_bytes());
@@ -542,18 +542,67 @@ pub(crate) fn quantize_rows(
     Ok(QTensor::new(storage, (out_dim, in_dim))?)
 }
 
-/// The CPU side of [`quantize_rows`]: GGML's `from_float` on each chunk of rows, into its
+/// An `(out, in)` weight quantised on the CPU to the block format `format`, its rows given
+/// by `read(start, len)` (rows `start..start + len`, any float dtype, on the CPU) at most
+/// `chunk_weights` weights (whole rows, at least one) at a time: the weight is never whole in
+/// memory, only the final blocks and one chunk of rows (in its dtype and in f32). The bytes
+/// are those of [`quantize_rows`] on the whole tensor.
+pub(crate) fn quantize_rows_from(
+    dims: (usize, usize),
+    format: WeightFormat,
+    chunk_weights: usize,
+    read: impl FnMut(usize, usize) -> Result<Tensor, LlmError>,
+) -> Result<QTensor, LlmError> {
+    let rows_per_chunk = chunk_rows(format, dims.1, chunk_weights)?;
+    match format {
+        WeightFormat::Q8_0 => quantize_rows_cpu::<BlockQ8_0>(dims, rows_per_chunk, read),
+        WeightFormat::Q4_0 => quantize_rows_cpu::<BlockQ4_0>(dims, rows_per_chunk, read),
+        _ => quantize_rows_cpu::<BlockQ4K>(dims, rows_per_chunk, read),
+    }
+}
+
+/// Rows of `in_dim` weights converted at once when quantising `chunk_weights` weights at a
+/// time (at least one row), or an error when the rows do not fit `format`'s blocks (or it is
+/// a float format).
+fn chunk_rows(
+    format: WeightFormat,
+    in_dim: usize,
+    chunk_weights: usize,
+) -> Result<usize, LlmError> {
+    if !format.is_quantized() || !in_dim.is_multiple_of(format.block_len()) {
+        return Err(LlmError::Unsupported {
+            field: "weights",
+            value: format.name().into(),
+            reason: format!(
+                "cannot quantise rows of {in_dim} weights to {format} (blocks of {})",
+                format.block_len()
+            ),
+        });
+    }
+    Ok((chunk_weights / in_dim.max(1)).max(1))
+}
+
+/// The CPU side of [`quantize_rows_from`]: GGML's `from_float` on each chunk of rows, into its
 /// range of the final block vector.
 fn quantize_rows_cpu<T: GgmlType + 'static>(
-    weight: &Tensor,
+    (out_dim, in_dim): (usize, usize),
     rows_per_chunk: usize,
+    mut read: impl FnMut(usize, usize) -> Result<Tensor, LlmError>,
 ) -> Result<QTensor, LlmError> {
-    let (out_dim, in_dim) = weight.dims2()?;
     let blocks_per_row = in_dim / T::BLCK_SIZE;
     let mut blocks = vec![T::zeros(); out_dim * blocks_per_row];
     for start in (0..out_dim).step_by(rows_per_chunk) {
         let len = rows_per_chunk.min(out_dim - start);
-        let chunk = fresh_f32(&weight.narrow(0, start, len)?)?;
+        let rows = read(start, len)?;
+        if rows.dims() != [len, in_dim] {
+            return Err(LlmError::Candle(candle_core::Error::UnexpectedShape {
+                msg: format!("rows {start}..{} of a weight to quantise", start + len),
+                expected: (len, in_dim).into(),
+                got: rows.shape().clone(),
+            }));
+        }
+        let chunk = fresh_f32(&rows)?;
+        drop(rows);
         let dst = &mut blocks[start * blocks_per_row..(start + len) * blocks_per_row];
         let done = with_cpu_slice::<f32, _>(&chunk, |xs| T::from_float(xs, dst))?;
         if done.is_none() {

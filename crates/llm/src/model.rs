@@ -3,22 +3,94 @@
 //! (eager attention), driven by embeddings and a caller-owned [`KvCache`].
 
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use auris_kernels::activation::silu_gate;
 use auris_kernels::attention::{Attention as FusedAttention, Layout, Visible};
 use auris_kernels::round::Compute;
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::embedding::Embedding;
-use crate::linear::{out_dims, rounded_bf16, with_cpu_slice, Linear};
-use crate::plan::{tensor_parts, tied_head_shares_table};
-use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, WeightFormat};
+use crate::linear::{
+    out_dims, quantize_rows_from, rounded_bf16, with_cpu_slice, Linear, QUANTIZE_CHUNK_WEIGHTS,
+};
+use crate::plan::{table_format, tensor_parts, tied_head_shares_table};
+use crate::{HiddenAct, KvCache, LlmError, LoadOptions, Qwen2Config, RowReader, WeightFormat};
 
-/// How the layers store their weights: `None` computes in the `VarBuilder`'s dtype
-/// ([`Qwen2Decoder::load`]); a format stores the linears that way and computes in f32
-/// ([`Qwen2Decoder::load_with`]).
-type Storage = Option<WeightFormat>;
+/// How the layers store their weights, and where those quantised at load are read from.
+#[derive(Clone, Copy)]
+pub(crate) struct Storage<'r> {
+    /// `None` computes in the `VarBuilder`'s dtype ([`Qwen2Decoder::load`]); a format stores
+    /// the linears that way and computes in f32 ([`Qwen2Decoder::load_with`]).
+    pub(crate) format: Option<WeightFormat>,
+    /// Where a weight stored in a block format is read from, by ranges of rows
+    /// ([`Qwen2Decoder::load_with_rows`]); `None`: whole, through the `VarBuilder`, then
+    /// quantised a chunk of rows at a time.
+    pub(crate) rows: Option<&'r dyn RowReader>,
+    /// Weights (whole rows, at least one) converted to f32 at a time while quantising.
+    pub(crate) chunk_weights: usize,
+}
+
+impl<'r> Storage<'r> {
+    /// Linears stored as `format` (`None`: in the `VarBuilder`'s dtype), quantised ones read
+    /// through `rows` when given.
+    fn new(format: Option<WeightFormat>, rows: Option<&'r dyn RowReader>) -> Self {
+        Self {
+            format,
+            rows,
+            chunk_weights: QUANTIZE_CHUNK_WEIGHTS,
+        }
+    }
+
+    /// Tensor `name` under `vb`, `(out, in)`, quantised to `format` from chunks of its rows
+    /// read through [`Storage::rows`], each converted to `vb`'s dtype first as a whole read
+    /// would be (so the blocks are those of quantising the whole tensor). `None` when there is
+    /// no reader, `format` is not a block format or the device is not the CPU: the caller then
+    /// reads the tensor whole.
+    fn quantize(
+        &self,
+        vb: &VarBuilder,
+        name: &str,
+        (out_dim, in_dim): (usize, usize),
+        format: WeightFormat,
+    ) -> Result<Option<Arc<QTensor>>, LlmError> {
+        let Some(rows) = self.rows else {
+            return Ok(None);
+        };
+        if !format.is_quantized() || !vb.device().is_cpu() {
+            return Ok(None);
+        }
+        let full = full_name(vb, name);
+        let shape = rows
+            .shape(&full)
+            .ok_or_else(|| LlmError::MissingTensor { name: full.clone() })?;
+        let load = |source| LlmError::Load {
+            name: full.clone(),
+            source,
+        };
+        if shape != [out_dim, in_dim] {
+            return Err(load(candle_core::Error::UnexpectedShape {
+                msg: "the checkpoint's tensor has the wrong shape".into(),
+                expected: (out_dim, in_dim).into(),
+                got: shape.into(),
+            }));
+        }
+        let dtype = vb.dtype();
+        let qtensor = quantize_rows_from(
+            (out_dim, in_dim),
+            format,
+            self.chunk_weights,
+            |start, len| {
+                rows.read_rows(&full, start..start + len)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(load)
+            },
+        )?;
+        Ok(Some(Arc::new(qtensor)))
+    }
+}
 
 /// Reads `name` under `vb`, naming the full tensor path when it is missing or malformed.
 fn tensor(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor, LlmError> {
@@ -46,16 +118,33 @@ fn linear(
     bias: bool,
     storage: Storage,
 ) -> Result<Linear, LlmError> {
+    let format = storage.format.map(|f| f.for_row_len(in_dim));
+    if let Some(format) = format {
+        if let Some(qtensor) = storage.quantize(&vb, "weight", (out_dim, in_dim), format)? {
+            let bias = bias.then(|| tensor(&vb, &[out_dim], "bias")).transpose()?;
+            return Linear::quantized(qtensor, bias.as_ref(), format);
+        }
+    }
     let weight = tensor(&vb, &[out_dim, in_dim], "weight")?;
-    let bias = if bias {
-        Some(tensor(&vb, &[out_dim], "bias")?)
-    } else {
-        None
-    };
-    match storage {
+    let bias = bias.then(|| tensor(&vb, &[out_dim], "bias")).transpose()?;
+    match storage.format {
         None => Linear::new(weight, bias),
         Some(format) => Linear::with_format(&weight, bias.as_ref(), format),
     }
+}
+
+/// The embedding table under `vb`, `(vocab, hidden)`: quantised to its
+/// [`WeightFormat::embedding_format`] when [`table_format`] allows it (read by rows when
+/// `storage` has a reader), else in `vb`'s dtype.
+fn embedding(cfg: &Qwen2Config, vb: &VarBuilder, storage: Storage) -> Result<Embedding, LlmError> {
+    let dims = (cfg.vocab_size, cfg.hidden_size);
+    let asked = storage.format.and_then(WeightFormat::embedding_format);
+    if let Some(format) = table_format(asked, cfg.hidden_size) {
+        if let Some(qtensor) = storage.quantize(vb, "weight", dims, format)? {
+            return Embedding::from_quant(qtensor, format);
+        }
+    }
+    Embedding::new(tensor(vb, &[dims.0, dims.1], "weight")?, asked)
 }
 
 /// RMSNorm as in `Qwen2RMSNorm`: statistics in f32, the weight applied after casting back.
@@ -562,7 +651,7 @@ impl Qwen2Decoder {
     /// `contains_tensor` truthfully (safetensors or an explicit tensor map; a lazily
     /// initialising `VarMap` does not).
     pub fn load(cfg: &Qwen2Config, vb: VarBuilder) -> Result<Self, LlmError> {
-        Self::load_impl(cfg, vb, None)
+        Self::load_impl(cfg, vb, Storage::new(None, None))
     }
 
     /// Like [`Qwen2Decoder::load`], but keeps the linear weights in `options.weights` and
@@ -575,7 +664,9 @@ impl Qwen2Decoder {
     /// and widen it inside the product, so the logits equal those of an f32 model on the
     /// upcast weights up to summation order. `q8_0`/`q4_0`/`q4_k` quantise each linear weight
     /// as it is read, converting 32 MiB of rows to f32 at a time (peak memory: the quantised model
-    /// plus the tensor being read, in `vb`'s dtype, and one such chunk). A weight whose
+    /// plus the tensor being read, in `vb`'s dtype, and one such chunk;
+    /// [`Qwen2Decoder::load_with_rows`] reads such a tensor by chunks of rows instead, never
+    /// whole). A weight whose
     /// row length does not fit the block size falls back as [`WeightFormat::for_row_len`]
     /// says; the output head gets [`WeightFormat::head_format`] (`q8_0` for the 4-bit
     /// formats). The embedding table gets [`WeightFormat::embedding_format`]: `q8_0` in
@@ -588,9 +679,7 @@ impl Qwen2Decoder {
         vb: VarBuilder,
         options: &LoadOptions,
     ) -> Result<Self, LlmError> {
-        let mut model = Self::load_impl(cfg, vb, Some(options.stored_weights()))?;
-        model.set_compute(options.compute);
-        Ok(model)
+        Self::load_stored(cfg, vb, options, None)
     }
 
     /// Every product of the model in `compute` (see [`LoadOptions::compute`]).
@@ -607,30 +696,61 @@ impl Qwen2Decoder {
         self.compute = compute;
     }
 
-    fn load_impl(cfg: &Qwen2Config, vb: VarBuilder, storage: Storage) -> Result<Self, LlmError> {
+    /// [`Qwen2Decoder::load_with`], reading every weight stored in a block format (the
+    /// `q8_0`/`q4_0`/`q4_k` linears and output head, the `q8_0` embedding table) through
+    /// `rows`, 32 MiB of f32 rows at a time, instead of whole through `vb`: the load then holds
+    /// the quantised model and one chunk of rows (read, in `vb`'s dtype, and in f32), never a
+    /// whole tensor (the 7B's 156032 × 4096 head is 1.3 GB in bf16). Each chunk is converted
+    /// to `vb`'s dtype before f32, as a whole read would be, so the blocks are those
+    /// [`Qwen2Decoder::load_with`] makes. Everything else (norms, biases, weights kept as
+    /// floats, any weight off the CPU) is read through `vb` as there; `rows` must name
+    /// tensors as `vb`'s backend does.
+    pub fn load_with_rows(
+        cfg: &Qwen2Config,
+        vb: VarBuilder,
+        options: &LoadOptions,
+        rows: &dyn RowReader,
+    ) -> Result<Self, LlmError> {
+        Self::load_stored(cfg, vb, options, Some(rows))
+    }
+
+    /// [`Qwen2Decoder::load_with`], the quantised weights read through `rows` when given.
+    fn load_stored(
+        cfg: &Qwen2Config,
+        vb: VarBuilder,
+        options: &LoadOptions,
+        rows: Option<&dyn RowReader>,
+    ) -> Result<Self, LlmError> {
+        let storage = Storage::new(Some(options.stored_weights()), rows);
+        let mut model = Self::load_impl(cfg, vb, storage)?;
+        model.set_compute(options.compute);
+        Ok(model)
+    }
+
+    pub(crate) fn load_impl(
+        cfg: &Qwen2Config,
+        vb: VarBuilder,
+        storage: Storage,
+    ) -> Result<Self, LlmError> {
         cfg.validate()?;
-        let dtype = if storage.is_some() {
+        let dtype = if storage.format.is_some() {
             DType::F32
         } else {
             vb.dtype()
         };
         let model = vb.pp("model");
         // Quantised as it is read, so the checkpoint's table is dropped before the layers load.
-        let embed_tokens = Embedding::new(
-            tensor(
-                &model.pp("embed_tokens"),
-                &[cfg.vocab_size, cfg.hidden_size],
-                "weight",
-            )?,
-            storage.and_then(WeightFormat::embedding_format),
-        )?;
+        let embed_tokens = embedding(cfg, &model.pp("embed_tokens"), storage)?;
         let layers_vb = model.pp("layers");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(cfg, i, layers_vb.pp(i), storage, dtype))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = RmsNorm::load(model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps, dtype)?;
-        let head_storage = storage.map(WeightFormat::head_format);
-        let lm_head = match (cfg.tie_word_embeddings, head_storage) {
+        let head_storage = Storage {
+            format: storage.format.map(WeightFormat::head_format),
+            ..storage
+        };
+        let lm_head = match (cfg.tie_word_embeddings, head_storage.format) {
             (true, None) => Linear::new(embed_tokens.to_dense()?, None)?,
             (true, Some(format)) => match embed_tokens.quantized() {
                 // The same blocks: share them rather than hold the table twice.
@@ -649,7 +769,7 @@ impl Qwen2Decoder {
                 head_storage,
             )?,
         };
-        let weights = storage.unwrap_or(match vb.dtype() {
+        let weights = storage.format.unwrap_or(match vb.dtype() {
             DType::BF16 => WeightFormat::Bf16,
             DType::F16 => WeightFormat::F16,
             _ => WeightFormat::F32,
@@ -931,6 +1051,29 @@ impl Qwen2Decoder {
 
 #[cfg(test)]
 impl Qwen2Decoder {
+    /// The GGML bytes of every quantised weight (each layer's `qkv_proj`, `o_proj`,
+    /// `gate_up_proj`, `down_proj`, the head, the table), named, to compare two loads.
+    pub(crate) fn quantized_blocks(&self) -> Vec<(String, Vec<u8>)> {
+        let mut linears: Vec<(String, &Linear)> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            linears.push((format!("{i}.qkv_proj"), &l.self_attn.qkv_proj));
+            linears.push((format!("{i}.o_proj"), &l.self_attn.o_proj));
+            linears.push((format!("{i}.gate_up_proj"), &l.mlp.gate_up_proj));
+            linears.push((format!("{i}.down_proj"), &l.mlp.down_proj));
+        }
+        linears.push(("lm_head".into(), &self.lm_head));
+        let mut blocks: Vec<(String, Vec<u8>)> = linears
+            .into_iter()
+            .filter_map(|(name, l)| Some((name, l.qtensor()?.data().ok()?.into_owned())))
+            .collect();
+        if let Some((table, _)) = self.embed_tokens.quantized() {
+            if let Ok(data) = table.data() {
+                blocks.push(("embed_tokens".into(), data.into_owned()));
+            }
+        }
+        blocks
+    }
+
     /// Whether the output head holds the very blocks of the embedding table (no copy).
     pub(crate) fn head_shares_embedding(&self) -> bool {
         match (self.lm_head.qtensor(), self.embed_tokens.quantized()) {

@@ -80,8 +80,9 @@ pub struct PartBytes {
     pub head: u64,
     /// [`Part::Other`].
     pub other: u64,
-    /// The largest buffer alive only while loading: a tensor being quantised, in the dtype
-    /// it is read in, and one chunk of its rows in f32.
+    /// The largest buffer alive only while loading: one chunk of the rows of a tensor being
+    /// quantised, as [`crate::Qwen2Decoder::load_with_rows`] reads them, in the dtype it is
+    /// read in and in f32.
     pub transient: u64,
 }
 
@@ -102,8 +103,8 @@ impl PartBytes {
 }
 
 /// What [`Qwen2Decoder::load`](crate::Qwen2Decoder::load) (`storage: None`) or
-/// [`Qwen2Decoder::load_with`](crate::Qwen2Decoder::load_with) keeps of each tensor, reading
-/// them in `read` on the CPU.
+/// [`Qwen2Decoder::load_with_rows`](crate::Qwen2Decoder::load_with_rows) keeps of each tensor,
+/// reading them in `read` on the CPU (the weights it quantises by chunks of rows).
 #[derive(Debug, Clone)]
 pub struct SizePlan {
     parts: HashMap<String, Part>,
@@ -178,10 +179,13 @@ impl SizePlan {
             // Norms and biases are widened to f32.
             Part::Other => return (numel.saturating_mul(4), 0),
         };
-        // Quantising reads the whole tensor in `read`, then converts a chunk of f32 rows at a
-        // time (`Linear::with_format`).
+        // Quantising reads one chunk of rows at a time: its mapped pages and their copy in
+        // `read`, then the chunk in f32 (`Storage::quantize`); never the whole tensor.
+        let read_bytes = self.read.size_in_bytes() as u64;
         let transient = if stored.is_quantized() {
-            as_read.saturating_add(4 * QUANTIZE_CHUNK_WEIGHTS as u64)
+            (QUANTIZE_CHUNK_WEIGHTS.max(cols) as u64)
+                .min(numel)
+                .saturating_mul(2 * read_bytes + 4)
         } else {
             0
         };

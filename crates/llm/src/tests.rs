@@ -1016,6 +1016,7 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
 }
 
 mod compute;
+mod rows;
 mod steps;
 
 /// The size plan counts what the load keeps: the table's bytes, and the layers' and head's
