@@ -258,6 +258,17 @@ def run(a: argparse.Namespace) -> None:
                  f"{failed[0].get('status')} {failed[0].get('error')}")
 
 
+def cpu_flags() -> list[str]:
+    """Every flag of the first CPU in /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def cell(value, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -292,16 +303,20 @@ def report(a: argparse.Namespace) -> None:
     for r in runs:
         del r["requests"]
     m = machine()
+    m["flags"] = cpu_flags()
     root = Path(__file__).resolve().parent.parent
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": m, "threads": a.threads, "auris_commit": git_head(root),
+           "command": a.command, "elapsed_s": a.elapsed_s,
            "llama_server": a.llama_version, "load_average_start": a.load_start,
            "notes": a.note, "runs": runs}
     a.out.write_text(json.dumps(doc, indent=1))
     md = [f"Serving benchmark, {doc['date']}: {m.get('cpu')} ({m.get('logical_cores')} logical "
           f"cores, SIMD {' '.join(m.get('simd', []))}), {a.threads} threads per server, "
           f"auris {doc['auris_commit']}, llama-server {a.llama_version or '-'}, load average "
-          f"{a.load_start} at the start.", ""]
+          f"{a.load_start} at the start.", "",
+          f"Command: `{a.command}` ({a.elapsed_s} s in all, including builds and conversions "
+          "when they ran).", ""]
     md += [f"- {n}" for n in a.note] + ([""] if a.note else [])
     md.append(table(runs))
     text = "\n".join(md)
@@ -333,6 +348,8 @@ def main() -> None:
     rep.add_argument("--llama-version")
     rep.add_argument("--load-start")
     rep.add_argument("--note", action="append", default=[])
+    rep.add_argument("--command", help="the command line that made the runs")
+    rep.add_argument("--elapsed-s", type=int, help="how long it ran")
     rep.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "full-vocab":

@@ -62,6 +62,7 @@ CLIPS="$WORK/clip_3s.wav,$WORK/clip_10s.wav,$WORK/clip_29p9s.wav"
 NEW_TOKENS=64
 CTX_PER_SLOT=1024
 
+COMMAND="scripts/serve_bench.sh $*"
 REQUESTS=12
 ONLY=""
 WEIGHTS="bf16,q8_0"
@@ -248,7 +249,8 @@ main() {
   for n in "${notes[@]}"; do note_args+=(--note "$n"); done
   mkdir -p "$(dirname "$OUT")"
   "$PY" scripts/serve_bench.py report --runs "$RUNS" --threads "$THREADS" \
-    --llama-version "$llama_version" --load-start "$load_start" "${note_args[@]}" --out "$OUT"
+    --llama-version "$llama_version" --load-start "$load_start" "${note_args[@]}" \
+    --command "$COMMAND" --elapsed-s "$((SECONDS - start))" --out "$OUT"
   log "wrote $OUT and ${OUT%.json}.md in $((SECONDS - start)) s"
 }
 
