@@ -241,8 +241,8 @@ main() {
   fi
   for w in ${WEIGHTS//,/ }; do
     for n in ${CLIENTS//,/ }; do
-      wants auris && run_auris "$w" "$n"
-      wants llama && run_llama "$w" "$n"
+      if wants auris; then run_auris "$w" "$n"; fi
+      if wants llama; then run_llama "$w" "$n"; fi
     done
   done
   local note_args=()
