@@ -51,7 +51,11 @@ def full_vocab(src: Path, dst: Path) -> None:
     vocab_size = json.loads((src / "config.json").read_text())["text_config"]["vocab_size"]
     tok = json.loads((src / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]
-    taken = set(vocab.values()) | {t["id"] for t in tok["added_tokens"]}
+    # The special tokens join the vocabulary under their own ids: the tokenizers library gives an
+    # added token that the model's vocabulary lacks the id after the vocabulary's last.
+    for t in tok["added_tokens"]:
+        vocab.setdefault(t["content"], t["id"])
+    taken = set(vocab.values())
     for i in range(vocab_size):
         if i not in taken:
             name = f"\u0120t{i}"
