@@ -102,6 +102,9 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# A signal ends the script through exit, so the EXIT trap stops the server.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # $1 -> $2 with the vendored converter; the rest are converter arguments.
 convert() {
