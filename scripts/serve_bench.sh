@@ -39,9 +39,10 @@
 # with scripts/bench.sh; the reference pins and the converter's), under bench/work/ (git-ignored)
 # the bf16 checkpoint (bench/work/realistic-bf16, as scripts/bench.sh makes it), the clips, and
 # bench/work/serve/: the checkpoint with a tokenizer naming every id (see serve_bench.py
-# full-vocab) and its GGUF files; and llama-server in scripts/.cache/bench/ (about 25 minutes on
-# 2 busy cores). With all that made, the default run takes about 20 minutes on 2 cores, --quick
-# about 12. Run it on a quiet machine: every figure is wall-clock time.
+# full-vocab) and its GGUF files; and llama-server in scripts/.cache/bench/ (75 minutes on 2 cores
+# shared with other builds). With all that made, the default run should take about 20 minutes on
+# a quiet 2-core machine, --quick about half. Run it on a quiet machine: every figure is
+# wall-clock time, and llama.cpp's spinning threads suffer most from other work.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

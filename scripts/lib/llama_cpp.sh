@@ -7,8 +7,8 @@
 #   once; sets SDIST (the archive) and LLAMA_DIR (its vendor/llama.cpp).
 # llama_server_build DIR: builds the llama-server target alone from $LLAMA_DIR (cmake, Release,
 #   GGML_NATIVE: the best SIMD this CPU has, as a user building llama.cpp here would get; no
-#   web UI, no HTTPS) into DIR/llama-server-build, once; sets LLAMA_SERVER. About 25 minutes on
-#   2 busy cores; the log is DIR/llama-server-build.log.
+#   web UI, no HTTPS) into DIR/llama-server-build, once; sets LLAMA_SERVER. 75 minutes on 2 cores
+#   shared with other builds; the log is DIR/llama-server-build.log.
 
 LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
 # What the converter imports besides torch and transformers (scripts/lib/convert_gguf.py).
