@@ -19,10 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$(realpath "${1:-target/debug/auris}")"
 MODEL=models/tiny-chat
-if ! command -v prometheus >/dev/null; then
-  SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq prometheus >/dev/null
-fi
+source scripts/lib/debian.sh
+ensure_debian_package prometheus prometheus
 WORK="$(mktemp -d /tmp/auris-prometheus.XXXXXX)"
 PIDS=()
 cleanup() {
