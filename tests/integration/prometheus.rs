@@ -13,5 +13,9 @@ fn prometheus_scrapes_the_vllm_metrics() {
         .arg(env!("CARGO_BIN_EXE_auris")));
     eprintln!("{}", out.stdout);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("prometheus check: ok"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("prometheus check: ok"),
+        "{}",
+        out.stdout
+    );
 }
