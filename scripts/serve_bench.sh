@@ -11,7 +11,7 @@
 #   scripts/serve_bench.sh [--quick] [--only auris|llama] [--weights LIST] [--clients LIST]
 #                          [--requests R] [--threads T] [--out PATH]
 #
-#   --quick         6 requests per N (default 12)
+#   --quick         6 requests per N (default 12; at least N, in rounds of 3)
 #   --only ENGINE   auris or llama (default both)
 #   --weights LIST  bf16,q8_0 (the default) or one of them
 #   --clients LIST  concurrencies (default 1,2,4,8)
@@ -179,8 +179,11 @@ bench_run() {
   "$PY" scripts/serve_bench.py run --base "$base" --clients 1 --requests 1 --clips "$WORK/clip_3s.wav" \
     --max-tokens 8 --body-extra "$extra" --label "warm-up" --engine "$engine" --weights "$w" \
     --out "$SERVE/warmup.json" 2>/dev/null || { log "$label: the warm-up request failed"; exit 1; }
-  log "$label: $REQUESTS requests"
-  "$PY" scripts/serve_bench.py run --base "$base" --clients "$n" --requests "$REQUESTS" \
+  # At least one request per client, in whole rounds of the three clips.
+  local requests="$REQUESTS"
+  ((requests >= n)) || requests=$(((n + 2) / 3 * 3))
+  log "$label: $requests requests"
+  "$PY" scripts/serve_bench.py run --base "$base" --clients "$n" --requests "$requests" \
     --clips "$CLIPS" --max-tokens "$NEW_TOKENS" --body-extra "$extra" --label "$label" \
     --engine "$engine" --weights "$w" --out "$RUNS/$engine-$w-n$n.json"
 }
