@@ -41,9 +41,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/lib/pins.sh
 source scripts/lib/venv.sh
+source scripts/lib/llama_cpp.sh
 
-LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
-BENCH_PINS=("${REF_PINS[@]}" "gguf==0.19.0" "sentencepiece==0.2.3")
+BENCH_PINS=("${REF_PINS[@]}" "${GGUF_PINS[@]}")
 VENV="${AURIS_BENCH_VENV:-$ROOT/.venv-bench}"
 PY="$VENV/bin/python"
 CACHE="$ROOT/scripts/.cache/bench"
@@ -81,28 +81,13 @@ MD="${OUT%.json}.md"
 
 log() { echo "bench.sh: $*" >&2; }
 
-# The llama-cpp-python sdist: installed from this file, and the source of the GGUF converter.
-fetch_sdist() {
-  local version="${LLAMA_CPP_PYTHON##*==}"
-  SDIST="$CACHE/llama_cpp_python-$version.tar.gz"
-  LLAMA_DIR="$CACHE/llama_cpp_python-$version/vendor/llama.cpp"
-  mkdir -p "$CACHE"
-  if [[ ! -f "$SDIST" ]]; then
-    log "downloading the $LLAMA_CPP_PYTHON sdist"
-    "$VENV/bin/pip" download --quiet --no-deps --no-binary llama-cpp-python -d "$CACHE" "$LLAMA_CPP_PYTHON"
-  fi
-  if [[ ! -f "$LLAMA_DIR/convert_hf_to_gguf.py" ]]; then
-    tar -xzf "$SDIST" -C "$CACHE"
-  fi
-}
-
 has_pin() {
   venv_has_pin "$PY" "$1"
 }
 
 ensure_bench_venv() {
   ensure_venv "$VENV" "${BENCH_PINS[@]}"
-  fetch_sdist
+  llama_cpp_sdist "$VENV/bin/pip" "$CACHE"
   if ! has_pin "$LLAMA_CPP_PYTHON"; then
     # GGML_NATIVE: the best SIMD this CPU has, as a user building llama.cpp here would get.
     log "building $LLAMA_CPP_PYTHON from source (log: $CACHE/llama-cpp-python-build.log)"

@@ -19,10 +19,8 @@ BIN="$(realpath "${1:-target/debug/auris}")"
 REQUESTS="${REQUESTS:-120}"
 CLIENTS="${CLIENTS:-8}"
 CLIP=tests/fixtures/audio/tone_440_16k.wav
-if ! command -v haproxy >/dev/null; then
-  SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy >/dev/null
-fi
+source scripts/lib/debian.sh
+ensure_debian_package haproxy haproxy
 WORK="$(mktemp -d /tmp/auris-replicas.XXXXXX)"
 PIDS=()
 cleanup() {

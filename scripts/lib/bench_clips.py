@@ -3,9 +3,10 @@
     python3 scripts/lib/bench_clips.py OUT_DIR
 
 Writes OUT_DIR/clip_29p9s.wav (the first 29.9 s: llama.cpp's audio path encodes an input of
-exactly 30.0 s as two windows, so the clip stays just under one window) and OUT_DIR/clip_10s.wav
-(the first 10 s). The source, tests/fixtures/audio/long_42s_16k.wav, is LibriVox speech and tones
-(see tests/fixtures/audio/README.md). Standard library only; takes well under a second.
+exactly 30.0 s as two windows, so the clip stays just under one window), OUT_DIR/clip_10s.wav
+(the first 10 s) and OUT_DIR/clip_3s.wav (the first 3 s). The source,
+tests/fixtures/audio/long_42s_16k.wav, is LibriVox speech and tones (see
+tests/fixtures/audio/README.md). Standard library only; takes well under a second.
 """
 
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SOURCE = ROOT / "tests" / "fixtures" / "audio" / "long_42s_16k.wav"
-CLIPS = {"clip_29p9s.wav": 29.9, "clip_10s.wav": 10.0}
+CLIPS = {"clip_29p9s.wav": 29.9, "clip_10s.wav": 10.0, "clip_3s.wav": 3.0}
 
 
 def main() -> None:

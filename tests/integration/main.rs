@@ -15,6 +15,7 @@ mod eval;
 mod hub;
 mod hub_server;
 mod parity;
+mod prometheus;
 mod real_mini;
 mod serve;
 mod streaming;
