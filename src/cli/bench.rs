@@ -24,6 +24,7 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
         segments,
         json,
         quiet,
+        decode_batch,
     } = args;
     let strategy = prune.strategy(segments, Remainder::Spread, 0)?;
     let session = load(&model, prompt.prompt_format, quiet)?;
@@ -55,6 +56,19 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
         other => other.into(),
     })?;
     report.load_ms = session.load_ms;
+    if !decode_batch.is_empty() {
+        let mut log = |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        };
+        report.decode_batch =
+            auris::bench::decode_batches(p.decoder(), &decode_batch, new_tokens, repeat, &mut log)
+                .map_err(|e| match e {
+                    Error::Usage(e) => usage(e),
+                    other => other.into(),
+                })?;
+    }
     if json {
         print_line(&serde_json::to_string(&report)?)?;
     } else {
