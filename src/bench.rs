@@ -637,7 +637,7 @@ pub fn markdown(r: &BenchReport) -> String {
     if let Some(first) = r.decode_batch.first() {
         out.push_str(&format!(
             "\ndecode of sequences stepped together ({} prompt tokens each, median of {} steps)\n\n\
-             | sequences | step | tok/s (sum) | x {} sequence(s) |\n|---|---|---|---|\n",
+             | sequences | step | tok/s (sum) | vs {} |\n|---|---|---|---|\n",
             first.prompt_tokens, first.steps, first.batch
         ));
         for b in &r.decode_batch {
