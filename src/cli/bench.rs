@@ -37,6 +37,9 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
     if repeat == 0 {
         return Err(usage("--repeat must be at least 1"));
     }
+    if decode_batch.contains(&0) {
+        return Err(usage("--decode-batch sizes must be at least 1"));
+    }
     let opts = auris::bench::BenchOptions {
         audio,
         warmup,
