@@ -843,17 +843,10 @@ mod tests {
         let w = weights(n, k, 21);
         let b = tensor(n, 0.1, &[n]);
         let xs = weights(m, k, 22);
-        let mut layers: Vec<Linear> = [
-            WeightFormat::F32,
-            WeightFormat::Bf16,
-            WeightFormat::F16,
-            WeightFormat::Q8_0,
-            WeightFormat::Q4_0,
-            WeightFormat::Q4K,
-        ]
-        .into_iter()
-        .map(|f| Linear::with_format(&w, Some(&b), f).unwrap())
-        .collect();
+        let mut layers: Vec<Linear> = WeightFormat::ALL
+            .into_iter()
+            .map(|f| Linear::with_format(&w, Some(&b), f).unwrap())
+            .collect();
         let dense_bf16 = w.to_dtype(DType::BF16).unwrap();
         layers.push(Linear::new(dense_bf16, Some(b.to_dtype(DType::BF16).unwrap())).unwrap());
         for lin in &layers {
@@ -872,13 +865,9 @@ mod tests {
                 })
                 .collect();
             for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 for rows in [1, 2, 5, 6] {
                     let x = xs.narrow(0, m - rows, rows).unwrap();
-                    let y = pool.install(|| lin.forward_rows(&x).unwrap());
+                    let y = crate::tests::on_threads(threads, || lin.forward_rows(&x).unwrap());
                     assert_eq!(y.dims(), &[rows, n]);
                     let got = values(y.to_dtype(DType::F32).unwrap());
                     for (r, g) in got.chunks_exact(n).enumerate() {

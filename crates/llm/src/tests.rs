@@ -1018,6 +1018,15 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
 mod compute;
 mod steps;
 
+/// `f` run on a pool of `threads` threads.
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 /// The size plan counts what the load keeps: the table's bytes, and the layers' and head's
 /// bytes a decode step reads, for tied and untied heads, rows that fit the blocks or not,
 /// bf16 and f32 reads, and every storage; a tied head the plan counts as shared holds the

@@ -270,16 +270,6 @@ fn batch_cfg() -> Qwen2Config {
     }
 }
 
-/// Every storage the decode kernels serve.
-const FORMATS: [WeightFormat; 6] = [
-    WeightFormat::F32,
-    WeightFormat::Bf16,
-    WeightFormat::F16,
-    WeightFormat::Q8_0,
-    WeightFormat::Q4_0,
-    WeightFormat::Q4K,
-];
-
 /// The model of [`batch_cfg`] stored as `format`, which it must really get (no fallback).
 fn batch_model(format: WeightFormat) -> Qwen2Decoder {
     let cfg = batch_cfg();
@@ -377,20 +367,12 @@ fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
 /// Batches of 1 to 8 sequences (staggered arrivals, prompts of different lengths, sequences
 /// finishing mid-batch, prefills beside decode rows) give every sequence bit for bit the
 /// logits, and so the greedy ids, it gets alone, on every weight storage and 1 to 3 threads.
 #[test]
 fn stacked_decode_rows_give_each_sequence_its_logits_alone_bit_for_bit() {
-    for format in FORMATS {
+    for format in WeightFormat::ALL {
         let model = batch_model(format);
         let plans = plans(8);
         let alone: Vec<_> = plans.iter().map(|p| logits_alone(&model, p)).collect();
@@ -421,7 +403,7 @@ fn step_many_over_eight_sequences_equals_each_alone() {
         })
         .collect();
     let prompts: Vec<Vec<u32>> = plans(8).into_iter().map(|p| p.ids).collect();
-    for format in FORMATS {
+    for format in WeightFormat::ALL {
         let model = batch_model(format);
         let expect: Vec<Generation> = prompts
             .iter()
