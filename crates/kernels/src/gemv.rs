@@ -300,16 +300,7 @@ mod x86 {
 pub(crate) mod tests {
     use super::*;
     use crate::cpu::tests::levels;
-    use crate::test_values::{assert_f32_sum_close, f64_product, values};
-
-    /// `f(threads)` run on a pool of `threads` threads.
-    pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(f)
-    }
+    use crate::test_values::{assert_f32_sum_close, f64_product, on_threads, values};
 
     /// Checks a batched product `run(batch, xs, out)` of `batch` rows of `k` against `want`
     /// (each row's `(n)` reference) and each of its rows bitwise against the product of

@@ -19,6 +19,19 @@ pub fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `f` run on a rayon pool of `threads` threads (the tests' check that a result does not
+/// depend on the thread count).
+///
+/// # Panics
+/// When the pool cannot be built.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// `x · wᵀ (+ bias)` in f64 for `w` of rows of `x.len()` values, and the magnitude summed per
 /// row (the scale of an f32 sum's rounding).
 #[cfg(test)]
@@ -87,13 +100,11 @@ pub fn check_q4k_against(blocks: &[u8], deq: &[f64], n: usize, k: usize) {
             }
         }
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
             for batch in 1..=xs.len() {
                 let mut got = vec![f32::NAN; batch * n];
-                pool.install(|| q4k_gemv_batch_at(cpu, &xs[..batch], blocks, None, &mut got));
+                on_threads(threads, || {
+                    q4k_gemv_batch_at(cpu, &xs[..batch], blocks, None, &mut got)
+                });
                 for (r, row) in got.chunks_exact(n).enumerate() {
                     let same = row
                         .iter()

@@ -867,7 +867,9 @@ mod tests {
             for threads in 1..=3 {
                 for rows in [1, 2, 5, 6] {
                     let x = xs.narrow(0, m - rows, rows).unwrap();
-                    let y = crate::tests::on_threads(threads, || lin.forward_rows(&x).unwrap());
+                    let y = auris_kernels::test_values::on_threads(threads, || {
+                        lin.forward_rows(&x).unwrap()
+                    });
                     assert_eq!(y.dims(), &[rows, n]);
                     let got = values(y.to_dtype(DType::F32).unwrap());
                     for (r, g) in got.chunks_exact(n).enumerate() {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use auris_kernels::test_values::on_threads;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -1017,15 +1018,6 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it() {
 
 mod compute;
 mod steps;
-
-/// `f` run on a pool of `threads` threads.
-pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
 
 /// The size plan counts what the load keeps: the table's bytes, and the layers' and head's
 /// bytes a decode step reads, for tied and untied heads, rows that fit the blocks or not,
