@@ -433,3 +433,27 @@ fn step_many_over_eight_sequences_equals_each_alone() {
         }
     }
 }
+
+/// Under bf16 compute (every product's input rounded to bf16) a stack of decode rows rounds
+/// each row as it would alone: every sequence still gets its logits alone, bit for bit.
+#[test]
+fn stacked_decode_rows_under_bf16_compute_equal_each_alone() {
+    let cfg = batch_cfg();
+    let vb = VarBuilder::from_tensors(weights(&cfg, 77), DType::F32, &Device::Cpu);
+    let opts = LoadOptions {
+        weights: WeightFormat::Bf16,
+        compute: auris_kernels::round::Compute::Bf16,
+    };
+    let model = Qwen2Decoder::load_with(&cfg, vb.pp(PREFIX), &opts).unwrap();
+    let plans = plans(6);
+    let alone: Vec<_> = plans.iter().map(|p| logits_alone(&model, p)).collect();
+    for threads in [1, 3] {
+        let got = on_threads(threads, || logits_together(&model, &plans));
+        for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+            assert!(
+                bits(g) == bits(a),
+                "threads={threads}: sequence {i} differs"
+            );
+        }
+    }
+}
