@@ -8,13 +8,19 @@
 //! only one kind is asked for, the other is measured by streaming the clip through the
 //! encoder alone, so the cost of the scores is always visible. Times are wall-clock
 //! milliseconds; the report gives the minimum and the median over the repetitions.
+//!
+//! On request ([`decode_batches`], `auris bench --decode-batch 1,2,4,8`) it also times the
+//! decoder alone stepping `B` sequences together ([`auris_llm::step_many`]: each weight read
+//! once per step for all of them) and reports the tokens per second summed over the
+//! sequences, for each `B`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use auris_audio::config::EncoderConfig;
-use auris_llm::{GenerateOptions, Qwen2Config, SamplingParams};
+use auris_llm::{step_many, GenerateOptions, Qwen2Config, Qwen2Decoder, SamplingParams, Sequence};
 use auris_prune::{Policy, Strategy};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -155,6 +161,89 @@ pub struct BenchReport {
     pub encoder_gflops: f64,
     /// `encoder_gflops` as a percentage of `fma_peak_gflops`.
     pub encoder_peak_pct: f64,
+    /// Decode throughput of sequences stepped together ([`decode_batches`]), when asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decode_batch: Vec<BatchDecode>,
+}
+
+/// Decode throughput of `batch` sequences stepped together.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchDecode {
+    /// Sequences decoding together, one token each per step.
+    pub batch: usize,
+    /// Prompt tokens each sequence holds before the timed steps.
+    pub prompt_tokens: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Median time of one step (a token of every sequence), in milliseconds.
+    pub step_ms: f64,
+    /// Tokens per second summed over the sequences, at the median step time.
+    pub tok_s: f64,
+}
+
+/// Prompt tokens of each sequence of [`decode_batches`]: a short text prompt, so the steps
+/// time the weights rather than the attention over a long context.
+const BATCH_PROMPT_TOKENS: usize = 32;
+
+/// Times `steps` greedy decode steps of `batch` sequences stepped together by
+/// [`step_many`], for each `batch` in `sizes`, after a prefill of [`BATCH_PROMPT_TOKENS`]
+/// tokens each (different ids per sequence) and one untimed step; `repeat` times each.
+pub fn decode_batches(
+    decoder: &Qwen2Decoder,
+    sizes: &[usize],
+    steps: usize,
+    repeat: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<BatchDecode>, Error> {
+    if sizes.contains(&0) || steps == 0 {
+        return Err(Error::Usage(
+            "decode batch sizes and the steps timed must be at least 1".to_string(),
+        ));
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: steps + 2,
+        stop_ids: Vec::new(),
+        sampling: SamplingParams::default(),
+    };
+    let vocab = decoder.config().vocab_size.max(1);
+    let mut out = Vec::with_capacity(sizes.len());
+    for &batch in sizes {
+        let mut times = Vec::with_capacity(steps * repeat.max(1));
+        for _ in 0..repeat.max(1) {
+            let mut seqs = (0..batch)
+                .map(|i| {
+                    let ids: Vec<u32> = (0..BATCH_PROMPT_TOKENS)
+                        .map(|t| ((1 + 7 * t + 13 * i) % vocab) as u32)
+                        .collect();
+                    let ids_t = Tensor::new(ids.as_slice(), decoder.device())?.unsqueeze(0)?;
+                    let embeds = decoder.embed_tokens(&ids_t)?;
+                    Sequence::prefill(decoder, decoder.new_cache(), &embeds, &ids, &opts)
+                })
+                .collect::<Result<Vec<_>, auris_llm::LlmError>>()?;
+            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+            // The first step chooses from the prefill's logits; the second warms up.
+            step_many(decoder, &mut refs)?;
+            step_many(decoder, &mut refs)?;
+            for _ in 0..steps {
+                let start = Instant::now();
+                step_many(decoder, &mut refs)?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let step_ms = Stat::of(times).median_ms;
+        let tok_s = batch as f64 * 1e3 / step_ms.max(1e-9);
+        log(&format!(
+            "decode batch {batch}: {step_ms:.1} ms per step, {tok_s:.1} tok/s summed"
+        ));
+        out.push(BatchDecode {
+            batch,
+            prompt_tokens: BATCH_PROMPT_TOKENS,
+            steps,
+            step_ms,
+            tok_s,
+        });
+    }
+    Ok(out)
 }
 
 /// Floating-point operations (a multiply-add counts 2) of encoding windows of `tokens[i]` audio
@@ -451,6 +540,7 @@ pub fn run(
         encoder_gflop: encoder_flops / 1e9,
         encoder_gflops,
         encoder_peak_pct,
+        decode_batch: Vec::new(),
     })
 }
 
@@ -544,6 +634,22 @@ pub fn markdown(r: &BenchReport) -> String {
         ));
     }
     out.push_str(&format!("\n\npeak RSS {:.0} MiB\n", r.peak_rss_mb));
+    if let Some(first) = r.decode_batch.first() {
+        out.push_str(&format!(
+            "\ndecode of sequences stepped together ({} prompt tokens each, median of {} steps)\n\n\
+             | sequences | step | tok/s (sum) | vs {} |\n|---|---|---|---|\n",
+            first.prompt_tokens, first.steps, first.batch
+        ));
+        for b in &r.decode_batch {
+            out.push_str(&format!(
+                "| {} | {:.1} ms | {:.1} | {:.2} |\n",
+                b.batch,
+                b.step_ms,
+                b.tok_s,
+                b.tok_s / first.tok_s.max(1e-9)
+            ));
+        }
+    }
     out
 }
 

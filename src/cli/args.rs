@@ -233,6 +233,10 @@ pub(super) struct BenchArgs {
     /// Print nothing on stderr but errors.
     #[arg(long, help_heading = "Output")]
     pub(super) quiet: bool,
+    /// Also time the decoder stepping N sequences together, for each N listed (e.g. 1,2,4,8):
+    /// --new-tokens steps, --repeat times; reports the tokens per second summed.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub(super) decode_batch: Vec<usize>,
 }
 
 /// `auris download`.

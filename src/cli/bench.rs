@@ -24,6 +24,7 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
         segments,
         json,
         quiet,
+        decode_batch,
     } = args;
     let strategy = prune.strategy(segments, Remainder::Spread, 0)?;
     let session = load(&model, prompt.prompt_format, quiet)?;
@@ -35,6 +36,9 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     if repeat == 0 {
         return Err(usage("--repeat must be at least 1"));
+    }
+    if decode_batch.contains(&0) {
+        return Err(usage("--decode-batch sizes must be at least 1"));
     }
     let opts = auris::bench::BenchOptions {
         audio,
@@ -55,6 +59,19 @@ pub(super) fn run(args: BenchArgs) -> Result<ExitCode> {
         other => other.into(),
     })?;
     report.load_ms = session.load_ms;
+    if !decode_batch.is_empty() {
+        let mut log = |line: &str| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        };
+        report.decode_batch =
+            auris::bench::decode_batches(p.decoder(), &decode_batch, new_tokens, repeat, &mut log)
+                .map_err(|e| match e {
+                    Error::Usage(e) => usage(e),
+                    other => other.into(),
+                })?;
+    }
     if json {
         print_line(&serde_json::to_string(&report)?)?;
     } else {

@@ -308,6 +308,38 @@ fn bench_quick_reports_every_stage() {
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0);
     assert_eq!(v["compute"], "f32", "{v}");
     assert!(v["compute_reason"].as_str().unwrap().starts_with("auto: "));
+    // Off unless asked for: the report keeps its fields.
+    assert!(v.get("decode_batch").is_none(), "{v}");
+}
+
+#[test]
+fn bench_decode_batch_reports_each_size() {
+    let bench = |sizes: &str| {
+        run(auris()
+            .args([
+                "bench",
+                "--quick",
+                "--json",
+                "--decode-batch",
+                sizes,
+                "--model",
+            ])
+            .arg(model_dir("tiny-chat"))
+            .arg(fixture("audio/librivox_0930_16k.wav")))
+    };
+    let out = bench("1,3");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = &json_lines(&out.stdout)[0];
+    let sizes = v["decode_batch"].as_array().unwrap();
+    assert_eq!(sizes.len(), 2, "{v}");
+    for (entry, batch) in sizes.iter().zip([1, 3]) {
+        assert_eq!(entry["batch"], batch);
+        assert_eq!(entry["steps"], 8);
+        assert!(entry["tok_s"].as_f64().unwrap() > 0.0, "{entry}");
+    }
+    let out = bench("2,0");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--decode-batch"), "{}", out.stderr);
 }
 
 #[test]

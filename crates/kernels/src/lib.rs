@@ -13,9 +13,11 @@
 //! - [`linear`]: `x W^T + b` with the bias in the product and an optional GELU, for weights
 //!   stored in f32, bf16 or f16 (half weights widened exactly, a cache-sized block of rows at a
 //!   time, inside the product): the encoder's layers and the decoder's prefill.
-//! - The decode steps' single-row products, split over the rayon pool by rows: [`gemv`] (f32
-//!   weights), [`halfgemv`] (bf16/f16 weights widened exactly), [`qgemv`] (GGML `q8_0`/`q4_0`
-//!   blocks against an activation row quantised to 8 bits, integer block dots with
+//! - The decode steps' products of one activation row or a stack of them (one new position
+//!   of each of several sequences), split over the rayon pool by weight rows only ([`batch`]),
+//!   each weight read once for the whole stack and each row's result bitwise that row alone:
+//!   [`gemv`] (f32 weights), [`halfgemv`] (bf16/f16 weights widened exactly), [`qgemv`] (GGML
+//!   `q8_0`/`q4_0` blocks against activation rows quantised to 8 bits, integer block dots with
 //!   AVX512-VNNI, AVX-VNNI or AVX2) and [`q4k`] (GGML `q4_K` super-blocks).
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 //! - [`round`]: the precision of the products' inputs ([`round::Compute`]: f32, or bf16 as
@@ -24,6 +26,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod batch;
 pub mod cpu;
 pub mod gemv;
 pub mod halfgemv;

@@ -8,9 +8,9 @@
 //! the activations is `dx · (d · sc · Σ q·xq − dmin · m · Σ xq)`: the nibbles are unsigned, so
 //! `vpmaddubsw` takes them as they are, and `Σ xq` comes with the activation row.
 
+use crate::batch::split_rows;
 use crate::cpu::{Cpu, Feature};
-use crate::halfgemv::split_rows;
-use crate::qgemv::{QuantRow, BLOCK};
+use crate::qgemv::{same_blocks, QuantRow, BLOCK};
 
 /// Weights per super-block.
 pub const SUPER: usize = 256;
@@ -47,24 +47,14 @@ fn factors(block: &[u8]) -> ([f32; 8], [f32; 8]) {
 
 /// Computes `out = x · wᵀ (+ bias)` for `w` of `out.len()` rows of `q4_K` super-blocks,
 /// splitting the rows over the current rayon pool, with the features `cpu` allows (the tests
-/// run every level this CPU has). Every level with AVX2 runs the AVX2 code (the dot has no
-/// VNNI form here); the portable level the plain one.
+/// run every level this CPU has): the one-row case of [`q4k_gemv_batch_at`].
 ///
 /// # Panics
 ///
 /// If `w` is not `out.len()` rows of `x.len() / 256` super-blocks, or `bias` is not
 /// `out.len()` long.
 pub fn q4k_gemv_at(cpu: Cpu, x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
-    let simd = cpu.has(Feature::Avx2);
-    let row_bytes = x.scales.len() / (SUPER / BLOCK) * SUPER_BYTES;
-    split_rows(row_bytes, w, bias, out, |w, out| {
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
-            *o = dot_row(simd, x, row);
-        }
-        if row_bytes == 0 {
-            out.fill(0.0);
-        }
-    });
+    q4k_gemv_batch_at(cpu, std::slice::from_ref(x), w, bias, out);
 }
 
 /// [`q4k_gemv_at`] with the features of this CPU.
@@ -76,16 +66,66 @@ pub fn q4k_gemv(x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
     q4k_gemv_at(Cpu::detected(), x, w, bias, out);
 }
 
-/// One row's dot; `simd` says a detected [`Cpu`] holds [`Feature::Avx2`].
-fn dot_row(simd: bool, x: &QuantRow, row: &[u8]) -> f32 {
+/// Computes `out[r] = xs[r] · wᵀ (+ bias)` for the quantised rows `xs` and `w` of `n` rows of
+/// `q4_K` super-blocks, into `xs.len()` rows of `n`, with the features of this CPU; see
+/// [`q4k_gemv_batch_at`].
+///
+/// # Panics
+///
+/// As [`q4k_gemv_batch_at`].
+pub fn q4k_gemv_batch(xs: &[QuantRow], w: &[u8], bias: Option<&[f32]>, out: &mut [f32]) {
+    q4k_gemv_batch_at(Cpu::detected(), xs, w, bias, out);
+}
+
+/// [`q4k_gemv_batch`] with the features `cpu` allows. Every level with AVX2 runs the AVX2 code
+/// (the dot has no VNNI form here); the portable level the plain one. A super-block's factors
+/// and nibbles are unpacked once for up to four activation rows; each row of `out` is bitwise
+/// what [`q4k_gemv_at`] gives for that row alone, whatever the other rows and the pool.
+///
+/// # Panics
+///
+/// If `xs` is empty or its rows differ in length, `w` is not `n` rows of their super-block
+/// count, `out` not `xs.len()` rows of `n`, or `bias` not `n` long.
+pub fn q4k_gemv_batch_at(
+    cpu: Cpu,
+    xs: &[QuantRow],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let simd = cpu.has(Feature::Avx2);
+    let row_bytes = same_blocks(xs) / (SUPER / BLOCK) * SUPER_BYTES;
+    split_rows(xs.len(), row_bytes, w, bias, out, |w, t| {
+        for (col, row) in t.chunks_exact_mut(xs.len()).zip(w.chunks_exact(row_bytes)) {
+            dot_rows(simd, xs, row, col);
+        }
+    });
+}
+
+/// `col[r] = dot(xs[r], row)` for every activation row; `simd` says a detected [`Cpu`] holds
+/// [`Feature::Avx2`].
+fn dot_rows(simd: bool, xs: &[QuantRow], row: &[u8], col: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is only set when the caller's `Cpu` holds AVX2, FMA and F16C; `row`
-        // holds one super-block per 8 activation blocks.
-        return unsafe { avx2::dot(x, row) };
+        for (xs, col) in xs.chunks(4).zip(col.chunks_mut(4)) {
+            // SAFETY: `simd` is only set when the caller's `Cpu` holds AVX2, FMA and F16C;
+            // `row` holds one super-block per 8 activation blocks of each row, and `col` one
+            // value per row.
+            unsafe {
+                match xs.len() {
+                    1 => avx2::dot::<1>(xs, row, col),
+                    2 => avx2::dot::<2>(xs, row, col),
+                    3 => avx2::dot::<3>(xs, row, col),
+                    _ => avx2::dot::<4>(xs, row, col),
+                }
+            }
+        }
+        return;
     }
     let _ = simd;
-    dot_portable(x, row)
+    for (o, x) in col.iter_mut().zip(xs) {
+        *o = dot_portable(x, row);
+    }
 }
 
 fn dot_portable(x: &QuantRow, row: &[u8]) -> f32 {
@@ -116,45 +156,54 @@ mod avx2 {
 
     use super::{factors, QuantRow, BLOCK, SUPER_BYTES};
 
+    /// `col[c] = dot(xs[c], row)` for `R` activation rows: per element a low and a high
+    /// 8-lane chain and a scalar sum of the minimums' terms, in super-block order.
+    ///
     /// # Safety
     ///
-    /// The CPU must support AVX2, FMA and F16C; `row` holds one super-block per eight
-    /// activation blocks.
+    /// The CPU must support AVX2, FMA and F16C; `xs` and `col` hold `R` rows, and `row` one
+    /// super-block per eight activation blocks of each.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot(x: &QuantRow, row: &[u8]) -> f32 {
+    pub(super) unsafe fn dot<const R: usize>(xs: &[QuantRow], row: &[u8], col: &mut [f32]) {
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let (mut acc_lo, mut acc_hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut mins_total = 0.0f32;
+        let mut acc_lo = [_mm256_setzero_ps(); R];
+        let mut acc_hi = [_mm256_setzero_ps(); R];
+        let mut mins_total = [0.0f32; R];
         for (s, block) in row.chunks_exact(SUPER_BYTES).enumerate() {
             let (scales, mins) = factors(block);
             for j in 0..4 {
                 let (b0, b1) = (s * 8 + 2 * j, s * 8 + 2 * j + 1);
                 // SAFETY: the chunk's 32 bytes lie inside the super-block, and activation
-                // blocks b0, b1 inside `x.qs` (8 per super-block).
+                // blocks b0, b1 inside each row's `qs` (8 per super-block).
                 unsafe {
                     let bytes = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * j).cast());
                     let q_lo = _mm256_and_si256(bytes, low);
                     let q_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
-                    let x0 = _mm256_loadu_si256(x.qs.as_ptr().add(b0 * BLOCK).cast());
-                    let x1 = _mm256_loadu_si256(x.qs.as_ptr().add(b1 * BLOCK).cast());
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, x0), ones);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, x1), ones);
-                    let (d0, d1) = (x.scales[b0], x.scales[b1]);
-                    let f0 = _mm256_set1_ps(scales[2 * j] * d0);
-                    let f1 = _mm256_set1_ps(scales[2 * j + 1] * d1);
-                    acc_lo = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc_lo);
-                    acc_hi = _mm256_fmadd_ps(f1, _mm256_cvtepi32_ps(p1), acc_hi);
-                    mins_total += mins[2 * j] * d0 * x.sums[b0] as f32
-                        + mins[2 * j + 1] * d1 * x.sums[b1] as f32;
+                    for c in 0..R {
+                        let x = &xs[c];
+                        let x0 = _mm256_loadu_si256(x.qs.as_ptr().add(b0 * BLOCK).cast());
+                        let x1 = _mm256_loadu_si256(x.qs.as_ptr().add(b1 * BLOCK).cast());
+                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, x0), ones);
+                        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, x1), ones);
+                        let (d0, d1) = (x.scales[b0], x.scales[b1]);
+                        let f0 = _mm256_set1_ps(scales[2 * j] * d0);
+                        let f1 = _mm256_set1_ps(scales[2 * j + 1] * d1);
+                        acc_lo[c] = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc_lo[c]);
+                        acc_hi[c] = _mm256_fmadd_ps(f1, _mm256_cvtepi32_ps(p1), acc_hi[c]);
+                        mins_total[c] += mins[2 * j] * d0 * x.sums[b0] as f32
+                            + mins[2 * j + 1] * d1 * x.sums[b1] as f32;
+                    }
                 }
             }
         }
-        let acc = _mm256_add_ps(acc_lo, acc_hi);
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s) - mins_total
+        for c in 0..R {
+            let acc = _mm256_add_ps(acc_lo[c], acc_hi[c]);
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+            col[c] = _mm_cvtss_f32(s) - mins_total[c];
+        }
     }
 }
 

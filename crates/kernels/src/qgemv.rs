@@ -14,8 +14,8 @@
 
 use rayon::prelude::*;
 
+use crate::batch::split_rows;
 use crate::cpu::{Cpu, Feature};
-use crate::halfgemv::split_rows;
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
@@ -111,7 +111,8 @@ pub fn qgemv(kind: BlockKind, x: &QuantRow, w: &[u8], bias: Option<&[f32]>, out:
 }
 
 /// Computes `out = x · wᵀ (+ bias)`, splitting the rows over the current rayon pool, with the
-/// features `cpu` allows (the tests run every level this CPU has).
+/// features `cpu` allows (the tests run every level this CPU has): the one-row case of
+/// [`qgemv_batch_at`].
 ///
 /// # Panics
 ///
@@ -124,35 +125,85 @@ pub fn qgemv_at(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    qgemv_batch_at(cpu, kind, std::slice::from_ref(x), w, bias, out);
+}
+
+/// Computes `out[r] = xs[r] · wᵀ (+ bias)` for the quantised rows `xs` (each quantised on its
+/// own by [`QuantRow::new`]) and `w` of `n` rows of blocks of `kind`, into `xs.len()` rows of
+/// `n`, with the features of this CPU; see [`qgemv_batch_at`].
+///
+/// # Panics
+///
+/// As [`qgemv_batch_at`].
+pub fn qgemv_batch(
+    kind: BlockKind,
+    xs: &[QuantRow],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    qgemv_batch_at(Cpu::detected(), kind, xs, w, bias, out);
+}
+
+/// [`qgemv_batch`] with the features `cpu` allows. Each weight block is unpacked once for up
+/// to four activation rows; each row of `out` is bitwise what [`qgemv_at`] gives for that row
+/// alone, whatever the other rows and the pool (each element is one chain of block products
+/// in block order).
+///
+/// # Panics
+///
+/// If `xs` is empty or its rows differ in length, `w` is not `n` rows of their block count,
+/// `out` not `xs.len()` rows of `n`, or `bias` not `n` long.
+pub fn qgemv_batch_at(
+    cpu: Cpu,
+    kind: BlockKind,
+    xs: &[QuantRow],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let isa = IntDot::of(cpu);
-    let row_bytes = x.scales.len() * kind.block_bytes();
-    split_rows(row_bytes, w, bias, out, |w, out| {
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
-            *o = dot_row(isa, kind, x, row);
-        }
-        if row_bytes == 0 {
-            out.fill(0.0);
+    let row_bytes = same_blocks(xs) * kind.block_bytes();
+    split_rows(xs.len(), row_bytes, w, bias, out, |w, t| {
+        for (col, row) in t.chunks_exact_mut(xs.len()).zip(w.chunks_exact(row_bytes)) {
+            dot_rows(isa, kind, xs, row, col);
         }
     });
 }
 
-/// One row's dot; `isa` is a detected [`Cpu`]'s.
-fn dot_row(isa: IntDot, kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
+/// The block count the rows of `xs` share.
+///
+/// # Panics
+///
+/// If `xs` is empty or its rows differ.
+pub(crate) fn same_blocks(xs: &[QuantRow]) -> usize {
+    let blocks = xs.first().map_or(0, |x| x.scales.len());
+    assert!(
+        !xs.is_empty() && xs.iter().all(|x| x.scales.len() == blocks),
+        "gemv: the activation rows are not all of {blocks} blocks"
+    );
+    blocks
+}
+
+/// `col[r] = dot(xs[r], row)` for every activation row; `isa` is a detected [`Cpu`]'s.
+fn dot_rows(isa: IntDot, kind: BlockKind, xs: &[QuantRow], row: &[u8], col: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `isa` comes from the caller's `Cpu`, which holds the features of the kernel
-        // taken, and `row` holds one block per activation block.
+        // taken; `row` holds one block per activation block and `col` one value per row.
         unsafe {
             match isa {
-                IntDot::Avx2 => return x86::dot_avx2(kind, x, row),
-                IntDot::AvxVnni => return x86::dot_avxvnni(kind, x, row),
-                IntDot::Avx512Vnni => return x86::dot_avx512vnni(kind, x, row),
+                IntDot::Avx2 => return x86::dot_avx2(kind, xs, row, col),
+                IntDot::AvxVnni => return x86::dot_avxvnni(kind, xs, row, col),
+                IntDot::Avx512Vnni => return x86::dot_avx512vnni(kind, xs, row, col),
                 IntDot::Portable => {}
             }
         }
     }
     let _ = isa;
-    dot_portable(kind, x, row)
+    for (o, x) in col.iter_mut().zip(xs) {
+        *o = dot_portable(kind, x, row);
+    }
 }
 
 /// The block's 32 weights as signed bytes.
@@ -247,46 +298,77 @@ mod x86 {
         half::f16::from_bits(bits).to_f32()
     }
 
-    /// One row's dot, the integer product of a block given by `idot(|w|, x · sign(w))`.
+    /// The dots of one weight row with up to four activation rows at a time, the integer
+    /// product of a block given by `idot(|w|, x · sign(w))`: each block is unpacked once for
+    /// the group, and each element is one 8-lane chain of `d_w · d_x · idot` in block order.
     macro_rules! dot_fn {
         ($name:ident, $features:literal, |$a:ident, $b:ident| $idot:expr) => {
             /// # Safety
             ///
             /// The CPU must support the enabled features; `row` must hold one block per
-            /// activation block.
+            /// activation block of every row of `xs`, and `col` one value per row.
             #[target_feature(enable = $features)]
-            pub(in crate::qgemv) unsafe fn $name(kind: BlockKind, x: &QuantRow, row: &[u8]) -> f32 {
-                match kind {
+            pub(in crate::qgemv) unsafe fn $name(
+                kind: BlockKind,
+                xs: &[QuantRow],
+                row: &[u8],
+                col: &mut [f32],
+            ) {
+                let bytes = kind.block_bytes();
+                for (xs, col) in xs.chunks(4).zip(col.chunks_mut(4)) {
                     // SAFETY: forwarded from the caller.
-                    BlockKind::Q8_0 => unsafe { body::<false>(x, row, kind.block_bytes()) },
-                    BlockKind::Q4_0 => unsafe { body::<true>(x, row, kind.block_bytes()) },
+                    unsafe {
+                        match (kind, xs.len()) {
+                            (BlockKind::Q8_0, 1) => body::<false, 1>(xs, row, bytes, col),
+                            (BlockKind::Q8_0, 2) => body::<false, 2>(xs, row, bytes, col),
+                            (BlockKind::Q8_0, 3) => body::<false, 3>(xs, row, bytes, col),
+                            (BlockKind::Q8_0, _) => body::<false, 4>(xs, row, bytes, col),
+                            (BlockKind::Q4_0, 1) => body::<true, 1>(xs, row, bytes, col),
+                            (BlockKind::Q4_0, 2) => body::<true, 2>(xs, row, bytes, col),
+                            (BlockKind::Q4_0, 3) => body::<true, 3>(xs, row, bytes, col),
+                            (BlockKind::Q4_0, _) => body::<true, 4>(xs, row, bytes, col),
+                        }
+                    }
                 }
             }
 
             /// # Safety
             ///
-            /// As for the public function; `bytes` is the block size of `Q4`'s format.
+            /// As for the public function; `xs` and `col` hold `R` rows, and `bytes` is the
+            /// block size of `Q4`'s format.
             #[target_feature(enable = $features)]
-            unsafe fn body<const Q4: bool>(x: &QuantRow, row: &[u8], bytes: usize) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                for (b, &dx) in x.scales.iter().enumerate() {
+            #[inline]
+            unsafe fn body<const Q4: bool, const R: usize>(
+                xs: &[QuantRow],
+                row: &[u8],
+                bytes: usize,
+                col: &mut [f32],
+            ) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b in 0..xs[0].scales.len() {
                     // SAFETY: block b lies inside `row` (one per activation block), and the
-                    // activation block b inside `x.qs`.
+                    // activation block b inside each row's `qs`.
                     unsafe {
                         let p = row.as_ptr().add(b * bytes);
                         let w = weights::<Q4>(p);
-                        let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK).cast());
                         let $a = _mm256_sign_epi8(w, w);
-                        let $b = _mm256_sign_epi8(xq, w);
-                        let prod = $idot;
-                        let d = _mm256_set1_ps(scale(p) * dx);
-                        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(prod), acc);
+                        let dw = scale(p);
+                        for (acc, x) in acc.iter_mut().zip(xs) {
+                            let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK).cast());
+                            let $b = _mm256_sign_epi8(xq, w);
+                            let prod = $idot;
+                            let d = _mm256_set1_ps(dw * x.scales[b]);
+                            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(prod), *acc);
+                        }
                     }
                 }
-                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-                _mm_cvtss_f32(s)
+                for (o, acc) in col.iter_mut().zip(acc) {
+                    let s =
+                        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                    *o = _mm_cvtss_f32(s);
+                }
             }
         };
     }
@@ -322,6 +404,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::cpu::tests::levels;
+    use crate::gemv::tests::check_batch;
     use crate::test_values::values;
 
     /// Random GGML blocks: every byte pattern is a valid weight; scales kept finite.
@@ -358,25 +441,30 @@ mod tests {
             .collect()
     }
 
-    fn check(cpu: Cpu, kind: BlockKind, k: usize, n: usize, threads: usize) {
-        let x = QuantRow::new(&values(k, 5 + k as u64));
+    fn check(cpu: Cpu, kind: BlockKind, k: usize, n: usize, batch: usize) {
+        let xs: Vec<QuantRow> = (0..batch)
+            .map(|r| QuantRow::new(&values(k, 5 + (k + 3 * r) as u64)))
+            .collect();
         let w = blocks(kind, n * k / BLOCK, 9 + n as u64);
         let bias = (n % 2 == 1).then(|| values(n, 3));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let mut got = vec![f32::NAN; n];
-        pool.install(|| qgemv_at(cpu, kind, &x, &w, bias.as_deref(), &mut got));
-        for (j, (&g, e)) in got.iter().zip(reference(kind, &x, &w, n)).enumerate() {
-            let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
-            // Integer dots are exact; only the f32 sum of k / 32 scaled blocks rounds.
-            let tol = 1e-5 * e.abs().max(1.0);
-            assert!(
-                (f64::from(g) - e).abs() <= tol,
-                "{cpu:?} {kind:?} k={k} n={n} threads={threads} row {j}: {g} vs {e}"
-            );
-        }
+        let what = format!("{cpu:?} {kind:?} k={k} n={n}");
+        check_batch(
+            &what,
+            &xs,
+            n,
+            |rows, out| qgemv_batch_at(cpu, kind, rows, &w, bias.as_deref(), out),
+            |r, got| {
+                for (j, (&g, e)) in got.iter().zip(reference(kind, &xs[r], &w, n)).enumerate() {
+                    let e = e + bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
+                    // Integer dots are exact; only the f32 sum of k / 32 scaled blocks rounds.
+                    let tol = 1e-5 * e.abs().max(1.0);
+                    assert!(
+                        (f64::from(g) - e).abs() <= tol,
+                        "{what} row {r} col {j}: {g} vs {e}"
+                    );
+                }
+            },
+        );
     }
 
     #[test]
@@ -384,14 +472,25 @@ mod tests {
         for cpu in levels() {
             for kind in [BlockKind::Q8_0, BlockKind::Q4_0] {
                 for &(k, n) in &[(32, 1), (32, 3), (64, 5), (96, 7), (320, 9)] {
-                    check(cpu, kind, k, n, 1);
+                    for batch in 1..=9 {
+                        check(cpu, kind, k, n, batch);
+                    }
                 }
-                for threads in [1, 2, 3] {
-                    check(cpu, kind, 896, 301, threads);
-                    check(cpu, kind, 256, 1023, threads);
+                for batch in [1, 2, 5] {
+                    check(cpu, kind, 896, 301, batch);
+                    check(cpu, kind, 256, 1023, batch);
                 }
             }
         }
+    }
+
+    /// The row-length check names the mismatch rather than reading past a row.
+    #[test]
+    #[should_panic(expected = "not all of 1 blocks")]
+    fn rows_of_different_lengths_are_refused() {
+        let xs = [QuantRow::new(&[0.5; 32]), QuantRow::new(&[0.5; 64])];
+        let mut out = [0.0; 2];
+        qgemv_batch(BlockKind::Q8_0, &xs, &[0; 34], None, &mut out);
     }
 
     #[test]

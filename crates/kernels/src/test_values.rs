@@ -3,7 +3,7 @@
 //! crates run. Not for inference.
 
 use crate::cpu::Cpu;
-use crate::q4k::q4k_gemv_at;
+use crate::q4k::{q4k_gemv_at, q4k_gemv_batch_at};
 use crate::qgemv::{QuantRow, BLOCK};
 
 /// `len` values in [-1, 1) from an xorshift stream seeded by `seed`.
@@ -17,6 +17,19 @@ pub fn values(len: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// `f` run on a rayon pool of `threads` threads (the tests' check that a result does not
+/// depend on the thread count).
+///
+/// # Panics
+/// When the pool cannot be built.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
 }
 
 /// `x · wᵀ (+ bias)` in f64 for `w` of rows of `x.len()` values, and the magnitude summed per
@@ -51,21 +64,27 @@ pub(crate) fn assert_f32_sum_close(got: &[f32], want: &[(f64, f64)], k: usize, w
 }
 
 /// Checks the `q4_K` product of `blocks` (`n` rows of `k` weights) at every level of this CPU
-/// and on 1 to 3 threads against the f64 product of a quantised activation row and `deq`, the
-/// blocks' weights dequantised by the caller's reading of the layout.
+/// against the f64 product of quantised activation rows and `deq`, the blocks' weights
+/// dequantised by the caller's reading of the layout; and that a batch of rows (1 to 5), on
+/// 1 to 3 threads, gives each row bitwise as that row alone.
 ///
 /// # Panics
-/// When a product is further than `1e-5` of the magnitude it sums from the reference.
+/// When a product is further than `1e-5` of the magnitude it sums from the reference, or a
+/// row of a batch differs from the row alone.
 pub fn check_q4k_against(blocks: &[u8], deq: &[f64], n: usize, k: usize) {
-    let x = QuantRow::new(&values(k, 7 + k as u64));
+    let xs: Vec<QuantRow> = (0..5)
+        .map(|r| QuantRow::new(&values(k, 7 + (k + r) as u64)))
+        .collect();
     for cpu in Cpu::detected().levels() {
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
-            let mut got = vec![f32::NAN; n];
-            pool.install(|| q4k_gemv_at(cpu, &x, blocks, None, &mut got));
+        let alone: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| {
+                let mut got = vec![f32::NAN; n];
+                q4k_gemv_at(cpu, x, blocks, None, &mut got);
+                got
+            })
+            .collect();
+        for (x, got) in xs.iter().zip(&alone) {
             for (j, &g) in got.iter().enumerate() {
                 let (e, mag) = deq[j * k..(j + 1) * k].iter().enumerate().fold(
                     (0.0f64, 0.0f64),
@@ -76,8 +95,26 @@ pub fn check_q4k_against(blocks: &[u8], deq: &[f64], n: usize, k: usize) {
                 );
                 assert!(
                     (f64::from(g) - e).abs() <= 1e-5 * mag.max(1.0),
-                    "{cpu:?} n={n} k={k} threads={threads} row {j}: {g} vs {e}"
+                    "{cpu:?} n={n} k={k} row {j}: {g} vs {e}"
                 );
+            }
+        }
+        for threads in [1, 2, 3] {
+            for batch in 1..=xs.len() {
+                let mut got = vec![f32::NAN; batch * n];
+                on_threads(threads, || {
+                    q4k_gemv_batch_at(cpu, &xs[..batch], blocks, None, &mut got)
+                });
+                for (r, row) in got.chunks_exact(n).enumerate() {
+                    let same = row
+                        .iter()
+                        .zip(&alone[r])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{cpu:?} n={n} k={k} batch={batch} threads={threads} row {r}"
+                    );
+                }
             }
         }
     }

@@ -28,10 +28,11 @@
 //!   [`Qwen2Decoder::head_weight_format`], [`Qwen2Decoder::dtype`] (the compute dtype) and
 //!   [`Qwen2Decoder::linear_weight_bytes`], [`Qwen2Decoder::embedding_format`] and
 //!   [`Qwen2Decoder::embedding_bytes`] describe the result. On the CPU, single-row
-//!   products (decode) run auris-kernels' multi-threaded GEMVs, picked at run time by its
-//!   detected `Cpu`: f32 and bf16/f16 weights (`auris_kernels::gemv`,
-//!   `auris_kernels::halfgemv`: AVX-512F, AVX2 + FMA + F16C, portable); quantised weights
-//!   against the activation row quantised to 8-bit blocks, integer block dots
+//!   products (decode), and the stacked decode rows of several sequences, run auris-kernels'
+//!   multi-threaded GEMVs, picked at run time by its detected `Cpu`, each row's result
+//!   bitwise that row alone: f32 and bf16/f16 weights (`auris_kernels::gemv`,
+//!   `auris_kernels::halfgemv`: AVX2 + FMA + F16C, portable); quantised weights against
+//!   each activation row quantised to 8-bit blocks, integer block dots
 //!   (`auris_kernels::qgemv` for `q8_0`/`q4_0`: AVX512-VNNI, AVX-VNNI, AVX2 or portable;
 //!   `auris_kernels::q4k`: AVX2 or portable). Several rows (prefill) of half weights go
 //!   through `auris_kernels::linear`, widening a cache-sized block of weight rows at a time;
@@ -52,7 +53,7 @@
 //!   seq` and are appended to the [`KvCache`]; every row of a batch shares the positions
 //!   (no padding support). Sequences at different positions each have their own cache:
 //!   [`Qwen2Decoder::forward_batch`] runs several, each [`SequenceInput`] at its cache's
-//!   positions.
+//!   positions, the single decode positions stacked into one product per linear layer.
 //! - [`KvCache`] is owned by the caller ([`Qwen2Decoder::new_cache`]); it grows in place,
 //!   [`KvCache::truncate`] rewinds it (to reuse a prompt for several continuations) and
 //!   `clone` forks it.

@@ -2,12 +2,18 @@
 //!
 //! A [`Linear`] holds one of three weight kinds:
 //! - dense: a candle tensor computed in its own dtype ([`crate::Qwen2Decoder::load`], and f32
-//!   storage); single f32 rows go through [`gemv`], the rest through candle's matmul;
-//! - half: bf16/f16 bits computed in f32; single rows through [`gemv_half`], several rows by
-//!   widening a chunk of weight rows at a time to f32 and calling candle's matmul (gemm);
-//! - quantised: a GGML block tensor (`q8_0`, `q4_0`, `q4_K`); single rows through [`qgemv`] or
-//!   [`q4k_gemv`] (activations quantised once to 8-bit blocks, integer block dots), many rows
-//!   by dequantising chunks of weight rows for gemm, a few rows through candle's `QMatMul`.
+//!   storage); single f32 rows go through [`gemv_batch`], the rest through candle's matmul;
+//! - half: bf16/f16 bits computed in f32; single rows through [`gemv_half_batch`], several
+//!   rows by widening a chunk of weight rows at a time to f32 and calling candle's matmul
+//!   (gemm);
+//! - quantised: a GGML block tensor (`q8_0`, `q4_0`, `q4_K`); single rows through
+//!   [`qgemv_batch`] or [`q4k_gemv_batch`] (activations quantised to 8-bit blocks, integer
+//!   block dots), many rows by dequantising chunks of weight rows for gemm, a few rows through
+//!   candle's `QMatMul`.
+//!
+//! A stack of independent rows (one decode position of each of several sequences,
+//! [`Linear::forward_rows`]) takes the single-row kernels' batched form: each weight is read
+//! once for the stack, and each row's result is bitwise that of the row alone.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,11 +24,11 @@ use candle_core::{DType, Device, Module, Storage, Tensor, WithDType};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use auris_kernels::gemv::gemv;
-use auris_kernels::halfgemv::{gemv_half, HalfKind};
+use auris_kernels::gemv::gemv_batch;
+use auris_kernels::halfgemv::{gemv_half_batch, HalfKind};
 use auris_kernels::linear::{linear_into, Rows};
-use auris_kernels::q4k::q4k_gemv;
-use auris_kernels::qgemv::{dequantize_par, qgemv, BlockKind, QuantRow};
+use auris_kernels::q4k::q4k_gemv_batch;
+use auris_kernels::qgemv::{dequantize_par, qgemv_batch, BlockKind, QuantRow};
 use auris_kernels::round::Compute;
 
 use crate::{LlmError, WeightFormat};
@@ -224,6 +230,16 @@ impl Linear {
         self.compute = compute;
     }
 
+    /// `xs` rounded to bf16 when this layer computes in bf16 ([`Linear::set_compute`]) with
+    /// a float weight; `None` when its products take `xs` as it is. Elementwise, so a row of a
+    /// stack rounds as it would alone.
+    fn rounded_input(&self, xs: &Tensor) -> Result<Option<Tensor>, LlmError> {
+        Ok(match (&self.weight, self.compute) {
+            (Weight::Quant { .. }, _) | (_, Compute::F32) => None,
+            (_, Compute::Bf16) => Some(rounded_bf16(xs)?),
+        })
+    }
+
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
         let k = self.in_dim;
         if xs.dims().last() != Some(&k) {
@@ -234,28 +250,23 @@ impl Linear {
                 dtype: xs.dtype(),
             });
         }
-        let rounded;
-        let xs = match (&self.weight, self.compute) {
-            (Weight::Quant { .. }, _) | (_, Compute::F32) => xs,
-            (_, Compute::Bf16) => {
-                rounded = rounded_bf16(xs)?;
-                &rounded
+        let rounded = self.rounded_input(xs)?;
+        let xs = rounded.as_ref().unwrap_or(xs);
+        if xs.elem_count() == k {
+            if let Some(ys) = self.decode_rows(xs)? {
+                return Ok(ys);
             }
-        };
+        }
         match &self.weight {
-            Weight::Dense(w) => match self.forward_one_row(xs, w)? {
-                Some(ys) => Ok(ys),
-                None if xs.dtype() == DType::F32 && w.dtype() == DType::F32 => {
-                    self.rows_via_f32(xs, usize::MAX, |start, len| Ok(w.narrow(0, start, len)?))
-                }
-                None => Ok(candle_nn::Linear::new(w.clone(), self.bias.clone()).forward(xs)?),
-            },
-            Weight::Half { bits, kind } => self.forward_half(xs, bits, *kind),
+            Weight::Dense(w) if xs.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                self.rows_via_f32(xs, usize::MAX, |start, len| Ok(w.narrow(0, start, len)?))
+            }
+            Weight::Dense(w) => {
+                Ok(candle_nn::Linear::new(w.clone(), self.bias.clone()).forward(xs)?)
+            }
+            Weight::Half { bits, .. } => self.forward_half(xs, bits),
             Weight::Quant { qtensor, format } => {
                 let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-                if let Some(ys) = self.forward_quant_row(&xs, qtensor, *format)? {
-                    return Ok(ys);
-                }
                 if xs.device().is_cpu() && xs.elem_count() >= QUANT_GEMM_MIN_ROWS * self.in_dim {
                     return self.quant_rows(&xs, qtensor, *format, WIDEN_CHUNK_WEIGHTS);
                 }
@@ -264,37 +275,109 @@ impl Linear {
         }
     }
 
-    /// One row of `q8_0`/`q4_0` weights through [`qgemv`], of `q4_K` through [`q4k_gemv`], or
-    /// `None` for several rows or another device (candle's `QMatMul` then).
-    fn forward_quant_row(
+    /// `y[r] = x[r] · wᵀ + b` for a stack of independent rows `xs` `(rows, in)`, each bitwise
+    /// what [`Linear::forward`] gives for that row alone as `(1, 1, in)`: the decode positions
+    /// of several sequences in one product that reads every weight once. Where the batched
+    /// kernels do not apply (another device, dense weights in a half dtype) each row runs
+    /// alone.
+    pub(crate) fn forward_rows(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
+        let (m, k) = xs.dims2()?;
+        if k != self.in_dim {
+            return Err(LlmError::BadInput {
+                what: "linear input rows",
+                expected: format!("(rows, {})", self.in_dim),
+                actual: xs.dims().to_vec(),
+                dtype: xs.dtype(),
+            });
+        }
+        let rounded = self.rounded_input(xs)?;
+        if let Some(ys) = self.decode_rows(rounded.as_ref().unwrap_or(xs))? {
+            return Ok(ys);
+        }
+        let rows = (0..m)
+            .map(|r| self.forward(&xs.narrow(0, r, 1)?.unsqueeze(0)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(&rows, 0)?.reshape((m, self.out_dim))?)
+    }
+
+    /// The decode kernels on every row of `xs` (`(..., in)`, rows independent): f32 rows
+    /// against dense f32 weights, any float rows (widened to f32) against half or block
+    /// weights. `None` off the CPU, for dense weights or rows in another dtype, or block
+    /// weights whose rows do not fit their blocks (candle's paths then).
+    fn decode_rows(&self, xs: &Tensor) -> Result<Option<Tensor>, LlmError> {
+        let (k, n) = (self.in_dim, self.out_dim);
+        let m = xs.elem_count() / k.max(1);
+        let f32_bias = self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !xs.device().is_cpu() || m == 0 || !f32_bias {
+            return Ok(None);
+        }
+        let bias = self.bias_values()?;
+        if self.bias.is_some() && bias.is_none() {
+            return Ok(None);
+        }
+        let bias = bias.as_deref();
+        let mut out = vec![0.0f32; m * n];
+        let done = match &self.weight {
+            Weight::Dense(w) if w.dtype() == DType::F32 && xs.dtype() == DType::F32 => {
+                with_cpu_slices::<f32, f32, _>(&xs.contiguous()?, w, |x, w| {
+                    gemv_batch(x, m, w, bias, &mut out)
+                })?
+            }
+            Weight::Dense(_) => None,
+            Weight::Half { bits, kind } => {
+                let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+                let mut run =
+                    |x: &[f32], w: &[u16]| gemv_half_batch(*kind, x, m, w, bias, &mut out);
+                match kind {
+                    HalfKind::Bf16 => with_cpu_slices::<f32, bf16, _>(&xs, bits, |x, w| {
+                        run(x, w.reinterpret_cast())
+                    })?,
+                    HalfKind::F16 => with_cpu_slices::<f32, f16, _>(&xs, bits, |x, w| {
+                        run(x, w.reinterpret_cast())
+                    })?,
+                }
+            }
+            Weight::Quant { qtensor, format } => {
+                self.quant_decode_rows(xs, qtensor, *format, bias, &mut out)?
+            }
+        };
+        done.map(|()| Tensor::from_vec(out, out_dims(xs, n), xs.device()))
+            .transpose()
+            .map_err(LlmError::from)
+    }
+
+    /// [`Linear::decode_rows`] for block weights: each row quantised to 8-bit blocks on its
+    /// own, then [`qgemv_batch`] (`q8_0`, `q4_0`) or [`q4k_gemv_batch`] (`q4_K`).
+    fn quant_decode_rows(
         &self,
         xs: &Tensor,
         qtensor: &QTensor,
         format: WeightFormat,
-    ) -> Result<Option<Tensor>, LlmError> {
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<Option<()>, LlmError> {
+        let (k, n) = (self.in_dim, self.out_dim);
         let kind = match format {
             WeightFormat::Q8_0 => Some(BlockKind::Q8_0),
             WeightFormat::Q4_0 => Some(BlockKind::Q4_0),
             WeightFormat::Q4K => None,
             _ => return Ok(None),
         };
-        let (k, n) = (self.in_dim, self.out_dim);
         let row_bytes = k / format.block_len() * format.block_bytes();
-        if xs.elem_count() != k || !xs.device().is_cpu() || !k.is_multiple_of(format.block_len()) {
+        if k == 0 || !k.is_multiple_of(format.block_len()) {
             return Ok(None);
         }
         let data = qtensor.data()?;
-        let bias = self.bias_values()?;
-        let (Some(x), true) = (cpu_vec::<f32>(xs)?, data.len() == n * row_bytes) else {
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        let (Some(x), true) = (cpu_vec::<f32>(&xs)?, data.len() == n * row_bytes) else {
             return Ok(None);
         };
-        let x = QuantRow::new(&x);
-        let mut out = vec![0.0f32; n];
+        let rows: Vec<QuantRow> = x.chunks_exact(k).map(QuantRow::new).collect();
         match kind {
-            Some(kind) => qgemv(kind, &x, &data, bias.as_deref(), &mut out),
-            None => q4k_gemv(&x, &data, bias.as_deref(), &mut out),
+            Some(kind) => qgemv_batch(kind, &rows, &data, bias, out),
+            None => q4k_gemv_batch(&rows, &data, bias, out),
         }
-        one_row_output(xs, out).map(Some)
+        Ok(Some(()))
     }
 
     fn add_bias(&self, ys: Tensor) -> Result<Tensor, LlmError> {
@@ -304,48 +387,10 @@ impl Linear {
         })
     }
 
-    /// The [`gemv`] path, or `None` when `xs` is not a single contiguous f32 row on the CPU.
-    fn forward_one_row(&self, xs: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, LlmError> {
-        let (k, n) = (self.in_dim, self.out_dim);
-        let all_f32 = xs.dtype() == DType::F32
-            && weight.dtype() == DType::F32
-            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !all_f32 || xs.elem_count() != k {
-            return Ok(None);
-        }
-        let bias = match &self.bias {
-            Some(b) => match cpu_vec::<f32>(b)? {
-                Some(b) => Some(b),
-                None => return Ok(None),
-            },
-            None => None,
-        };
-        let out = with_cpu_slices::<f32, f32, _>(xs, weight, |x, w| {
-            let mut out = vec![0.0f32; n];
-            gemv(x, w, bias.as_deref(), &mut out);
-            out
-        })?;
-        out.map(|out| one_row_output(xs, out)).transpose()
-    }
-
-    /// Half weights: one row through [`gemv_half`], several rows through [`Linear::half_rows`]
-    /// (on the CPU, `auris_kernels::linear` widening blocks of weight rows inside the product).
-    fn forward_half(&self, xs: &Tensor, bits: &Tensor, kind: HalfKind) -> Result<Tensor, LlmError> {
-        let k = self.in_dim;
+    /// Half weights, several rows: [`Linear::half_rows`] (on the CPU, `auris_kernels::linear`
+    /// widening blocks of weight rows inside the product).
+    fn forward_half(&self, xs: &Tensor, bits: &Tensor) -> Result<Tensor, LlmError> {
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-        if xs.elem_count() == k && xs.device().is_cpu() {
-            let row = match kind {
-                HalfKind::Bf16 => with_cpu_slices::<f32, bf16, _>(&xs, bits, |x, w| {
-                    self.half_row(kind, x, w.reinterpret_cast())
-                })?,
-                HalfKind::F16 => with_cpu_slices::<f32, f16, _>(&xs, bits, |x, w| {
-                    self.half_row(kind, x, w.reinterpret_cast())
-                })?,
-            };
-            if let Some(out) = row {
-                return one_row_output(&xs, out?);
-            }
-        }
         self.half_rows(&xs, bits, WIDEN_CHUNK_WEIGHTS)
     }
 
@@ -481,13 +526,6 @@ impl Linear {
             .map(cpu_vec::<f32>)
             .transpose()?
             .flatten())
-    }
-
-    fn half_row(&self, kind: HalfKind, x: &[f32], w: &[u16]) -> Result<Vec<f32>, LlmError> {
-        let bias = self.bias_values()?;
-        let mut out = vec![0.0f32; self.out_dim];
-        gemv_half(kind, x, w, bias.as_deref(), &mut out);
-        Ok(out)
     }
 }
 
@@ -743,12 +781,6 @@ fn with_cpu_slices<X: WithDType, W: WithDType, R>(
     Ok(Some(f(x, w)))
 }
 
-/// `out` shaped like `xs` with the last dim replaced by the output size.
-fn one_row_output(xs: &Tensor, out: Vec<f32>) -> Result<Tensor, LlmError> {
-    let dims = out_dims(xs, out.len());
-    Ok(Tensor::from_vec(out, dims, xs.device())?)
-}
-
 /// The dims of `xs` with the last replaced by `n`: a product's output shape.
 pub(crate) fn out_dims(xs: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = xs.dims().to_vec();
@@ -797,7 +829,7 @@ mod tests {
         // A single row, also as the last position narrowed out of a longer sequence.
         let seq = tensor(3 * k, 0.02, &[1, 3, k]);
         for xs in [seq.narrow(1, 2, 1).unwrap(), seq.narrow(1, 0, 1).unwrap()] {
-            assert!(ours.forward_one_row(&xs, &w).unwrap().is_some());
+            assert!(ours.decode_rows(&xs).unwrap().is_some());
             let a = values(ours.forward(&xs).unwrap());
             let e = values(theirs.forward(&xs).unwrap());
             assert_eq!(ours.forward(&xs).unwrap().dims(), &[1, 1, n]);
@@ -806,7 +838,6 @@ mod tests {
             }
         }
         // Several rows take candle's path and give its exact result.
-        assert!(ours.forward_one_row(&seq, &w).unwrap().is_none());
         let a = values(ours.forward(&seq).unwrap());
         let e = values(theirs.forward(&seq).unwrap());
         assert_eq!(a, e);
@@ -850,6 +881,59 @@ mod tests {
                 1e-5,
             );
         }
+    }
+
+    /// A stack of independent rows gives each row bitwise what the row alone gives through
+    /// `forward`, for every storage (the batched kernels), for dense half weights (each row
+    /// alone) and with rows of several dtypes; 1 to 3 threads.
+    #[test]
+    fn stacked_rows_equal_each_row_alone_bit_for_bit() {
+        let (n, k, m) = (301, 256, 6);
+        let w = weights(n, k, 21);
+        let b = tensor(n, 0.1, &[n]);
+        let xs = weights(m, k, 22);
+        let mut layers: Vec<Linear> = WeightFormat::ALL
+            .into_iter()
+            .map(|f| Linear::with_format(&w, Some(&b), f).unwrap())
+            .collect();
+        let dense_bf16 = w.to_dtype(DType::BF16).unwrap();
+        layers.push(Linear::new(dense_bf16, Some(b.to_dtype(DType::BF16).unwrap())).unwrap());
+        for lin in &layers {
+            let xs = match lin.format() {
+                WeightFormat::Bf16 if matches!(lin.weight, Weight::Dense(_)) => {
+                    xs.to_dtype(DType::BF16).unwrap()
+                }
+                _ => xs.clone(),
+            };
+            let alone: Vec<Vec<f32>> = (0..m)
+                .map(|r| {
+                    let row = xs.narrow(0, r, 1).unwrap().unsqueeze(0).unwrap();
+                    let y = lin.forward(&row).unwrap();
+                    assert_eq!(y.dims(), &[1, 1, n]);
+                    values(y.to_dtype(DType::F32).unwrap())
+                })
+                .collect();
+            for threads in 1..=3 {
+                for rows in [1, 2, 5, 6] {
+                    let x = xs.narrow(0, m - rows, rows).unwrap();
+                    let y = auris_kernels::test_values::on_threads(threads, || {
+                        lin.forward_rows(&x).unwrap()
+                    });
+                    assert_eq!(y.dims(), &[rows, n]);
+                    let got = values(y.to_dtype(DType::F32).unwrap());
+                    for (r, g) in got.chunks_exact(n).enumerate() {
+                        let a = &alone[m - rows + r];
+                        let same = g.iter().zip(a).all(|(g, a)| g.to_bits() == a.to_bits());
+                        assert!(
+                            same,
+                            "{} threads={threads} rows={rows} row {r}",
+                            lin.format()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(layers[0].forward_rows(&weights(2, k + 1, 1)).is_err());
     }
 
     /// Deterministic values in [-1, 1) with a few outliers, like trained weights.

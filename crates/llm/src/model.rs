@@ -324,8 +324,21 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor, LlmError> {
-        let (b, s, _) = xs.dims3()?;
-        let qkv = self.qkv_proj.forward(xs)?;
+        let out = self.attend(&self.qkv_proj.forward(xs)?, step, cache, layer)?;
+        self.o_proj.forward(&out)
+    }
+
+    /// The attention of `qkv` `(b, s, (heads + 2 kv_heads) * head_dim)`, the stacked
+    /// projections of one sequence's new positions, over its cache (to which the new keys and
+    /// values are appended): `(b, s, heads * head_dim)`, before `o_proj`.
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor, LlmError> {
+        let (b, s, _) = qkv.dims3()?;
         let heads = |first: usize, n: usize| -> Result<Tensor, LlmError> {
             Ok(qkv
                 .narrow(D::Minus1, first * self.head_dim, n * self.head_dim)?
@@ -345,7 +358,7 @@ impl Attention {
 
         let (k, v) = cache.append(layer, &k, &v)?;
         if let Some(out) = self.fused_prefill(&q, &k, &v)? {
-            return self.o_proj.forward(&out);
+            return Ok(out);
         }
         // Grouped-query attention without copying the cache: the `groups` query heads that
         // share kv head `g` are heads `g * groups .. (g + 1) * groups` (transformers'
@@ -365,18 +378,17 @@ impl Attention {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(qkv.dtype())?;
         let probs = match self.compute {
             Compute::F32 => probs,
             Compute::Bf16 => rounded_bf16(&probs)?,
         }
         .reshape((b, self.num_kv_heads, groups * s, kv_len))?;
-        let out = probs
+        Ok(probs
             .matmul(&v)?
             .reshape((b, self.num_heads, s, self.head_dim))?
             .transpose(1, 2)?
-            .reshape((b, s, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+            .reshape((b, s, self.num_heads * self.head_dim))?)
     }
 }
 
@@ -472,9 +484,20 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
-        let gate_up = self.gate_up_proj.forward(xs)?;
-        if let Some(hidden) = self.silu_gate_cpu(&gate_up)? {
-            return self.down_proj.forward(&hidden);
+        self.down_proj
+            .forward(&self.gate(&self.gate_up_proj.forward(xs)?)?)
+    }
+
+    /// [`Mlp::forward`] on a stack of independent rows `(rows, hidden)` ([`Linear::forward_rows`]).
+    fn forward_rows(&self, xs: &Tensor) -> Result<Tensor, LlmError> {
+        self.down_proj
+            .forward_rows(&self.gate(&self.gate_up_proj.forward_rows(xs)?)?)
+    }
+
+    /// `act(gate) * up` from the stacked `gate_up` projections.
+    fn gate(&self, gate_up: &Tensor) -> Result<Tensor, LlmError> {
+        if let Some(hidden) = self.silu_gate_cpu(gate_up)? {
+            return Ok(hidden);
         }
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let gate = match self.act {
@@ -484,7 +507,7 @@ impl Mlp {
             HiddenAct::Relu => gate.relu()?,
         };
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-        self.down_proj.forward(&(gate * up)?)
+        Ok((gate * up)?)
     }
 
     /// `silu(gate) * up` in one vectorised pass ([`auris_kernels::activation::silu_gate`]) when
@@ -548,6 +571,35 @@ impl DecoderLayer {
             .mlp
             .forward(&self.post_attention_layernorm.forward(&xs)?)?;
         Ok((xs + mlp)?)
+    }
+
+    /// [`DecoderLayer::forward`] on `xs` `(rows, 1, hidden)`, one new position of each of
+    /// `passes`: the norms and residuals row by row, every linear layer in one product over
+    /// the stack ([`Linear::forward_rows`]), the attention per sequence on its own cache at
+    /// its own position. Row `r` is bitwise [`DecoderLayer::forward`] on row `r` alone.
+    fn forward_rows(
+        &self,
+        xs: &Tensor,
+        passes: &mut [&mut Pass<'_>],
+        layer: usize,
+    ) -> Result<Tensor, LlmError> {
+        let (rows, _, hidden) = xs.dims3()?;
+        let attn = &self.self_attn;
+        let normed = self.input_layernorm.forward(xs)?.reshape((rows, hidden))?;
+        let qkv = attn.qkv_proj.forward_rows(&normed)?;
+        let outs = passes
+            .iter_mut()
+            .enumerate()
+            .map(|(r, p)| {
+                let row = qkv.narrow(0, r, 1)?.unsqueeze(0)?;
+                attn.attend(&row, &p.step, p.cache, layer)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outs = Tensor::cat(&outs, 0)?.squeeze(1)?;
+        let xs = (xs + attn.o_proj.forward_rows(&outs)?.unsqueeze(1)?)?;
+        let normed = self.post_attention_layernorm.forward(&xs)?;
+        let mlp = self.mlp.forward_rows(&normed.reshape((rows, hidden))?)?;
+        Ok((xs + mlp.unsqueeze(1)?)?)
     }
 }
 
@@ -939,9 +991,14 @@ impl Qwen2Decoder {
     /// the positions its cache holds, appended to that cache. Returns the last position's
     /// logits of each, `(batch, vocab)` in f32, in order: what [`Qwen2Decoder::forward_embeds`]
     /// returns for that input alone (bit for bit, for inputs of up to [`PREFILL_CHUNK`]
-    /// positions). Each layer runs over every input in turn, and each input is one pass: a
-    /// caller with long prompts feeds them in chunks of [`PREFILL_CHUNK`] (chunked prefill).
-    /// After an error no cache has changed length.
+    /// positions), whatever runs beside it.
+    ///
+    /// The inputs of one position `(1, 1, hidden)` (decode steps) run as one stack when the
+    /// model computes in f32 on the CPU: every linear layer and the output head take all of
+    /// them in one product that reads each weight once, the norms run row by row, and the
+    /// attention runs per sequence on its own cache. The other inputs (prefill chunks) are
+    /// each one pass: a caller with long prompts feeds them in chunks of [`PREFILL_CHUNK`]
+    /// (chunked prefill). After an error no cache has changed length.
     pub fn forward_batch(&self, inputs: &mut [SequenceInput<'_>]) -> Result<Vec<Tensor>, LlmError> {
         on_pool(|| {
             let mut passes = inputs
@@ -949,8 +1006,33 @@ impl Qwen2Decoder {
                 .map(|input| self.begin_pass(input.embeds, input.cache))
                 .collect::<Result<Vec<_>, _>>()?;
             self.run_passes(&mut passes)?;
-            passes.iter().map(|p| self.last_logits(&p.xs)).collect()
+            let stacked: Vec<usize> = (0..passes.len())
+                .filter(|&i| self.stacks(&passes[i]))
+                .collect();
+            let mut logits: Vec<Option<Tensor>> = vec![None; passes.len()];
+            if !stacked.is_empty() {
+                let rows: Vec<Tensor> = stacked.iter().map(|&i| passes[i].xs.clone()).collect();
+                let rows = Tensor::cat(&rows, 0)?.squeeze(1)?;
+                let all = self.lm_head.forward_rows(&rows)?.to_dtype(DType::F32)?;
+                for (r, &i) in stacked.iter().enumerate() {
+                    logits[i] = Some(all.narrow(0, r, 1)?);
+                }
+            }
+            passes
+                .iter()
+                .zip(logits)
+                .map(|(p, l)| l.map_or_else(|| self.last_logits(&p.xs), Ok))
+                .collect()
         })
+    }
+
+    /// Whether `pass` joins the stack of decode rows: one position of one sequence, computed
+    /// in f32 on the CPU (where the decode kernels run).
+    fn stacks(&self, pass: &Pass<'_>) -> bool {
+        pass.step.len == 1
+            && pass.xs.dim(0).is_ok_and(|b| b == 1)
+            && self.dtype == DType::F32
+            && self.device.is_cpu()
     }
 
     /// The decoder stack and final norm: `(batch, seq, hidden)` in, same shape out, run over
@@ -1022,16 +1104,34 @@ impl Qwen2Decoder {
 
     /// Runs the stack layer by layer over every pass (each sequence attending to its own cache
     /// at its own positions), commits the new positions to each cache and leaves each pass's
-    /// hidden states after the final norm in its `xs`. A sequence's result is the same
-    /// whatever passes run beside it: they share nothing but the weights.
+    /// hidden states after the final norm in its `xs`. The passes of one decode position
+    /// ([`Qwen2Decoder::stacks`]) go through each layer together
+    /// ([`DecoderLayer::forward_rows`]), the others one by one. A sequence's result is the
+    /// same whatever passes run beside it: they share nothing but the weights, and the
+    /// stacked products compute each row as they would alone.
     fn run_passes(&self, passes: &mut [Pass<'_>]) -> Result<(), LlmError> {
+        let (mut rows, mut own): (Vec<&mut Pass<'_>>, Vec<&mut Pass<'_>>) =
+            passes.iter_mut().partition(|p| self.stacks(p));
+        let stacked: Vec<Tensor> = rows.iter().map(|p| p.xs.clone()).collect();
+        let mut stack = (!rows.is_empty())
+            .then(|| Tensor::cat(&stacked, 0))
+            .transpose()?;
         for (i, layer) in self.layers.iter().enumerate() {
-            for pass in passes.iter_mut() {
+            for pass in own.iter_mut() {
                 pass.xs = layer.forward(&pass.xs, &pass.step, pass.cache, i)?;
             }
+            if let Some(xs) = &mut stack {
+                *xs = layer.forward_rows(xs, &mut rows, i)?;
+            }
         }
-        for pass in passes.iter_mut() {
+        for pass in own.iter_mut() {
             pass.xs = self.norm.forward(&pass.xs)?;
+        }
+        if let Some(xs) = stack {
+            let normed = self.norm.forward(&xs)?;
+            for (r, pass) in rows.iter_mut().enumerate() {
+                pass.xs = normed.narrow(0, r, 1)?;
+            }
         }
         for pass in passes.iter_mut() {
             pass.cache.commit(pass.step.len);

@@ -226,7 +226,8 @@ fn embed_one(model: &Qwen2Decoder, token: u32) -> Result<Tensor, LlmError> {
 
 /// Advances every unfinished sequence of `seqs` by one token, running their forward passes
 /// together ([`Qwen2Decoder::forward_batch`]: each sequence at its own position, on its own
-/// cache). Returns what [`Sequence::step`] would have returned for each, in order; each
+/// cache, their new positions stacked into one product per linear layer, which reads each
+/// weight once for all of them). Returns what [`Sequence::step`] would have returned for each, in order; each
 /// sequence's tokens are those of stepping it alone. After an error in the forward pass no
 /// sequence has advanced.
 pub fn step_many(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use auris_kernels::test_values::on_threads;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 

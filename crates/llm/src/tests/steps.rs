@@ -258,3 +258,202 @@ fn stop_strings_end_a_sequence() {
     assert_eq!(sent, expect);
     assert_eq!(seq.stop_strings().text(), expect);
 }
+
+/// Large enough that every product of a decode step takes the parallel path (at least 2^16
+/// weights) and that `q4_K` fits its 256-weight super-blocks.
+fn batch_cfg() -> Qwen2Config {
+    Qwen2Config {
+        vocab_size: 300,
+        hidden_size: 256,
+        intermediate_size: 512,
+        ..tiny_cfg()
+    }
+}
+
+/// The model of [`batch_cfg`] stored as `format`, which it must really get (no fallback).
+fn batch_model(format: WeightFormat) -> Qwen2Decoder {
+    let cfg = batch_cfg();
+    let model = load_stored(&cfg, &weights(&cfg, 77), DType::F32, format);
+    assert_eq!(model.weight_format(), format);
+    model
+}
+
+/// One sequence of a schedule: its prompt, the step it arrives at, the logits it takes.
+struct Plan {
+    ids: Vec<u32>,
+    arrives: usize,
+    logits: usize,
+}
+
+/// `n` sequences with prompts of 1 to 7 tokens, arriving at staggered steps and leaving after
+/// 2 to 7 logits, so the batch grows, shrinks and mixes prefills with decode rows.
+fn plans(n: usize) -> Vec<Plan> {
+    (0..n)
+        .map(|i| Plan {
+            ids: (0..1 + (i * 3) % 7)
+                .map(|t| ((t * 31 + i * 17) % 300) as u32)
+                .collect(),
+            arrives: i % 3 + i / 2,
+            logits: 2 + (i * 5) % 6,
+        })
+        .collect()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let best = v
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
+    best as u32
+}
+
+fn row(logits: &Tensor) -> Vec<f32> {
+    logits.to_vec2::<f32>().unwrap().remove(0)
+}
+
+/// A sequence alone through `forward_embeds`, greedy: its prompt's logits, then those of each
+/// token it feeds.
+fn logits_alone(model: &Qwen2Decoder, plan: &Plan) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let mut out = vec![row(&model
+        .forward_embeds(&prompt(model, &plan.ids), &mut cache)
+        .unwrap())];
+    while out.len() < plan.logits {
+        let token = argmax(out.last().unwrap());
+        let next = model.forward_embeds(&prompt(model, &[token]), &mut cache);
+        out.push(row(&next.unwrap()));
+    }
+    out
+}
+
+/// The sequences of `plans` served together: each step is one `forward_batch` over the
+/// prompts arriving then and one greedy decode position of every running sequence.
+fn logits_together(model: &Qwen2Decoder, plans: &[Plan]) -> Vec<Vec<Vec<f32>>> {
+    let mut caches: Vec<KvCache> = plans.iter().map(|_| model.new_cache()).collect();
+    let mut seen: Vec<Vec<Vec<f32>>> = plans.iter().map(|_| Vec::new()).collect();
+    for step in 0.. {
+        let embeds: Vec<Option<Tensor>> = plans
+            .iter()
+            .zip(&seen)
+            .map(|(p, seen)| match seen.last() {
+                None if step == p.arrives => Some(prompt(model, &p.ids)),
+                Some(last) if seen.len() < p.logits => Some(prompt(model, &[argmax(last)])),
+                _ => None,
+            })
+            .collect();
+        if embeds.iter().all(Option::is_none) && plans.iter().all(|p| p.arrives < step) {
+            break;
+        }
+        let (mut inputs, mut who) = (Vec::new(), Vec::new());
+        for (i, (cache, e)) in caches.iter_mut().zip(&embeds).enumerate() {
+            if let Some(embeds) = e {
+                inputs.push(SequenceInput { embeds, cache });
+                who.push(i);
+            }
+        }
+        for (i, logits) in who
+            .into_iter()
+            .zip(model.forward_batch(&mut inputs).unwrap())
+        {
+            seen[i].push(row(&logits));
+        }
+    }
+    seen
+}
+
+fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    rows.iter()
+        .map(|r| r.iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+/// Batches of 1 to 8 sequences (staggered arrivals, prompts of different lengths, sequences
+/// finishing mid-batch, prefills beside decode rows) give every sequence bit for bit the
+/// logits, and so the greedy ids, it gets alone, on every weight storage and 1 to 3 threads.
+#[test]
+fn stacked_decode_rows_give_each_sequence_its_logits_alone_bit_for_bit() {
+    for format in WeightFormat::ALL {
+        let model = batch_model(format);
+        let plans = plans(8);
+        let alone: Vec<_> = plans.iter().map(|p| logits_alone(&model, p)).collect();
+        for threads in 1..=3 {
+            for n in [1, 2, 5, 8] {
+                let got = on_threads(threads, || logits_together(&model, &plans[..n]));
+                for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+                    assert_eq!(g.len(), plans[i].logits);
+                    assert!(
+                        bits(g) == bits(a),
+                        "{format} threads={threads} n={n}: sequence {i} differs"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `step_many` over eight sequences joining at different steps, with different options and
+/// token limits (so they finish mid-batch), gives each its `generate` output alone, on every
+/// weight storage and 1 to 3 threads.
+#[test]
+fn step_many_over_eight_sequences_equals_each_alone() {
+    let opts: Vec<GenerateOptions> = (0..8)
+        .map(|i| GenerateOptions {
+            max_new_tokens: 3 + i % 4,
+            ..options()[i % 2].clone()
+        })
+        .collect();
+    let prompts: Vec<Vec<u32>> = plans(8).into_iter().map(|p| p.ids).collect();
+    for format in WeightFormat::ALL {
+        let model = batch_model(format);
+        let expect: Vec<Generation> = prompts
+            .iter()
+            .zip(&opts)
+            .map(|(ids, o)| solo(&model, ids, o).0)
+            .collect();
+        for threads in 1..=3 {
+            let got = on_threads(threads, || {
+                let mut seqs: Vec<Sequence> = Vec::new();
+                for (ids, o) in prompts.iter().zip(&opts) {
+                    // One more sequence joins at each step.
+                    seqs.push(start(&model, ids, o));
+                    let mut all: Vec<&mut Sequence> = seqs.iter_mut().collect();
+                    step_many(&model, &mut all).unwrap();
+                }
+                let mut all: Vec<&mut Sequence> = seqs.iter_mut().collect();
+                while step_many(&model, &mut all)
+                    .unwrap()
+                    .iter()
+                    .any(Option::is_some)
+                {}
+                seqs.iter()
+                    .map(|s| s.generation().clone())
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, expect, "{format} threads={threads}");
+        }
+    }
+}
+
+/// Under bf16 compute (every product's input rounded to bf16) a stack of decode rows rounds
+/// each row as it would alone: every sequence still gets its logits alone, bit for bit.
+#[test]
+fn stacked_decode_rows_under_bf16_compute_equal_each_alone() {
+    let cfg = batch_cfg();
+    let vb = VarBuilder::from_tensors(weights(&cfg, 77), DType::F32, &Device::Cpu);
+    let opts = LoadOptions {
+        weights: WeightFormat::Bf16,
+        compute: auris_kernels::round::Compute::Bf16,
+    };
+    let model = Qwen2Decoder::load_with(&cfg, vb.pp(PREFIX), &opts).unwrap();
+    let plans = plans(6);
+    let alone: Vec<_> = plans.iter().map(|p| logits_alone(&model, p)).collect();
+    for threads in [1, 3] {
+        let got = on_threads(threads, || logits_together(&model, &plans));
+        for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+            assert!(
+                bits(g) == bits(a),
+                "threads={threads}: sequence {i} differs"
+            );
+        }
+    }
+}
