@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 BIN="$(realpath "${1:-target/debug/auris}")"
 MODEL=models/tiny-chat
 source scripts/lib/debian.sh
+source scripts/lib/serve.sh
 ensure_debian_package prometheus prometheus
 WORK="$(mktemp -d /tmp/auris-prometheus.XXXXXX)"
 PIDS=()
@@ -34,16 +35,9 @@ fail() { echo "prometheus check FAILED: $*" >&2; exit 1; }
 
 "$BIN" serve --model "$MODEL" --device cpu --port 0 --threads 1 2>"$WORK/auris.log" &
 PIDS+=($!)
-ADDR=""
-for _ in $(seq 600); do
-  ADDR="$(grep -o 'http://[0-9.:]*' "$WORK/auris.log" | head -n1 || true)"
-  [[ -n "$ADDR" ]] && curl -sf "$ADDR/ready" >/dev/null && break
-  kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$WORK/auris.log" >&2; fail "auris serve exited"; }
-  sleep 0.1
-done
-curl -sf "$ADDR/ready" >/dev/null || { cat "$WORK/auris.log" >&2; fail "auris serve not ready"; }
+ADDR="$(serve_address "$WORK/auris.log" "${PIDS[0]}")" || fail "auris serve exited or is not ready"
 
-PROM_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PROM_PORT="$(free_port)"
 cat >"$WORK/prometheus.yml" <<EOF
 global:
   scrape_interval: 200ms

@@ -20,6 +20,7 @@ REQUESTS="${REQUESTS:-120}"
 CLIENTS="${CLIENTS:-8}"
 CLIP=tests/fixtures/audio/tone_440_16k.wav
 source scripts/lib/debian.sh
+source scripts/lib/serve.sh
 ensure_debian_package haproxy haproxy
 WORK="$(mktemp -d /tmp/auris-replicas.XXXXXX)"
 PIDS=()
@@ -38,16 +39,10 @@ for i in 1 2 3; do
   PIDS+=($!)
 done
 for i in 1 2 3; do
-  addr=""
-  for _ in $(seq 600); do
-    addr="$(grep -o 'http://[0-9.:]*' "$WORK/replica$i.log" | head -n1 || true)"
-    [[ -n "$addr" ]] && curl -sf "$addr/ready" >/dev/null && break
-    sleep 0.1
-  done
-  curl -sf "$addr/ready" >/dev/null || { cat "$WORK/replica$i.log" >&2; fail "replica $i not ready"; }
+  addr="$(serve_address "$WORK/replica$i.log" "${PIDS[i - 1]}")" || fail "replica $i not ready"
   ADDRS+=("$addr")
 done
-LB_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+LB_PORT="$(free_port)"
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   maxconn 256

@@ -50,6 +50,7 @@ cd "$ROOT"
 source scripts/lib/pins.sh
 source scripts/lib/venv.sh
 source scripts/lib/llama_cpp.sh
+source scripts/lib/serve.sh
 
 VENV="${AURIS_BENCH_VENV:-$ROOT/.venv-bench}"
 PY="$VENV/bin/python"
@@ -147,10 +148,6 @@ ensure_auris() {
     AURIS="$ROOT/target/release/auris"
   fi
   [[ -x "$AURIS" ]] || { echo "no auris binary at $AURIS" >&2; exit 1; }
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Waits until GET $1 answers 200 (the model is loaded) while $SERVER_PID lives; $2 is its log.
