@@ -16,7 +16,7 @@ use rayon::prelude::*;
 /// more than it saves.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
-/// Weight rows per task are a multiple of this, so the kernels' blocks of rows stay whole.
+/// Weight rows per task are a multiple of this, so the kernels' pairs of rows stay whole.
 const ROW_BLOCK: usize = 4;
 
 /// Computes `out` (`batch` rows of `n`, row-major) from `w` (`n` rows of `row_len` elements)

@@ -3,15 +3,18 @@
 //!
 //! `out[r][j] = dot(x[r], w[j * k..(j + 1) * k]) (+ bias[j])` with `w` row-major `(n, k)`, as
 //! in `x · wᵀ` of a linear layer, for `batch` rows `x` (one row: [`gemv`]; a stack of decode
-//! rows: [`gemv_batch`]). The weight rows are split over the rayon pool ([`crate::batch`]), and
-//! each thread walks a tile of up to four weight rows against up to four activation rows with
-//! 8-wide FMA (AVX2, when the [`Cpu`] has it), so each weight vector is loaded once per tile
-//! and each activation vector once per few weight rows.
+//! rows: [`gemv_batch`]). The weight rows are split over the rayon pool ([`crate::batch`]).
+//! With AVX2 (when the [`Cpu`] has it) one activation row walks one weight row at a time, and
+//! several walk pairs of weight rows against pairs of activation rows, so each weight vector
+//! is loaded once per pair of activation rows and each activation vector once per two weight
+//! rows (the walk is described at the kernel).
 //!
-//! Every element is `hsum(Σ_lanes w·x)` over the first `k - k % 8` positions (one 8-lane FMA
-//! chain, in order), then the last `k % 8` products added one at a time; the portable code
-//! keeps eight partial sums instead. Which tile an element falls in changes nothing, so a row
-//! of a batch is bitwise that row alone.
+//! Every element is two 8-lane FMA chains over the first `k - k % 16` positions, sixteen at a
+//! time in order (for bf16 weights one chain takes the even positions and the other the odd
+//! ones, for f32 and f16 the first and last eight), the horizontal sum of their sum, then the
+//! last `k % 16` products added one at a time; the portable code keeps eight partial sums
+//! instead. How the walk reaches an element changes nothing, so a row of a batch is bitwise
+//! that row alone.
 
 use half::{bf16, f16};
 
@@ -20,60 +23,83 @@ use crate::cpu::{Cpu, Feature};
 
 /// A weight element the float kernels widen exactly to f32: f32 itself, bf16 or f16.
 pub(crate) trait Widen: Copy + Sync {
+    /// Whether [`Widen::load16`] gives the even positions of sixteen weights in its first
+    /// vector and the odd ones in its second (bf16, which needs no shuffle that way); else
+    /// positions 0-7 and 8-15.
+    const PAIRED: bool;
+
     /// The value as f32 (exact).
     fn widen(self) -> f32;
 
-    /// Eight elements at `p` widened to f32.
+    /// Sixteen elements at `p` widened to f32, as two vectors in the order [`Widen::PAIRED`]
+    /// says.
     ///
     /// # Safety
     ///
-    /// `p` must be valid for reading 8 elements; the caller must run with AVX2, FMA and F16C.
+    /// `p` must be valid for reading 16 elements; the caller must run with AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    unsafe fn load16(p: *const Self) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256);
 }
 
 impl Widen for f32 {
+    const PAIRED: bool = false;
+
     fn widen(self) -> f32 {
         self
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
-        // SAFETY: the caller guarantees 8 readable floats and AVX.
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    unsafe fn load16(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable floats and AVX.
+        unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
     }
 }
 
 impl Widen for bf16 {
+    const PAIRED: bool = true;
+
     fn widen(self) -> f32 {
         self.to_f32()
     }
 
-    /// bf16 is the upper half of an f32: zero-extend to 32 bits and shift left by 16.
+    /// bf16 is the upper half of an f32: in each 32-bit lane of the 32 bytes read, shifting
+    /// left by 16 gives the even weight and clearing the low half the odd one (llama.cpp and
+    /// the earlier kernel here did the same; widening with `vpmovzxwd` costs a shuffle per
+    /// eight weights instead).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+    unsafe fn load16(p: *const bf16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
         use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees 16 readable bytes and AVX2.
+        // SAFETY: the caller guarantees 32 readable bytes and AVX2.
         unsafe {
-            let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+            let v = _mm256_loadu_si256(p.cast());
+            let even = _mm256_slli_epi32::<16>(v);
+            let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000_u32 as i32));
+            (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
         }
     }
 }
 
 impl Widen for f16 {
+    const PAIRED: bool = false;
+
     fn widen(self) -> f32 {
         self.to_f32()
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+    unsafe fn load16(p: *const f16) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
         use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees 16 readable bytes and F16C.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        // SAFETY: the caller guarantees 32 readable bytes and F16C.
+        unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast())),
+            )
+        }
     }
 }
 
@@ -141,22 +167,25 @@ pub(crate) fn float_batch<T: Widen>(
         xs.len()
     );
     let k = xs.len() / batch;
-    let avx2 = cpu.has(Feature::Avx2);
-    split_rows(batch, k, w, bias, out, |w, t| rows(avx2, xs, k, w, t));
+    #[cfg(target_arch = "x86_64")]
+    if cpu.has(Feature::Avx2) && k > 0 {
+        // Arranged once for every task.
+        let xa = x86::Arranged::new::<T>(xs, k);
+        let xa = xa.as_slice();
+        split_rows(batch, k, w, bias, out, |w, t| {
+            // SAFETY: the `Cpu` holds AVX2, FMA and F16C (a `Cpu` only holds what was
+            // detected); `split_rows` gives whole weight rows and their `t`, k > 0, and `xa`
+            // is `xs` arranged for `T`.
+            unsafe { x86::rows(xa, k, w, t) }
+        });
+        return;
+    }
+    split_rows(batch, k, w, bias, out, |w, t| rows_portable(xs, k, w, t));
 }
 
 /// The single-threaded products of every row of `xs` with the weight rows `w`, written
-/// transposed into `t` (see [`split_rows`]); `avx2` says a detected [`Cpu`] holds
-/// [`Feature::Avx2`]. `k > 0`.
-fn rows<T: Widen>(avx2: bool, xs: &[f32], k: usize, w: &[T], t: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is only set when the caller's `Cpu` holds AVX2, FMA and F16C;
-        // `split_rows` gives whole weight rows and their `t`.
-        unsafe { x86::rows(xs, k, w, t) };
-        return;
-    }
-    let _ = avx2;
+/// transposed into `t` (see [`split_rows`]), by portable code. `k > 0`.
+fn rows_portable<T: Widen>(xs: &[f32], k: usize, w: &[T], t: &mut [f32]) {
     let batch = xs.len() / k;
     for (col, row) in t.chunks_exact_mut(batch).zip(w.chunks_exact(k)) {
         for (o, x) in col.iter_mut().zip(xs.chunks_exact(k)) {
@@ -189,6 +218,53 @@ mod x86 {
 
     use super::Widen;
 
+    /// Weights per step of an element's sum: two 8-lane vectors.
+    const STEP: usize = 16;
+
+    /// Activation rows walked against one weight row at a time, at most: two accumulators
+    /// each, twelve of the sixteen vector registers.
+    const GROUP: usize = 6;
+
+    /// `xs` (rows of `k`) copied to memory aligned to 32 bytes, with each whole block of
+    /// sixteen positions in the lane order of [`Widen::load16`]: for bf16 the even positions
+    /// then the odd ones; the rest as is.
+    pub(super) struct Arranged(Vec<Lanes>, usize);
+
+    /// Eight floats aligned as a vector.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(32))]
+    pub(super) struct Lanes([f32; 8]);
+
+    impl Arranged {
+        pub(super) fn new<T: Widen>(xs: &[f32], k: usize) -> Self {
+            let k16 = k - k % STEP;
+            let mut this = Arranged(vec![Lanes([0.0; 8]); xs.len().div_ceil(8)], xs.len());
+            let out = this.as_mut();
+            out.copy_from_slice(xs);
+            if T::PAIRED {
+                for (o, x) in out.chunks_exact_mut(k).zip(xs.chunks_exact(k)) {
+                    for (o, x) in o[..k16].chunks_exact_mut(STEP).zip(x.chunks_exact(STEP)) {
+                        for (i, pair) in x.chunks_exact(2).enumerate() {
+                            o[i] = pair[0];
+                            o[i + STEP / 2] = pair[1];
+                        }
+                    }
+                }
+            }
+            this
+        }
+
+        fn as_mut(&mut self) -> &mut [f32] {
+            // SAFETY: the vectors hold at least `self.1` floats, any bits are a valid f32.
+            unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.1) }
+        }
+
+        pub(super) fn as_slice(&self) -> &[f32] {
+            // SAFETY: as in `as_mut`.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.1) }
+        }
+    }
+
     /// Horizontal sum of the eight lanes.
     #[target_feature(enable = "avx2,fma")]
     fn hsum(v: __m256) -> f32 {
@@ -198,101 +274,300 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Every row of `xs` times every weight row of `w`, into `t[j * batch + r]`: blocks of
-    /// four weight rows against groups of up to four activation rows.
+    /// Weight rows whose sums are carried from one panel of positions to the next (even, so
+    /// that pairs of rows stay within a block).
+    const BLOCK: usize = 8;
+
+    /// Bytes of activations one panel of positions may span, so that they stay in the L1
+    /// cache while the weight rows of a block pass by.
+    const PANEL_BYTES: usize = 16 << 10;
+
+    /// Weight rows ahead of the one being walked whose weights are prefetched (for a pair of
+    /// rows: the next pair).
+    const AHEAD: usize = 2;
+
+    /// Every row of `xa` times every weight row of `w`, into `t[j * batch + r]`.
+    ///
+    /// Blocks of [`BLOCK`] weight rows. One activation row walks one weight row at a time (so
+    /// a thread reads its weights as one sequential stream, which the memory bandwidth rewards
+    /// most); several walk pairs of weight rows against pairs of activation rows held in
+    /// registers (six vector loads per eight FMAs instead of nine: on a 2-core Zen 3, 2
+    /// threads, batches of 8 took 99 ms per Qwen2-0.5B-shaped step against 110). When all the
+    /// activation rows do not fit in the L1 cache the positions are walked in panels: each
+    /// element's chains are stored after a panel and taken up again for the next, which
+    /// changes no bit. Whatever the walk, each element is the same two chains in the same
+    /// order.
     ///
     /// # Safety
     ///
-    /// The CPU must support AVX2, FMA and F16C; `k > 0`, `xs.len()` and `w.len()` are
-    /// multiples of `k` and `t.len() == (xs.len() / k) * (w.len() / k)`.
+    /// The CPU must support AVX2, FMA and F16C; `k > 0`, `xa.len()` and `w.len()` are
+    /// multiples of `k`, `xa` is arranged for `T` ([`Arranged`]) and
+    /// `t.len() == (xa.len() / k) * (w.len() / k)`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows<T: Widen>(xs: &[f32], k: usize, w: &[T], t: &mut [f32]) {
-        let (batch, n) = (xs.len() / k, w.len() / k);
-        let mut j = 0;
-        while j < n {
-            let block = if n - j >= 4 { 4 } else { 1 };
-            let mut r = 0;
-            while r < batch {
-                let group = (batch - r).min(4);
-                let x = &xs[r * k..(r + group) * k];
-                let at = j * batch + r;
-                let wb = &w[j * k..(j + block) * k];
-                // SAFETY: `x` holds `group` rows and `wb` `block` rows of k; the tile writes
-                // t[at + jj * batch + c] for jj < block, c < group, inside `t` since
-                // j + block <= n and r + group <= batch.
-                unsafe {
-                    match (block, group) {
-                        (4, 1) => tile::<T, 4, 1>(x, k, wb, t, at, batch),
-                        (4, 2) => tile::<T, 4, 2>(x, k, wb, t, at, batch),
-                        (4, 3) => {
-                            tile::<T, 2, 3>(x, k, &wb[..2 * k], t, at, batch);
-                            tile::<T, 2, 3>(x, k, &wb[2 * k..], t, at + 2 * batch, batch);
+    pub(super) unsafe fn rows<T: Widen>(xa: &[f32], k: usize, w: &[T], t: &mut [f32]) {
+        let batch = xa.len() / k;
+        let k16 = k - k % STEP;
+        let panel = (PANEL_BYTES / (4 * batch)).max(STEP) / STEP * STEP;
+        let step = if batch == 1 { 1 } else { 2 };
+        let mut sums = vec![[_mm256_setzero_ps(); 2]; BLOCK * batch];
+        for (b, block) in w.chunks(BLOCK * k).enumerate() {
+            let sums = &mut sums[..block.len() / k * batch];
+            sums.fill([_mm256_setzero_ps(); 2]);
+            let mut at = Walk {
+                n: w.len() / k,
+                k16,
+                panel,
+                block: b * BLOCK,
+                from: 0,
+                row: 0,
+            };
+            while at.from < k16 {
+                let (from, to) = (at.from, (at.from + panel).min(k16));
+                let rows = block.chunks(step * k).zip(sums.chunks_mut(step * batch));
+                for (j, (wr, sums)) in rows.enumerate() {
+                    at.row = step * j;
+                    let ahead = at
+                        .later(AHEAD)
+                        .map(|(row, from)| w[row * k + from..].as_ptr());
+                    // SAFETY: forwarded; `wr` holds one or two rows of k weights and `sums`
+                    // `batch` pairs of chains for each.
+                    unsafe {
+                        if wr.len() == 2 * k {
+                            let (s0, s1) = sums.split_at_mut(batch);
+                            let (w0, w1) = (&wr[from..to], &wr[k + from..k + to]);
+                            pairs(xa, k, [w0, w1], from, [s0, s1], ahead);
+                        } else {
+                            groups(xa, k, &wr[from..to], from, sums, ahead);
                         }
-                        (4, _) => {
-                            tile::<T, 2, 4>(x, k, &wb[..2 * k], t, at, batch);
-                            tile::<T, 2, 4>(x, k, &wb[2 * k..], t, at + 2 * batch, batch);
-                        }
-                        (_, 1) => tile::<T, 1, 1>(x, k, wb, t, at, batch),
-                        (_, 2) => tile::<T, 1, 2>(x, k, wb, t, at, batch),
-                        (_, 3) => tile::<T, 1, 3>(x, k, wb, t, at, batch),
-                        _ => tile::<T, 1, 4>(x, k, wb, t, at, batch),
                     }
                 }
-                r += group;
+                at.from = to;
             }
-            j += block;
+            finish(
+                xa,
+                k,
+                block,
+                sums,
+                &mut t[b * BLOCK * batch..][..sums.len()],
+            );
         }
     }
 
-    /// `RW` weight rows `w` times `RX` activation rows `x`, into `t[at + jj * batch + c]`:
-    /// one 8-lane FMA chain per element, its horizontal sum, then the tail one product at a
+    /// Writes `t[j * batch + r]`: the horizontal sum of the two chains `sums` of weight row
+    /// `j` of `block` with activation row `r`, then the last `k % 16` products one at a time.
+    #[target_feature(enable = "avx2,fma")]
+    fn finish<T: Widen>(xa: &[f32], k: usize, block: &[T], sums: &[[__m256; 2]], t: &mut [f32]) {
+        let (k16, batch) = (k - k % STEP, xa.len() / k);
+        for ((row, sums), t) in block
+            .chunks_exact(k)
+            .zip(sums.chunks_exact(batch))
+            .zip(t.chunks_exact_mut(batch))
+        {
+            for ((x, &[lo, hi]), t) in xa.chunks_exact(k).zip(sums).zip(t) {
+                let mut s = hsum(_mm256_add_ps(lo, hi));
+                for (xv, wv) in x[k16..].iter().zip(&row[k16..]) {
+                    s += xv * wv.widen();
+                }
+                *t = s;
+            }
+        }
+    }
+
+    /// Where [`rows`] is in its walk over the weights: `row` of the block of rows starting at
+    /// `block`, the panel of positions starting at `from`.
+    #[derive(Clone, Copy)]
+    struct Walk {
+        n: usize,
+        k16: usize,
+        panel: usize,
+        block: usize,
+        from: usize,
+        row: usize,
+    }
+
+    impl Walk {
+        /// The (weight row, first position) of the panel walked `d` rows after this one, if
+        /// any.
+        fn later(mut self, d: usize) -> Option<(usize, usize)> {
+            for _ in 0..d {
+                self.row += 1;
+                if self.row == (self.n - self.block).min(BLOCK) {
+                    self.row = 0;
+                    self.from += self.panel;
+                    if self.from >= self.k16 {
+                        self.from = 0;
+                        self.block += BLOCK;
+                        if self.block >= self.n {
+                            return None;
+                        }
+                    }
+                }
+            }
+            Some((self.block + self.row, self.from))
+        }
+    }
+
+    /// Carries the chains `sums` of one weight row over the positions `from..from + w.len()`
+    /// of every activation row of `xa`, in groups of nearly equal size (8 rows are 4 + 4).
+    ///
+    /// # Safety
+    ///
+    /// As [`rows`]; `w.len()` and `from` are multiples of [`STEP`], `from + w.len() <= k`,
+    /// `sums.len() == xa.len() / k`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn groups<T: Widen>(
+        xa: &[f32],
+        k: usize,
+        w: &[T],
+        from: usize,
+        sums: &mut [[__m256; 2]],
+        ahead: Option<*const T>,
+    ) {
+        let batch = sums.len();
+        let count = batch.div_ceil(GROUP);
+        let mut r = 0;
+        for g in 0..count {
+            let size = (batch - r) / (count - g);
+            let x = &xa[r * k + from..];
+            let s = &mut sums[r..r + size];
+            // The later groups find the weights in the L1 cache.
+            let p = if g == 0 { ahead } else { None };
+            // SAFETY: row c < size of `x` starts at c * k and holds w.len() positions from
+            // there, since from + w.len() <= k; `s` holds `size` pairs.
+            unsafe {
+                match size {
+                    1 => tile::<T, 1>(x, k, w, s, p),
+                    2 => tile::<T, 2>(x, k, w, s, p),
+                    3 => tile::<T, 3>(x, k, w, s, p),
+                    4 => tile::<T, 4>(x, k, w, s, p),
+                    5 => tile::<T, 5>(x, k, w, s, p),
+                    _ => tile::<T, GROUP>(x, k, w, s, p),
+                }
+            }
+            r += size;
+        }
+    }
+
+    /// Carries the two 8-lane FMA chains `sums[c]` of one weight row `w` with the activation
+    /// row `c` of `x` (rows `k` apart, arranged) over `w.len()` positions, sixteen at a time
+    /// in order; with `ahead`, prefetching the weights at the same offsets from there.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2, FMA and F16C; `w.len()` is a multiple of [`STEP`], `x`
+    /// holds `(G - 1) * k + w.len()` values, `sums` `G` pairs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<T: Widen, const G: usize>(
+        x: &[f32],
+        k: usize,
+        w: &[T],
+        sums: &mut [[__m256; 2]],
+        ahead: Option<*const T>,
+    ) {
+        debug_assert!(x.len() >= (G - 1) * k + w.len() && sums.len() == G);
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        let mut acc: [[__m256; 2]; G] = std::array::from_fn(|c| sums[c]);
+        let mut i = 0;
+        while i < w.len() {
+            if let Some(p) = ahead {
+                // A prefetch reads nothing and cannot fault, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i).cast());
+            }
+            // SAFETY: i + 16 <= w.len(); the features are enabled here.
+            let (wl, wh) = unsafe { T::load16(wp.add(i)) };
+            for (c, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: c * k + i + 16 <= (G - 1) * k + w.len() <= x.len().
+                unsafe {
+                    acc[0] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xp.add(c * k + i)), acc[0]);
+                    acc[1] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xp.add(c * k + i + 8)), acc[1]);
+                }
+            }
+            i += STEP;
+        }
+        sums.copy_from_slice(&acc);
+    }
+
+    /// Carries the chains `sums[0]` and `sums[1]` of two weight rows `w` over the positions
+    /// `from..from + w[0].len()` of every activation row of `xa`, two activation rows at a
     /// time.
     ///
     /// # Safety
     ///
-    /// The CPU must support AVX2, FMA and F16C; `x` holds `RX` rows of `k`, `w` `RW` rows of
-    /// `k`, and `t` the indices written.
+    /// As [`groups`], for both rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pairs<T: Widen>(
+        xa: &[f32],
+        k: usize,
+        w: [&[T]; 2],
+        from: usize,
+        sums: [&mut [[__m256; 2]]; 2],
+        ahead: Option<*const T>,
+    ) {
+        let [s0, s1] = sums;
+        let mut r = 0;
+        while r < s0.len() {
+            let size = (s0.len() - r).min(2);
+            let x = &xa[r * k + from..];
+            let s = [&mut s0[r..r + size], &mut s1[r..r + size]];
+            let p = if r == 0 { ahead } else { None };
+            // SAFETY: as in `groups`.
+            unsafe {
+                match size {
+                    1 => tile2::<T, 1>(x, k, w, s, p),
+                    _ => tile2::<T, 2>(x, k, w, s, p),
+                }
+            }
+            r += size;
+        }
+    }
+
+    /// [`tile`] for two weight rows `w` at once, each of the `G` activation vectors loaded
+    /// once for both; `ahead` prefetches the next pair of rows (`k` apart).
+    ///
+    /// # Safety
+    ///
+    /// As [`tile`], for both rows (`w[0].len() == w[1].len()`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile<T: Widen, const RW: usize, const RX: usize>(
+    unsafe fn tile2<T: Widen, const G: usize>(
         x: &[f32],
         k: usize,
-        w: &[T],
-        t: &mut [f32],
-        at: usize,
-        batch: usize,
+        w: [&[T]; 2],
+        sums: [&mut [[__m256; 2]]; 2],
+        ahead: Option<*const T>,
     ) {
-        debug_assert!(x.len() == RX * k && w.len() == RW * k);
-        let k8 = k - k % 8;
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); RX]; RW];
+        debug_assert!(x.len() >= (G - 1) * k + w[0].len() && w[0].len() == w[1].len());
+        let xp = x.as_ptr();
+        let [s0, s1] = sums;
+        let mut a0: [[__m256; 2]; G] = std::array::from_fn(|c| s0[c]);
+        let mut a1: [[__m256; 2]; G] = std::array::from_fn(|c| s1[c]);
         let mut i = 0;
-        while i < k8 {
-            let mut xv = [_mm256_setzero_ps(); RX];
-            for (c, v) in xv.iter_mut().enumerate() {
-                // SAFETY: c * k + i + 8 <= c * k + k8 <= x.len().
-                *v = unsafe { _mm256_loadu_ps(xp.add(c * k + i)) };
+        while i < w[0].len() {
+            if let Some(p) = ahead {
+                // A prefetch reads nothing and cannot fault, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i).cast());
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + k).cast());
             }
-            for (jj, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: jj * k + i + 8 <= w.len(); the features are enabled here.
-                let wv = unsafe { T::load8(wp.add(jj * k + i)) };
-                for (a, &v) in acc.iter_mut().zip(&xv) {
-                    *a = _mm256_fmadd_ps(wv, v, *a);
+            // SAFETY: c * k + i + 16 <= (G - 1) * k + w.len() <= x.len().
+            let xv: [[__m256; 2]; G] = std::array::from_fn(|c| unsafe {
+                [
+                    _mm256_loadu_ps(xp.add(c * k + i)),
+                    _mm256_loadu_ps(xp.add(c * k + i + 8)),
+                ]
+            });
+            for (w, acc) in w.iter().zip([&mut a0, &mut a1]) {
+                // SAFETY: i + 16 <= w.len(); the features are enabled here.
+                let (wl, wh) = unsafe { T::load16(w.as_ptr().add(i)) };
+                for (acc, xv) in acc.iter_mut().zip(&xv) {
+                    acc[0] = _mm256_fmadd_ps(wl, xv[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(wh, xv[1], acc[1]);
                 }
             }
-            i += 8;
+            i += STEP;
         }
-        for (jj, acc) in acc.iter().enumerate() {
-            let row = &w[jj * k..(jj + 1) * k];
-            for (c, &a) in acc.iter().enumerate() {
-                let xr = &x[c * k..(c + 1) * k];
-                let mut s = hsum(a);
-                for (xv, wv) in xr[k8..].iter().zip(&row[k8..]) {
-                    s += xv * wv.widen();
-                }
-                t[at + jj * batch + c] = s;
-            }
-        }
+        s0.copy_from_slice(&a0);
+        s1.copy_from_slice(&a1);
     }
 }
 
@@ -378,6 +653,9 @@ pub(crate) mod tests {
                 check(cpu, 257, 1023, batch, true);
                 check(cpu, 896, 301, batch, false);
             }
+            // Long rows walked in several panels of positions, and an odd row left over.
+            check(cpu, 1001, 37, 9, false);
+            check(cpu, 2000, 19, 5, true);
         }
     }
 }

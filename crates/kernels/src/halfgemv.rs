@@ -164,6 +164,9 @@ mod tests {
                     check(cpu, kind, 257, 1023, batch);
                     check(cpu, kind, 896, 301, batch);
                 }
+                // Long rows walked in several panels of positions, and an odd row left over.
+                check(cpu, kind, 1001, 37, 9);
+                check(cpu, kind, 2000, 19, 5);
             }
         }
     }
