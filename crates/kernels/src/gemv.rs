@@ -274,29 +274,16 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Weight rows whose sums are carried from one panel of positions to the next (even, so
-    /// that pairs of rows stay within a block).
-    const BLOCK: usize = 8;
-
-    /// Bytes of activations one panel of positions may span, so that they stay in the L1
-    /// cache while the weight rows of a block pass by.
-    const PANEL_BYTES: usize = 16 << 10;
-
-    /// Weight rows ahead of the one being walked whose weights are prefetched (for a pair of
-    /// rows: the next pair).
-    const AHEAD: usize = 2;
-
     /// Every row of `xa` times every weight row of `w`, into `t[j * batch + r]`.
     ///
-    /// Blocks of [`BLOCK`] weight rows. One activation row walks one weight row at a time (so
-    /// a thread reads its weights as one sequential stream, which the memory bandwidth rewards
-    /// most); several walk pairs of weight rows against pairs of activation rows held in
-    /// registers (six vector loads per eight FMAs instead of nine: on a 2-core Zen 3, 2
-    /// threads, batches of 8 took 99 ms per Qwen2-0.5B-shaped step against 110). When all the
-    /// activation rows do not fit in the L1 cache the positions are walked in panels: each
-    /// element's chains are stored after a panel and taken up again for the next, which
-    /// changes no bit. Whatever the walk, each element is the same two chains in the same
-    /// order.
+    /// One activation row walks one weight row at a time (so a thread reads its weights as
+    /// one sequential stream, which the memory bandwidth rewards most); several walk pairs of
+    /// weight rows against pairs of activation rows held in registers (six vector loads per
+    /// eight FMAs instead of nine), the next pair's weights prefetched. Whatever the walk,
+    /// each element is the same two chains in the same order. (Walking the positions in
+    /// panels that keep the activations in the L1 cache, the chains stored between panels,
+    /// was slower: on a 2-core Zen 3 a batch of 8 ran 26 % fewer FLOP/s than over whole rows,
+    /// the weights no longer read as sequential streams.)
     ///
     /// # Safety
     ///
@@ -307,49 +294,24 @@ mod x86 {
     pub(super) unsafe fn rows<T: Widen>(xa: &[f32], k: usize, w: &[T], t: &mut [f32]) {
         let batch = xa.len() / k;
         let k16 = k - k % STEP;
-        let panel = (PANEL_BYTES / (4 * batch)).max(STEP) / STEP * STEP;
         let step = if batch == 1 { 1 } else { 2 };
-        let mut sums = vec![[_mm256_setzero_ps(); 2]; BLOCK * batch];
-        for (b, block) in w.chunks(BLOCK * k).enumerate() {
-            let sums = &mut sums[..block.len() / k * batch];
+        let mut sums = vec![[_mm256_setzero_ps(); 2]; step * batch];
+        for (wr, t) in w.chunks(step * k).zip(t.chunks_mut(step * batch)) {
+            let sums = &mut sums[..t.len()];
             sums.fill([_mm256_setzero_ps(); 2]);
-            let mut at = Walk {
-                n: w.len() / k,
-                k16,
-                panel,
-                block: b * BLOCK,
-                from: 0,
-                row: 0,
-            };
-            while at.from < k16 {
-                let (from, to) = (at.from, (at.from + panel).min(k16));
-                let rows = block.chunks(step * k).zip(sums.chunks_mut(step * batch));
-                for (j, (wr, sums)) in rows.enumerate() {
-                    at.row = step * j;
-                    let ahead = at
-                        .later(AHEAD)
-                        .map(|(row, from)| w[row * k + from..].as_ptr());
-                    // SAFETY: forwarded; `wr` holds one or two rows of k weights and `sums`
-                    // `batch` pairs of chains for each.
-                    unsafe {
-                        if wr.len() == 2 * k {
-                            let (s0, s1) = sums.split_at_mut(batch);
-                            let (w0, w1) = (&wr[from..to], &wr[k + from..k + to]);
-                            pairs(xa, k, [w0, w1], from, [s0, s1], ahead);
-                        } else {
-                            groups(xa, k, &wr[from..to], from, sums, ahead);
-                        }
-                    }
+            // The next rows: a prefetch of any address is harmless, so no bound is needed.
+            let ahead = Some(wr.as_ptr().wrapping_add(step * k));
+            // SAFETY: forwarded; `wr` holds one or two rows of k weights and `sums` `batch`
+            // pairs of chains for each.
+            unsafe {
+                if wr.len() == 2 * k {
+                    let (s0, s1) = sums.split_at_mut(batch);
+                    pairs(xa, k, [&wr[..k16], &wr[k..k + k16]], [s0, s1], ahead);
+                } else {
+                    groups(xa, k, &wr[..k16], sums, ahead);
                 }
-                at.from = to;
             }
-            finish(
-                xa,
-                k,
-                block,
-                sums,
-                &mut t[b * BLOCK * batch..][..sums.len()],
-            );
+            finish(xa, k, wr, sums, t);
         }
     }
 
@@ -373,53 +335,18 @@ mod x86 {
         }
     }
 
-    /// Where [`rows`] is in its walk over the weights: `row` of the block of rows starting at
-    /// `block`, the panel of positions starting at `from`.
-    #[derive(Clone, Copy)]
-    struct Walk {
-        n: usize,
-        k16: usize,
-        panel: usize,
-        block: usize,
-        from: usize,
-        row: usize,
-    }
-
-    impl Walk {
-        /// The (weight row, first position) of the panel walked `d` rows after this one, if
-        /// any.
-        fn later(mut self, d: usize) -> Option<(usize, usize)> {
-            for _ in 0..d {
-                self.row += 1;
-                if self.row == (self.n - self.block).min(BLOCK) {
-                    self.row = 0;
-                    self.from += self.panel;
-                    if self.from >= self.k16 {
-                        self.from = 0;
-                        self.block += BLOCK;
-                        if self.block >= self.n {
-                            return None;
-                        }
-                    }
-                }
-            }
-            Some((self.block + self.row, self.from))
-        }
-    }
-
-    /// Carries the chains `sums` of one weight row over the positions `from..from + w.len()`
-    /// of every activation row of `xa`, in groups of nearly equal size (8 rows are 4 + 4).
+    /// Carries the chains `sums` of one weight row over its first `w.len()` positions with
+    /// every activation row of `xa`, in groups of nearly equal size (8 rows are 4 + 4).
     ///
     /// # Safety
     ///
-    /// As [`rows`]; `w.len()` and `from` are multiples of [`STEP`], `from + w.len() <= k`,
+    /// As [`rows`]; `w.len()` is a multiple of [`STEP`] and at most `k`,
     /// `sums.len() == xa.len() / k`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn groups<T: Widen>(
         xa: &[f32],
         k: usize,
         w: &[T],
-        from: usize,
         sums: &mut [[__m256; 2]],
         ahead: Option<*const T>,
     ) {
@@ -428,12 +355,12 @@ mod x86 {
         let mut r = 0;
         for g in 0..count {
             let size = (batch - r) / (count - g);
-            let x = &xa[r * k + from..];
+            let x = &xa[r * k..];
             let s = &mut sums[r..r + size];
             // The later groups find the weights in the L1 cache.
             let p = if g == 0 { ahead } else { None };
-            // SAFETY: row c < size of `x` starts at c * k and holds w.len() positions from
-            // there, since from + w.len() <= k; `s` holds `size` pairs.
+            // SAFETY: row c < size of `x` starts at c * k and holds w.len() <= k positions;
+            // `s` holds `size` pairs.
             unsafe {
                 match size {
                     1 => tile::<T, 1>(x, k, w, s, p),
@@ -488,8 +415,8 @@ mod x86 {
         sums.copy_from_slice(&acc);
     }
 
-    /// Carries the chains `sums[0]` and `sums[1]` of two weight rows `w` over the positions
-    /// `from..from + w[0].len()` of every activation row of `xa`, two activation rows at a
+    /// Carries the chains `sums[0]` and `sums[1]` of two weight rows `w` over their first
+    /// `w[0].len()` positions with every activation row of `xa`, two activation rows at a
     /// time.
     ///
     /// # Safety
@@ -500,7 +427,6 @@ mod x86 {
         xa: &[f32],
         k: usize,
         w: [&[T]; 2],
-        from: usize,
         sums: [&mut [[__m256; 2]]; 2],
         ahead: Option<*const T>,
     ) {
@@ -508,7 +434,7 @@ mod x86 {
         let mut r = 0;
         while r < s0.len() {
             let size = (s0.len() - r).min(2);
-            let x = &xa[r * k + from..];
+            let x = &xa[r * k..];
             let s = [&mut s0[r..r + size], &mut s1[r..r + size]];
             let p = if r == 0 { ahead } else { None };
             // SAFETY: as in `groups`.
