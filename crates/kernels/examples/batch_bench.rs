@@ -6,7 +6,7 @@
 //! cargo run --release -p auris-kernels --example batch_bench -- [TYPE] [BATCHES] [STEPS]
 //! ```
 //!
-//! TYPE is `bf16` (default), `f16` or `f32`; BATCHES a comma-separated list of batch sizes
+//! TYPE is `bf16` (default), `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
 //! (default `1,2,4,8`); STEPS the steps timed per size (default 12, median printed). Threads
 //! follow `RAYON_NUM_THREADS`.
 
@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use auris_kernels::gemv::gemv_batch;
 use auris_kernels::halfgemv::{gemv_half_batch, HalfKind};
+use auris_kernels::qgemv::{qgemv_batch, BlockKind, QuantRow, BLOCK};
 use half::{bf16, f16};
 
 /// (in, out) of each product of one layer, then the head.
@@ -24,6 +25,18 @@ const HEAD: (usize, usize) = (896, 151_936);
 enum Weights {
     Half(HalfKind, Vec<Vec<u16>>),
     F32(Vec<Vec<f32>>),
+    Q8(Vec<Vec<u8>>),
+}
+
+/// `n` rows of `k / 32` GGML q8_0 blocks: an f16 scale and 32 signed bytes each.
+fn q8_blocks(k: usize, n: usize) -> Vec<u8> {
+    let scale = f16::from_f32(0.002).to_bits().to_le_bytes();
+    (0..n * k / BLOCK)
+        .flat_map(|b| {
+            let qs = (0..BLOCK).map(move |i| ((b * 31 + i * 17) % 255) as u8);
+            scale.into_iter().chain(qs)
+        })
+        .collect()
 }
 
 fn value(i: usize, m: usize) -> f32 {
@@ -55,6 +68,7 @@ fn main() {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(12);
     let shapes = shapes();
     let weights = match kind {
+        "q8_0" => Weights::Q8(shapes.iter().map(|&(k, n)| q8_blocks(k, n)).collect()),
         "f32" => Weights::F32(
             shapes
                 .iter()
@@ -81,7 +95,11 @@ fn main() {
         }
     };
     let params: usize = shapes.iter().map(|&(k, n)| k * n).sum();
-    let bytes = params * if kind == "f32" { 4 } else { 2 };
+    let bytes = match kind {
+        "f32" => params * 4,
+        "q8_0" => params / BLOCK * (BLOCK + 2),
+        _ => params * 2,
+    };
     println!(
         "{kind}: {:.2} GB of weights, {} threads",
         bytes as f64 / 1e9,
@@ -115,6 +133,12 @@ fn main() {
                         gemv_half_batch(*h, &xs[i], batch, &w[skip..skip + k * n], None, out)
                     }
                     Weights::F32(w) => gemv_batch(&xs[i], batch, &w[i], None, out),
+                    Weights::Q8(w) => {
+                        let k = shapes[i].0;
+                        let rows: Vec<QuantRow> =
+                            xs[i].chunks_exact(k).map(QuantRow::new).collect();
+                        qgemv_batch(BlockKind::Q8_0, &rows, &w[i], None, out)
+                    }
                 }
                 if step > 0 {
                     let e = s.elapsed().as_secs_f64();

@@ -579,7 +579,7 @@ pub(crate) mod tests {
                 check(cpu, 257, 1023, batch, true);
                 check(cpu, 896, 301, batch, false);
             }
-            // Long rows walked in several panels of positions, and an odd row left over.
+            // Long rows with a tail, odd batches and an odd weight row left over by the pairs.
             check(cpu, 1001, 37, 9, false);
             check(cpu, 2000, 19, 5, true);
         }

@@ -164,7 +164,7 @@ mod tests {
                     check(cpu, kind, 257, 1023, batch);
                     check(cpu, kind, 896, 301, batch);
                 }
-                // Long rows walked in several panels of positions, and an odd row left over.
+                // Long rows with a tail, odd batches and an odd weight row left over by the pairs.
                 check(cpu, kind, 1001, 37, 9);
                 check(cpu, kind, 2000, 19, 5);
             }

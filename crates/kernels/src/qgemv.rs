@@ -290,17 +290,24 @@ mod x86 {
     ///
     /// # Safety
     ///
-    /// `p` must be valid for reading 2 bytes.
+    /// `p` must be valid for reading 2 bytes; the CPU must support F16C.
     #[inline(always)]
-    unsafe fn scale(p: *const u8) -> f32 {
-        // SAFETY: the caller guarantees 2 readable bytes.
-        let bits = unsafe { p.cast::<u16>().read_unaligned() };
-        half::f16::from_bits(bits).to_f32()
+    unsafe fn scale(p: *const u8) -> __m256 {
+        // SAFETY: the caller guarantees 2 readable bytes and F16C.
+        unsafe {
+            let bits = p.cast::<u16>().read_unaligned();
+            let wide = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)));
+            _mm256_broadcastss_ps(wide)
+        }
     }
 
-    /// The dots of one weight row with up to four activation rows at a time, the integer
+    /// Activation rows dotted with one weight row at a time, at most: each block is unpacked
+    /// once for all of them.
+    pub(super) const GROUP: usize = 8;
+
+    /// The dots of one weight row with up to [`GROUP`] activation rows at a time, the integer
     /// product of a block given by `idot(|w|, x · sign(w))`: each block is unpacked once for
-    /// the group, and each element is one 8-lane chain of `d_w · d_x · idot` in block order.
+    /// the group, and each element is one 8-lane chain of `(d_w · d_x) · idot` in block order.
     macro_rules! dot_fn {
         ($name:ident, $features:literal, |$a:ident, $b:ident| $idot:expr) => {
             /// # Safety
@@ -315,19 +322,39 @@ mod x86 {
                 col: &mut [f32],
             ) {
                 let bytes = kind.block_bytes();
-                for (xs, col) in xs.chunks(4).zip(col.chunks_mut(4)) {
+                for (xs, col) in xs.chunks(GROUP).zip(col.chunks_mut(GROUP)) {
                     // SAFETY: forwarded from the caller.
                     unsafe {
-                        match (kind, xs.len()) {
-                            (BlockKind::Q8_0, 1) => body::<false, 1>(xs, row, bytes, col),
-                            (BlockKind::Q8_0, 2) => body::<false, 2>(xs, row, bytes, col),
-                            (BlockKind::Q8_0, 3) => body::<false, 3>(xs, row, bytes, col),
-                            (BlockKind::Q8_0, _) => body::<false, 4>(xs, row, bytes, col),
-                            (BlockKind::Q4_0, 1) => body::<true, 1>(xs, row, bytes, col),
-                            (BlockKind::Q4_0, 2) => body::<true, 2>(xs, row, bytes, col),
-                            (BlockKind::Q4_0, 3) => body::<true, 3>(xs, row, bytes, col),
-                            (BlockKind::Q4_0, _) => body::<true, 4>(xs, row, bytes, col),
+                        match kind {
+                            BlockKind::Q8_0 => group::<false>(xs, row, bytes, col),
+                            BlockKind::Q4_0 => group::<true>(xs, row, bytes, col),
                         }
+                    }
+                }
+            }
+
+            /// # Safety
+            ///
+            /// As for the public function; `xs` and `col` hold at most [`GROUP`] rows.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn group<const Q4: bool>(
+                xs: &[QuantRow],
+                row: &[u8],
+                bytes: usize,
+                col: &mut [f32],
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match xs.len() {
+                        1 => body::<Q4, 1>(xs, row, bytes, col),
+                        2 => body::<Q4, 2>(xs, row, bytes, col),
+                        3 => body::<Q4, 3>(xs, row, bytes, col),
+                        4 => body::<Q4, 4>(xs, row, bytes, col),
+                        5 => body::<Q4, 5>(xs, row, bytes, col),
+                        6 => body::<Q4, 6>(xs, row, bytes, col),
+                        7 => body::<Q4, 7>(xs, row, bytes, col),
+                        _ => body::<Q4, GROUP>(xs, row, bytes, col),
                     }
                 }
             }
@@ -344,21 +371,27 @@ mod x86 {
                 bytes: usize,
                 col: &mut [f32],
             ) {
+                let blocks = xs[0].scales.len();
+                debug_assert!(xs.len() == R && xs.iter().all(|x| x.scales.len() == blocks));
+                // The rows' values and scales, read through pointers so the loop carries no
+                // bound checks (every row holds `blocks` blocks).
+                let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
+                let ds: [*const f32; R] = std::array::from_fn(|r| xs[r].scales.as_ptr());
                 let mut acc = [_mm256_setzero_ps(); R];
-                for b in 0..xs[0].scales.len() {
+                for b in 0..blocks {
                     // SAFETY: block b lies inside `row` (one per activation block), and the
-                    // activation block b inside each row's `qs`.
+                    // activation block b inside each row's `qs` and `scales`.
                     unsafe {
                         let p = row.as_ptr().add(b * bytes);
                         let w = weights::<Q4>(p);
                         let $a = _mm256_sign_epi8(w, w);
                         let dw = scale(p);
-                        for (acc, x) in acc.iter_mut().zip(xs) {
-                            let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK).cast());
+                        for r in 0..R {
+                            let xq = _mm256_loadu_si256(qs[r].add(b * BLOCK).cast());
                             let $b = _mm256_sign_epi8(xq, w);
                             let prod = $idot;
-                            let d = _mm256_set1_ps(dw * x.scales[b]);
-                            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(prod), *acc);
+                            let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds[r].add(b)));
+                            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(prod), acc[r]);
                         }
                     }
                 }
