@@ -8,7 +8,9 @@
 //!
 //! TYPE is `bf16` (default), `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
 //! (default `1,2,4,8`); STEPS the steps timed per size (default 12, median printed). Threads
-//! follow `RAYON_NUM_THREADS`.
+//! follow `RAYON_NUM_THREADS`. `HOT=1` times one layer's products only (weights that stay in
+//! the last-level cache), `HOT=2` one small product that stays in L2: the kernels' arithmetic
+//! without the memory. `ALIGN=1` starts the half-precision weights on a cache line.
 
 use std::time::Instant;
 

@@ -225,17 +225,19 @@ mod x86 {
     /// each, twelve of the sixteen vector registers.
     const GROUP: usize = 6;
 
-    /// `xs` (rows of `k`) copied to memory aligned to 32 bytes, with each whole block of
+    /// `xs` (rows of `k`) copied to memory aligned to 32 bytes (so that no activation vector
+    /// straddles two cache lines when `k` is a multiple of 8), with each whole block of
     /// sixteen positions in the lane order of [`Widen::load16`]: for bf16 the even positions
-    /// then the odd ones; the rest as is.
+    /// then the odd ones; the rest as is. Made once per product, for every task.
     pub(super) struct Arranged(Vec<Lanes>, usize);
 
     /// Eight floats aligned as a vector.
     #[derive(Clone, Copy)]
     #[repr(C, align(32))]
-    pub(super) struct Lanes([f32; 8]);
+    struct Lanes([f32; 8]);
 
     impl Arranged {
+        /// `xs`, rows of `k > 0`, arranged for weights of type `T`.
         pub(super) fn new<T: Widen>(xs: &[f32], k: usize) -> Self {
             let k16 = k - k % STEP;
             let mut this = Arranged(vec![Lanes([0.0; 8]); xs.len().div_ceil(8)], xs.len());
@@ -259,6 +261,7 @@ mod x86 {
             unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.1) }
         }
 
+        /// The arranged rows.
         pub(super) fn as_slice(&self) -> &[f32] {
             // SAFETY: as in `as_mut`.
             unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.1) }

@@ -154,7 +154,7 @@ fn dot_portable(x: &QuantRow, row: &[u8]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{factors, QuantRow, BLOCK, SUPER_BYTES};
+    use super::{factors, QuantRow, BLOCK, SUPER, SUPER_BYTES};
 
     /// `col[c] = dot(xs[c], row)` for `R` activation rows: per element a low and a high
     /// 8-lane chain and a scalar sum of the minimums' terms, in super-block order.
@@ -170,29 +170,40 @@ mod avx2 {
         let mut acc_lo = [_mm256_setzero_ps(); R];
         let mut acc_hi = [_mm256_setzero_ps(); R];
         let mut mins_total = [0.0f32; R];
+        // The rows' values, scales and block sums through pointers, so the loop carries no
+        // bound checks (every row holds 8 blocks per super-block of `row`).
+        debug_assert!(
+            xs.len() == R
+                && xs
+                    .iter()
+                    .all(|x| x.qs.len() * SUPER_BYTES >= row.len() * SUPER)
+        );
+        let qs: [*const i8; R] = std::array::from_fn(|c| xs[c].qs.as_ptr());
+        let ds: [*const f32; R] = std::array::from_fn(|c| xs[c].scales.as_ptr());
+        let sums: [*const i32; R] = std::array::from_fn(|c| xs[c].sums.as_ptr());
         for (s, block) in row.chunks_exact(SUPER_BYTES).enumerate() {
             let (scales, mins) = factors(block);
             for j in 0..4 {
                 let (b0, b1) = (s * 8 + 2 * j, s * 8 + 2 * j + 1);
                 // SAFETY: the chunk's 32 bytes lie inside the super-block, and activation
-                // blocks b0, b1 inside each row's `qs` (8 per super-block).
+                // blocks b0, b1 inside each row's `qs`, `scales` and `sums` (8 per
+                // super-block).
                 unsafe {
                     let bytes = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * j).cast());
                     let q_lo = _mm256_and_si256(bytes, low);
                     let q_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
                     for c in 0..R {
-                        let x = &xs[c];
-                        let x0 = _mm256_loadu_si256(x.qs.as_ptr().add(b0 * BLOCK).cast());
-                        let x1 = _mm256_loadu_si256(x.qs.as_ptr().add(b1 * BLOCK).cast());
+                        let x0 = _mm256_loadu_si256(qs[c].add(b0 * BLOCK).cast());
+                        let x1 = _mm256_loadu_si256(qs[c].add(b1 * BLOCK).cast());
                         let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, x0), ones);
                         let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, x1), ones);
-                        let (d0, d1) = (x.scales[b0], x.scales[b1]);
+                        let (d0, d1) = (*ds[c].add(b0), *ds[c].add(b1));
                         let f0 = _mm256_set1_ps(scales[2 * j] * d0);
                         let f1 = _mm256_set1_ps(scales[2 * j + 1] * d1);
                         acc_lo[c] = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc_lo[c]);
                         acc_hi[c] = _mm256_fmadd_ps(f1, _mm256_cvtepi32_ps(p1), acc_hi[c]);
-                        mins_total[c] += mins[2 * j] * d0 * x.sums[b0] as f32
-                            + mins[2 * j + 1] * d1 * x.sums[b1] as f32;
+                        mins_total[c] += mins[2 * j] * d0 * *sums[c].add(b0) as f32
+                            + mins[2 * j + 1] * d1 * *sums[c].add(b1) as f32;
                     }
                 }
             }

@@ -146,7 +146,7 @@ pub fn qgemv_batch(
 }
 
 /// [`qgemv_batch`] with the features `cpu` allows. Each weight block is unpacked once for up
-/// to four activation rows; each row of `out` is bitwise what [`qgemv_at`] gives for that row
+/// to eight activation rows; each row of `out` is bitwise what [`qgemv_at`] gives for that row
 /// alone, whatever the other rows and the pool (each element is one chain of block products
 /// in block order).
 ///
