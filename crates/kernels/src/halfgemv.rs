@@ -167,6 +167,8 @@ mod tests {
                 // Long rows with a tail, odd batches and an odd weight row left over by the pairs.
                 check(cpu, kind, 1001, 37, 9);
                 check(cpu, kind, 2000, 19, 5);
+                // One row walks rows longer than a span in several spans, a batch whole rows.
+                check(cpu, kind, 5000, 9, 3);
             }
         }
     }
