@@ -300,13 +300,13 @@ mod x86 {
         let step = if batch == 1 { 1 } else { 2 };
         // One activation row walks a block's rows in spans of positions (the down projection
         // of a Qwen2-0.5B-shaped decoder, rows of 4864, in two), prefetching the row after
-        // the next at the same positions: together about 10 % more tokens per second end to
+        // the next at the same positions: together 5-10 % more tokens per second end to
         // end than whole rows without the prefetch, while either alone was no faster (2-core
         // Zen 3, pairwise medians). The chains are carried from one span to the next, which
         // changes no bit.
         let span = if batch == 1 { SPAN } else { k16.max(STEP) };
         let mut sums = vec![[_mm256_setzero_ps(); 2]; BLOCK * batch];
-        // Blocks of rows walked before their sums are finished: one activation row ran 10 %
+        // Blocks of rows walked before their sums are finished: one activation row ran 3 %
         // slower when each row was finished as soon as it was walked.
         for (b, (block, t)) in w
             .chunks(BLOCK * k)
