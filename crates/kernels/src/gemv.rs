@@ -21,6 +21,9 @@ use half::{bf16, f16};
 use crate::batch::split_rows;
 use crate::cpu::{Cpu, Feature};
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::hsum;
+
 /// A weight element the float kernels widen exactly to f32: f32 itself, bf16 or f16.
 pub(crate) trait Widen: Copy + Sync {
     /// Whether [`Widen::load16`] gives the even positions of sixteen weights in its first
@@ -268,9 +271,10 @@ mod x86 {
         }
     }
 
-    /// Horizontal sum of the eight lanes.
+    /// Horizontal sum of the eight lanes: the halves, then pairs, then the last two (the
+    /// order every decode kernel's elements end with).
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
@@ -304,7 +308,7 @@ mod x86 {
         // end than whole rows without the prefetch, while either alone was no faster (2-core
         // Zen 3, pairwise medians). The chains are carried from one span to the next, which
         // changes no bit.
-        let span = if batch == 1 { SPAN } else { k16.max(STEP) };
+        let span = if batch == 1 { SPAN } else { k16 };
         let mut sums = vec![[_mm256_setzero_ps(); 2]; BLOCK * batch];
         // Blocks of rows walked before their sums are finished: one activation row ran 3 %
         // slower when each row was finished as soon as it was walked.

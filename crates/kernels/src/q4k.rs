@@ -155,6 +155,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{factors, QuantRow, BLOCK, SUPER, SUPER_BYTES};
+    use crate::gemv::hsum;
 
     /// `col[c] = dot(xs[c], row)` for `R` activation rows: per element a low and a high
     /// 8-lane chain and a scalar sum of the minimums' terms, in super-block order.
@@ -209,11 +210,7 @@ mod avx2 {
             }
         }
         for c in 0..R {
-            let acc = _mm256_add_ps(acc_lo[c], acc_hi[c]);
-            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-            col[c] = _mm_cvtss_f32(s) - mins_total[c];
+            col[c] = hsum(_mm256_add_ps(acc_lo[c], acc_hi[c])) - mins_total[c];
         }
     }
 }

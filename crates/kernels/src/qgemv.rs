@@ -264,6 +264,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BlockKind, QuantRow, BLOCK};
+    use crate::gemv::hsum;
 
     /// The block's 32 weights as signed bytes in one vector.
     ///
@@ -396,11 +397,7 @@ mod x86 {
                     }
                 }
                 for (o, acc) in col.iter_mut().zip(acc) {
-                    let s =
-                        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-                    *o = _mm_cvtss_f32(s);
+                    *o = hsum(acc);
                 }
             }
         };
