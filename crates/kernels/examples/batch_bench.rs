@@ -6,7 +6,8 @@
 //! cargo run --release -p auris-kernels --example batch_bench -- [TYPE] [BATCHES] [STEPS]
 //! ```
 //!
-//! TYPE is `bf16` (default), `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
+//! TYPE is `bf16` (default), `packed` (bf16 packed in panels, [`auris_kernels::packed`]),
+//! `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
 //! (default `1,2,4,8`); STEPS the steps timed per size (default 12, median printed). Threads
 //! follow `RAYON_NUM_THREADS`. `HOT=1` times one layer's products only (weights that stay in
 //! the last-level cache), `HOT=2` one small product that stays in L2: the kernels' arithmetic
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use auris_kernels::gemv::gemv_batch;
 use auris_kernels::halfgemv::{gemv_half_batch, HalfKind};
+use auris_kernels::packed::{packed_batch, PackedBf16};
 use auris_kernels::qgemv::{qgemv_batch, BlockKind, QuantRow, BLOCK};
 use half::{bf16, f16};
 
@@ -28,6 +30,7 @@ enum Weights {
     Half(HalfKind, Vec<Vec<u16>>),
     F32(Vec<Vec<f32>>),
     Q8(Vec<Vec<u8>>),
+    Packed(Vec<PackedBf16>),
 }
 
 /// `n` rows of `k / 32` GGML q8_0 blocks: an f16 scale and 32 signed bytes each.
@@ -71,6 +74,15 @@ fn main() {
     let shapes = shapes();
     let weights = match kind {
         "q8_0" => Weights::Q8(shapes.iter().map(|&(k, n)| q8_blocks(k, n)).collect()),
+        "packed" => Weights::Packed(
+            shapes
+                .iter()
+                .map(|&(k, n)| {
+                    let w: Vec<bf16> = (0..k * n).map(|i| bf16::from_f32(value(i, 1009))).collect();
+                    PackedBf16::pack(&w, n, k)
+                })
+                .collect(),
+        ),
         "f32" => Weights::F32(
             shapes
                 .iter()
@@ -135,6 +147,7 @@ fn main() {
                         gemv_half_batch(*h, &xs[i], batch, &w[skip..skip + k * n], None, out)
                     }
                     Weights::F32(w) => gemv_batch(&xs[i], batch, &w[i], None, out),
+                    Weights::Packed(w) => packed_batch(&xs[i], batch, &w[i], None, out),
                     Weights::Q8(w) => {
                         let k = shapes[i].0;
                         let rows: Vec<QuantRow> =

@@ -19,6 +19,10 @@
 //!   [`gemv`] (f32 weights), [`halfgemv`] (bf16/f16 weights widened exactly), [`qgemv`] (GGML
 //!   `q8_0`/`q4_0` blocks against activation rows quantised to 8 bits, integer block dots with
 //!   AVX512-VNNI, AVX-VNNI or AVX2) and [`q4k`] (GGML `q4_K` super-blocks).
+//! - [`packed`]: bf16 weights packed in panels of 16 output columns, and the decode products
+//!   over them that keep a stack of rows' sums in registers (the decoder's bf16 linears on
+//!   the CPU), with the same promise: one FMA chain per output, a row of a stack bitwise that
+//!   row alone.
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 //! - [`round`]: the precision of the products' inputs ([`round::Compute`]: f32, or bf16 as
 //!   PyTorch and llama.cpp compute it), the bf16 rounding (AVX2, portable), and the rule `auto`
@@ -31,6 +35,7 @@ pub mod cpu;
 pub mod gemv;
 pub mod halfgemv;
 pub mod linear;
+pub mod packed;
 pub mod peak;
 pub mod q4k;
 pub mod qgemv;

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::activation::gelu_erf_in_place;
 use crate::cpu::{Cpu, Simd};
+use crate::packed::{PackedBf16, PANEL};
 use crate::round::{round_bf16_in_place, rounded_bf16, Compute};
 
 /// What follows the product.
@@ -350,10 +351,7 @@ fn widened_blocks_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: We
         r if r < BLOCK_ALIGN => r,
         r => r / BLOCK_ALIGN * BLOCK_ALIGN,
     };
-    thread_local! {
-        static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    }
-    let mut run = |buf: &mut Vec<f32>| {
+    with_widen_buffer(|buf| {
         for start in (0..out).step_by(block_rows) {
             let len = block_rows.min(out - start);
             buf.resize(len * k, 0.0);
@@ -363,21 +361,93 @@ fn widened_blocks_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: We
             }
             gemm_into(y, y_cols, col0 + start, x, buf);
         }
-    };
-    // The thread's buffer, or a fresh one when a product nested in this one (a rayon task run
-    // by this thread while it waits) already holds it.
+    });
+}
+
+/// Runs `f` with this thread's buffer for widened weights, or a fresh one when a product
+/// nested in this one (a rayon task run by this thread while it waits) already holds it. The
+/// buffer is kept between products: a fresh multi-megabyte allocation per product is fresh
+/// pages the kernel zeroes, which cost a prefill more than the widening.
+fn with_widen_buffer(f: impl FnOnce(&mut Vec<f32>)) {
+    thread_local! {
+        static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
     WIDENED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut Vec::new()),
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    });
+}
+
+/// [`linear_into_with`] for a bf16 weight packed in panels ([`PackedBf16`]): a block of
+/// panels at a time is widened to f32 as `wᵀ` (`(k, 16 × panels)` row-major, the layout a GEMM
+/// reads its right operand in) into a buffer that stays in the cache, then multiplied by
+/// `gemm`, as [`linear_into`] does with blocks of weight rows.
+///
+/// # Panics
+/// When the lengths disagree.
+pub fn linear_into_packed(
+    compute: Compute,
+    y: &mut [f32],
+    y_cols: usize,
+    col0: usize,
+    x: Rows,
+    w: &PackedBf16,
+) {
+    x.check();
+    let k = x.len;
+    assert_eq!(w.k(), k, "linear: w is not (out, {k})");
+    let rounded;
+    let x = match compute {
+        Compute::F32 => x,
+        Compute::Bf16 => {
+            rounded = rounded_bf16(&x.data[..x.span()]);
+            Rows {
+                data: &rounded,
+                ..x
+            }
+        }
+    };
+    let n = w.n();
+    let panels = n.div_ceil(PANEL);
+    // Whole tiles of the AVX-512 microkernel (64 columns), as in `widened_blocks_into`.
+    let block = match WIDEN_BLOCK / (k * PANEL) {
+        0 => 1,
+        b if b * PANEL < BLOCK_ALIGN => b,
+        b => (b * PANEL / BLOCK_ALIGN * BLOCK_ALIGN) / PANEL,
+    };
+    with_widen_buffer(|buf| {
+        for q in (0..panels).step_by(block) {
+            let to = (q + block).min(panels);
+            let cols = (to - q) * PANEL;
+            buf.resize(k * cols, 0.0);
+            w.widen_transposed(q..to, buf);
+            let out = cols.min(n - q * PANEL);
+            gemm_cols(y, y_cols, col0 + q * PANEL, x, buf, out, (cols as isize, 1));
+        }
     });
 }
 
 /// [`linear_into`] for f32 weights: one `gemm` call.
 fn gemm_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: &[f32]) {
-    x.check();
     let k = x.len;
     assert!(w.len().is_multiple_of(k), "linear: w is not (out, {k})");
-    let out = w.len() / k;
+    // wᵀ is (k, out) read from w's rows: column j of wᵀ is row j of w.
+    gemm_cols(y, y_cols, col0, x, w, w.len() / k, (1, k as isize));
+}
+
+/// `y[:, col0..col0 + out] += x wt` for `wt` the `(k, out)` transposed weight whose element
+/// `(p, j)` is `wt[p * strides.0 + j * strides.1]`: one `gemm` call on the rayon pool.
+fn gemm_cols(
+    y: &mut [f32],
+    y_cols: usize,
+    col0: usize,
+    x: Rows,
+    wt: &[f32],
+    out: usize,
+    strides: (isize, isize),
+) {
+    x.check();
+    let k = x.len;
     let rows = x.rows;
     assert_eq!(
         y.len(),
@@ -389,6 +459,15 @@ fn gemm_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: &[f32]) {
         "linear: columns {col0}..{} past {y_cols}",
         col0 + out
     );
+    if out == 0 {
+        return;
+    }
+    let (rs, cs) = strides;
+    let last = (k - 1) as isize * rs + (out - 1) as isize * cs;
+    assert!(
+        rs >= 0 && cs >= 0 && (last as usize) < wt.len(),
+        "linear: the weight is not ({k}, {out}) at strides {strides:?}"
+    );
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         Parallelism::Rayon(threads)
@@ -396,8 +475,8 @@ fn gemm_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: &[f32]) {
         Parallelism::None
     };
     // SAFETY: the block of y is (rows, out) from column col0 with row stride y_cols; x is
-    // (rows, k) with row stride x.stride (checked in bounds); w^T is (k, out) read from w's
-    // rows (column j of w^T is row j of w, stride k), all in bounds by the asserts above.
+    // (rows, k) with row stride x.stride (checked in bounds); wt is (k, out) at the strides
+    // checked above, its last element in bounds.
     unsafe {
         gemm(
             rows,
@@ -410,9 +489,9 @@ fn gemm_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: &[f32]) {
             x.data.as_ptr(),
             1,
             x.stride as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
+            wt.as_ptr(),
+            cs,
+            rs,
             1.0,
             1.0,
             false,
@@ -427,7 +506,7 @@ fn gemm_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: &[f32]) {
 mod tests {
     use super::*;
     use crate::activation::gelu_erf;
-    use crate::test_values::values;
+    use crate::test_values::{on_threads, values};
 
     fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, b: Option<&[f32]>) -> Vec<f64> {
         let k = x.len() / rows;
@@ -597,6 +676,43 @@ mod tests {
                             (g - v).abs() <= tol,
                             "{rows}x{k}x{out} {name} {threads} threads: {g} vs {v}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A packed bf16 weight gives the product of the same weights row by row, within the
+    /// rounding of another summation order: odd shapes, several widening blocks (k = 3001,
+    /// 700 columns), a last panel with padding, both precisions, 1-3 threads.
+    #[test]
+    fn packed_weights_equal_the_product_of_their_rows() {
+        for (rows, k, out) in [(3, 7, 5), (2, 1000, 1100), (5, 3001, 700), (4, 64, 4100)] {
+            let x = values(rows * k, 12);
+            let w: Vec<bf16> = values(out * k, 13)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let packed = PackedBf16::pack(&w, out, k);
+            for compute in [Compute::F32, Compute::Bf16] {
+                for threads in 1..=3 {
+                    let (got, want) = on_threads(threads, || {
+                        let x = Rows::dense(&x, rows);
+                        let mut got = vec![0.5f32; rows * (out + 3)];
+                        linear_into_packed(compute, &mut got, out + 3, 2, x, &packed);
+                        let mut want = vec![0.5f32; rows * (out + 3)];
+                        linear_into_with(compute, &mut want, out + 3, 2, x, &w[..]);
+                        (got, want)
+                    });
+                    for (g, v) in got.iter().zip(&want) {
+                        let tol = 1e-6 * (1.0 + v.abs()) * (k as f32).sqrt();
+                        assert!(
+                            (g - v).abs() <= tol,
+                            "{rows}x{k}x{out} {compute:?} {threads} threads: {g} vs {v}"
+                        );
+                    }
+                    for row in got.chunks_exact(out + 3) {
+                        assert_eq!([row[0], row[1], row[out + 2]], [0.5; 3], "columns kept");
                     }
                 }
             }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use auris_kernels::packed::PackedBf16;
 use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::linear::{dequantize_rows, quantize_rows, QUANTIZE_CHUNK_WEIGHTS};
 use crate::plan::table_format;
@@ -20,6 +21,9 @@ enum Table {
         qtensor: Arc<QTensor>,
         format: WeightFormat,
     },
+    /// The bf16 table of a tied head packed in panels ([`Embedding::share_packed`]): a lookup
+    /// gathers a row's values from its panel.
+    Packed(Arc<PackedBf16>),
 }
 
 /// `embed_tokens`: `(vocab, hidden)` rows looked up by token id.
@@ -67,7 +71,7 @@ impl Embedding {
     /// The block format of the table, or `None` when it keeps the checkpoint's dtype.
     pub(crate) fn format(&self) -> Option<WeightFormat> {
         match &self.table {
-            Table::Dense(_) => None,
+            Table::Dense(_) | Table::Packed(_) => None,
             Table::Quant { format, .. } => Some(*format),
         }
     }
@@ -77,13 +81,14 @@ impl Embedding {
         match &self.table {
             Table::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Table::Quant { qtensor, .. } => qtensor.storage_size_in_bytes(),
+            Table::Packed(p) => 2 * p.n() * p.k(),
         }
     }
 
     /// The quantised table and its format, to share with a tied head of that format.
     pub(crate) fn quantized(&self) -> Option<(&Arc<QTensor>, WeightFormat)> {
         match &self.table {
-            Table::Dense(_) => None,
+            Table::Dense(_) | Table::Packed(_) => None,
             Table::Quant { qtensor, format } => Some((qtensor, *format)),
         }
     }
@@ -94,6 +99,35 @@ impl Embedding {
         match &self.table {
             Table::Dense(t) => Ok(t.clone()),
             Table::Quant { qtensor, .. } => Ok(qtensor.dequantize(&Device::Cpu)?),
+            Table::Packed(p) => Ok(Tensor::from_vec(
+                p.rows(0..p.n()),
+                (p.n(), p.k()),
+                &Device::Cpu,
+            )?),
+        }
+    }
+
+    /// The packed table shared with a tied head ([`Embedding::share_packed`]).
+    #[cfg(test)]
+    pub(crate) fn packed(&self) -> Option<&Arc<PackedBf16>> {
+        match &self.table {
+            Table::Packed(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Looks rows up in `head`, a tied head's weight packed from this very table, and drops
+    /// the table: the model then holds the values once. Only a bf16 table on the CPU of the
+    /// same shape is replaced (a head stored in another precision than the table differs
+    /// from it); otherwise nothing changes.
+    pub(crate) fn share_packed(&mut self, head: &Arc<PackedBf16>) {
+        if let Table::Dense(t) = &self.table {
+            let same = t.dtype() == DType::BF16
+                && t.device().is_cpu()
+                && (head.n(), head.k()) == (self.vocab, self.hidden);
+            if same {
+                self.table = Table::Packed(head.clone());
+            }
         }
     }
 
@@ -125,6 +159,13 @@ impl Embedding {
                 }
                 let rows = dequantize_rows(*format, &bytes, ids.len(), self.hidden)?;
                 Ok(rows.to_device(device)?)
+            }
+            Table::Packed(p) => {
+                let mut rows = Vec::with_capacity(ids.len() * self.hidden);
+                for &id in ids {
+                    rows.extend(p.row(id as usize).ok_or_else(|| out_of_range(id))?);
+                }
+                Ok(Tensor::from_vec(rows, (ids.len(), self.hidden), device)?)
             }
         }
     }

@@ -776,7 +776,27 @@ impl Qwen2Decoder {
         let storage = Storage::new(Some(options.stored_weights()), rows);
         let mut model = Self::load_impl(cfg, vb, storage)?;
         model.set_compute(options.compute);
+        model.pack_bf16()?;
         Ok(model)
+    }
+
+    /// Packs every linear weight kept in bf16 on the CPU in panels for the decode kernels
+    /// ([`Linear::pack`]); a tied embedding table that holds the same bf16 values then looks
+    /// its rows up in the packed head rather than keeping a second copy.
+    fn pack_bf16(&mut self) -> Result<(), LlmError> {
+        for layer in &mut self.layers {
+            layer.self_attn.qkv_proj.pack()?;
+            layer.self_attn.o_proj.pack()?;
+            layer.mlp.gate_up_proj.pack()?;
+            layer.mlp.down_proj.pack()?;
+        }
+        self.lm_head.pack()?;
+        if self.cfg.tie_word_embeddings {
+            if let Some(head) = self.lm_head.packed() {
+                self.embed_tokens.share_packed(head);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn load_impl(
@@ -1174,8 +1194,12 @@ impl Qwen2Decoder {
         blocks
     }
 
-    /// Whether the output head holds the very blocks of the embedding table (no copy).
+    /// Whether the output head holds the very blocks (or packed bf16 panels) of the
+    /// embedding table (no copy).
     pub(crate) fn head_shares_embedding(&self) -> bool {
+        if let (Some(head), Some(table)) = (self.lm_head.packed(), self.embed_tokens.packed()) {
+            return std::sync::Arc::ptr_eq(head, table);
+        }
         match (self.lm_head.qtensor(), self.embed_tokens.quantized()) {
             (Some(head), Some((table, _))) => std::sync::Arc::ptr_eq(head, table),
             _ => false,
