@@ -193,9 +193,9 @@ impl Linear {
     /// Packs a bf16 weight held on the CPU in panels of 16 output columns
     /// ([`auris_kernels::packed`]): a decode step's products with one row or a stack of rows
     /// then keep sixteen outputs' sums for up to six rows in registers (on a 2-core Zen 3 a
-    /// whole decoder's products ran 1.2x faster for one row, 1.6-1.8x for a stack of 8), and
-    /// a prefill widens blocks of panels instead of rows. The same values, in another layout:
-    /// every other weight stays as it is.
+    /// whole decoder's products ran 1.15-1.2x faster for one row, 1.65-1.7x for a stack of 8),
+    /// and a prefill widens blocks of panels instead of rows. The same values, in another
+    /// layout: every other weight stays as it is.
     pub(crate) fn pack(&mut self) -> Result<(), LlmError> {
         if let Weight::Half {
             bits,
