@@ -74,15 +74,21 @@ fn main() {
     let shapes = shapes();
     let weights = match kind {
         "q8_0" => Weights::Q8(shapes.iter().map(|&(k, n)| q8_blocks(k, n)).collect()),
-        "packed" => Weights::Packed(
-            shapes
+        "packed" => {
+            let mut packing = 0.0;
+            let packed = shapes
                 .iter()
                 .map(|&(k, n)| {
                     let w: Vec<bf16> = (0..k * n).map(|i| bf16::from_f32(value(i, 1009))).collect();
-                    PackedBf16::pack(&w, n, k)
+                    let t = Instant::now();
+                    let p = PackedBf16::pack(&w, n, k);
+                    packing += t.elapsed().as_secs_f64();
+                    p
                 })
-                .collect(),
-        ),
+                .collect();
+            println!("packed in {packing:.2} s");
+            Weights::Packed(packed)
+        }
         "f32" => Weights::F32(
             shapes
                 .iter()

@@ -53,9 +53,6 @@ const PANEL_GROUP: usize = 4;
 #[repr(C, align(32))]
 struct Position([u16; PANEL]);
 
-/// Positions of a panel filled at a time while packing (8 KiB).
-const PACK_CHUNK: usize = 256;
-
 /// Where column `c` of a panel sits within a [`Position`].
 fn slot(c: usize) -> usize {
     if c < 8 {
@@ -81,23 +78,31 @@ impl PackedBf16 {
     /// If `w.len() != n * k`.
     pub fn pack(w: &[bf16], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "packed: the weight is not ({n}, {k})");
-        let panels = n.div_ceil(PANEL);
-        let mut data = vec![Position([0; PANEL]); panels * k];
+        let len = n.div_ceil(PANEL) * k;
+        let mut data: Vec<Position> = Vec::with_capacity(len);
         if k > 0 {
-            data.par_chunks_mut(k).enumerate().for_each(|(q, panel)| {
-                // A few positions at a time, so the ones being filled stay in the L1 cache
-                // while the sixteen rows are read.
-                for (i, chunk) in panel.chunks_mut(PACK_CHUNK).enumerate() {
-                    let p0 = i * PACK_CHUNK;
-                    for c in 0..PANEL.min(n - q * PANEL) {
-                        let row = &w[(q * PANEL + c) * k + p0..][..chunk.len()];
-                        for (pos, v) in chunk.iter_mut().zip(row) {
-                            pos.0[slot(c)] = v.to_bits();
+            // Every position is written once, by the thread that packs its panel: no pass
+            // zeroing the memory first (a 7B's 15 GB of weights), and the pages are touched by
+            // both threads.
+            data.spare_capacity_mut()[..len]
+                .par_chunks_mut(k)
+                .enumerate()
+                .for_each(|(q, panel)| {
+                    let rows: Vec<&[bf16]> = (q * PANEL..n.min((q + 1) * PANEL))
+                        .map(|j| &w[j * k..][..k])
+                        .collect();
+                    for (p, dst) in panel.iter_mut().enumerate() {
+                        let mut pos = [0u16; PANEL];
+                        for (c, row) in rows.iter().enumerate() {
+                            pos[slot(c)] = row[p].to_bits();
                         }
+                        dst.write(Position(pos));
                     }
-                }
-            });
+                });
         }
+        // SAFETY: the loop above wrote each of the first `len` elements (every panel's `k`
+        // positions; with k == 0 there are none), and `len` is within the capacity.
+        unsafe { data.set_len(len) };
         Self { data, n, k }
     }
 
