@@ -6,8 +6,8 @@
 //! cargo run --release -p auris-kernels --example batch_bench -- [TYPE] [BATCHES] [STEPS]
 //! ```
 //!
-//! TYPE is `bf16` (default), `packed` (bf16 packed in panels, [`auris_kernels::packed`]),
-//! `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
+//! TYPE is `bf16` (default), `packed` or `packed-f16` (bf16 or f16 packed in panels,
+//! [`auris_kernels::packed`]), `f16`, `f32` or `q8_0`; BATCHES a comma-separated list of batch sizes
 //! (default `1,2,4,8`); STEPS the steps timed per size (default 12, median printed). Threads
 //! follow `RAYON_NUM_THREADS`. `HOT=1` times one layer's products only (weights that stay in
 //! the last-level cache), `HOT=2` one small product that stays in L2: the kernels' arithmetic
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use auris_kernels::gemv::gemv_batch;
 use auris_kernels::halfgemv::{gemv_half_batch, HalfKind};
-use auris_kernels::packed::{packed_batch, PackedBf16};
+use auris_kernels::packed::{packed_batch, PackedHalf};
 use auris_kernels::qgemv::{qgemv_batch, BlockKind, QuantRow, BLOCK};
 use half::{bf16, f16};
 
@@ -30,7 +30,7 @@ enum Weights {
     Half(HalfKind, Vec<Vec<u16>>),
     F32(Vec<Vec<f32>>),
     Q8(Vec<Vec<u8>>),
-    Packed(Vec<PackedBf16>),
+    Packed(Vec<PackedHalf>),
 }
 
 /// `n` rows of `k / 32` GGML q8_0 blocks: an f16 scale and 32 signed bytes each.
@@ -74,14 +74,24 @@ fn main() {
     let shapes = shapes();
     let weights = match kind {
         "q8_0" => Weights::Q8(shapes.iter().map(|&(k, n)| q8_blocks(k, n)).collect()),
-        "packed" => {
+        "packed" | "packed-f16" => {
+            let half = if kind == "packed" {
+                HalfKind::Bf16
+            } else {
+                HalfKind::F16
+            };
             let mut packing = 0.0;
             let packed = shapes
                 .iter()
                 .map(|&(k, n)| {
-                    let w: Vec<bf16> = (0..k * n).map(|i| bf16::from_f32(value(i, 1009))).collect();
+                    let w: Vec<u16> = (0..k * n)
+                        .map(|i| match half {
+                            HalfKind::Bf16 => bf16::from_f32(value(i, 1009)).to_bits(),
+                            HalfKind::F16 => f16::from_f32(value(i, 1009)).to_bits(),
+                        })
+                        .collect();
                     let t = Instant::now();
-                    let p = PackedBf16::pack(&w, n, k);
+                    let p = PackedHalf::pack(half, &w, n, k);
                     packing += t.elapsed().as_secs_f64();
                     p
                 })

@@ -11,9 +11,8 @@
 //! The instruction set is picked at run time ([`Cpu`]): AVX2 + FMA + F16C (8 lanes), or
 //! portable code.
 //!
-//! The decoder packs its bf16 linears on the CPU ([`crate::packed`]), whose register tile serves
-//! a stack of rows better; these kernels take the f16 weights and any bf16 weight kept row by
-//! row.
+//! The decoder packs its bf16/f16 linears on the CPU ([`crate::packed`]), whose register tile
+//! serves a stack of rows better; these kernels take half weights kept row by row.
 
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};

@@ -19,9 +19,9 @@
 //!   [`gemv`] (f32 weights), [`halfgemv`] (bf16/f16 weights widened exactly), [`qgemv`] (GGML
 //!   `q8_0`/`q4_0` blocks against activation rows quantised to 8 bits, integer block dots with
 //!   AVX512-VNNI, AVX-VNNI or AVX2) and [`q4k`] (GGML `q4_K` super-blocks).
-//! - [`packed`]: bf16 weights packed in panels of 16 output columns, and the decode products
-//!   over them that keep a stack of rows' sums in registers (the decoder's bf16 linears on
-//!   the CPU), with the same promise: one FMA chain per output, a row of a stack bitwise that
+//! - [`packed`]: bf16/f16 weights packed in panels of 16 output columns, and the decode
+//!   products over them that keep a stack of rows' sums in registers (the decoder's half
+//!   linears on the CPU), with the same promise: one FMA chain per output, a row of a stack bitwise that
 //!   row alone.
 //! - [`peak`]: the f32 multiply-add peak of this machine, measured.
 //! - [`round`]: the precision of the products' inputs ([`round::Compute`]: f32, or bf16 as

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 
 use crate::activation::gelu_erf_in_place;
 use crate::cpu::{Cpu, Simd};
-use crate::packed::{PackedBf16, PANEL};
+use crate::halfgemv::HalfKind;
+use crate::packed::{PackedHalf, PANEL};
 use crate::round::{round_bf16_in_place, rounded_bf16, Compute};
 
 /// What follows the product.
@@ -378,10 +379,11 @@ fn with_widen_buffer(f: impl FnOnce(&mut Vec<f32>)) {
     });
 }
 
-/// [`linear_into_with`] for a bf16 weight packed in panels ([`PackedBf16`]): a block of
+/// [`linear_into_with`] for a bf16 or f16 weight packed in panels ([`PackedHalf`]): a block of
 /// panels at a time is widened to f32 as `wᵀ` (`(k, 16 × panels)` row-major, the layout a GEMM
-/// reads its right operand in) into a buffer that stays in the cache, then multiplied by
-/// `gemm`, as [`linear_into`] does with blocks of weight rows.
+/// reads its right operand in) into a buffer that stays in the cache (f16 weights rounded to
+/// bf16 there under [`Compute::Bf16`]), then multiplied by `gemm`, as [`linear_into`] does
+/// with blocks of weight rows.
 ///
 /// # Panics
 /// When the lengths disagree.
@@ -391,7 +393,7 @@ pub fn linear_into_packed(
     y_cols: usize,
     col0: usize,
     x: Rows,
-    w: &PackedBf16,
+    w: &PackedHalf,
 ) {
     x.check();
     let k = x.len;
@@ -407,6 +409,7 @@ pub fn linear_into_packed(
             }
         }
     };
+    let round_w = compute == Compute::Bf16 && w.kind() != HalfKind::Bf16;
     let n = w.n();
     let panels = n.div_ceil(PANEL);
     // Whole tiles of the AVX-512 microkernel (64 columns), as in `widened_blocks_into`.
@@ -421,6 +424,9 @@ pub fn linear_into_packed(
             let cols = (to - q) * PANEL;
             buf.resize(k * cols, 0.0);
             w.widen_transposed(q..to, buf);
+            if round_w {
+                round_bf16_in_place(buf);
+            }
             let out = cols.min(n - q * PANEL);
             gemm_cols(y, y_cols, col0 + q * PANEL, x, buf, out, (cols as isize, 1));
         }
@@ -682,33 +688,41 @@ mod tests {
         }
     }
 
-    /// A packed bf16 weight gives the product of the same weights row by row, within the
-    /// rounding of another summation order: odd shapes, several widening blocks (k = 3001,
+    /// A packed bf16 or f16 weight gives the product of the same weights row by row, within
+    /// the rounding of another summation order: odd shapes, several widening blocks (k = 3001,
     /// 700 columns), a last panel with padding, both precisions, 1-3 threads.
     #[test]
     fn packed_weights_equal_the_product_of_their_rows() {
         for (rows, k, out) in [(3, 7, 5), (2, 1000, 1100), (5, 3001, 700), (4, 64, 4100)] {
             let x = values(rows * k, 12);
-            let w: Vec<bf16> = values(out * k, 13)
-                .into_iter()
-                .map(bf16::from_f32)
-                .collect();
-            let packed = PackedBf16::pack(&w, out, k);
-            for compute in [Compute::F32, Compute::Bf16] {
+            let v = values(out * k, 13);
+            let wb: Vec<bf16> = v.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = v.iter().map(|&v| f16::from_f32(v)).collect();
+            let packed_b = PackedHalf::pack_bf16(&wb, out, k);
+            let bits: Vec<u16> = wh.iter().map(|v| v.to_bits()).collect();
+            let packed_h = PackedHalf::pack(HalfKind::F16, &bits, out, k);
+            for (compute, (packed, w)) in [Compute::F32, Compute::Bf16].into_iter().flat_map(|c| {
+                [
+                    (&packed_b, Weight::Bf16(&wb)),
+                    (&packed_h, Weight::F16(&wh)),
+                ]
+                .map(|p| (c, p))
+            }) {
                 for threads in 1..=3 {
                     let (got, want) = on_threads(threads, || {
                         let x = Rows::dense(&x, rows);
                         let mut got = vec![0.5f32; rows * (out + 3)];
-                        linear_into_packed(compute, &mut got, out + 3, 2, x, &packed);
+                        linear_into_packed(compute, &mut got, out + 3, 2, x, packed);
                         let mut want = vec![0.5f32; rows * (out + 3)];
-                        linear_into_with(compute, &mut want, out + 3, 2, x, &w[..]);
+                        linear_into_with(compute, &mut want, out + 3, 2, x, w);
                         (got, want)
                     });
                     for (g, v) in got.iter().zip(&want) {
                         let tol = 1e-6 * (1.0 + v.abs()) * (k as f32).sqrt();
                         assert!(
                             (g - v).abs() <= tol,
-                            "{rows}x{k}x{out} {compute:?} {threads} threads: {g} vs {v}"
+                            "{rows}x{k}x{out} {compute:?} {:?} {threads} threads: {g} vs {v}",
+                            packed.kind()
                         );
                     }
                     for row in got.chunks_exact(out + 3) {

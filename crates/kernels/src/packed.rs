@@ -1,6 +1,6 @@
-//! bf16 weight matrices packed in panels of sixteen output columns, for the decode steps'
-//! products with one activation row or a stack of them (one new position of each of several
-//! sequences).
+//! Half-precision (bf16, f16) weight matrices packed in panels of sixteen output columns, for
+//! the decode steps' products with one activation row or a stack of them (one new position of
+//! each of several sequences).
 //!
 //! A checkpoint stores a weight `(n, k)` row by row: an output's weights are contiguous. The
 //! dot-product kernels of [`crate::gemv`] walk such rows, and a stack of activation rows must
@@ -21,20 +21,24 @@
 //! The widening is exact (a bf16 is the upper half of an f32), so the result is the f32 product
 //! on the upcast weights up to summation order.
 //!
-//! Within a position the sixteen weights are stored in the order `c0, c8, c1, c9, …, c7, c15`:
-//! shifting each 32-bit lane left by 16 bits gives columns 0-7 as f32, masking off its low
-//! half gives columns 8-15 (two instructions, no shuffle).
+//! Within a position the sixteen bf16 weights are stored in the order `c0, c8, c1, c9, …, c7,
+//! c15`: shifting each 32-bit lane left by 16 bits gives columns 0-7 as f32, masking off its low
+//! half gives columns 8-15 (two instructions, no shuffle). f16 weights are stored in column
+//! order and widened by `vcvtph2ps`, eight at a time.
 //!
 //! Measured on a 2-core Zen 3 (AVX2, FMA peak 205 GFLOP/s) over the weights of a whole
 //! Qwen2-0.5B-shaped decoder (`cargo run --release -p auris-kernels --example batch_bench --
 //! packed 1,8` against `-- bf16 1,8`, two runs each): one row 34-35 ms a step against 40-41 for
 //! the row-major kernel of [`crate::gemv`] (28-29 GB/s, the machine's read bandwidth), a batch
-//! of 8 54-56 ms against 92 (141-147 GFLOP/s, 69-72 % of the FMA peak, against 42 %).
+//! of 8 54-56 ms against 92 (141-147 GFLOP/s, 69-72 % of the FMA peak, against 42 %). f16
+//! (`-- packed-f16 1,8` against `-- f16 1,8`): one row 38-42 ms against 48, eight 65-71 ms
+//! against 114-125.
 
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::cpu::{Cpu, Feature};
+use crate::halfgemv::HalfKind;
 
 /// Output columns per panel.
 pub const PANEL: usize = 16;
@@ -53,30 +57,48 @@ const PANEL_GROUP: usize = 4;
 #[repr(C, align(32))]
 struct Position([u16; PANEL]);
 
-/// Where column `c` of a panel sits within a [`Position`].
-fn slot(c: usize) -> usize {
-    if c < 8 {
-        2 * c
-    } else {
-        2 * (c - 8) + 1
+/// Where column `c` of a panel sits within a [`Position`] of weights of `kind`.
+fn slot(kind: HalfKind, c: usize) -> usize {
+    match kind {
+        HalfKind::Bf16 if c < 8 => 2 * c,
+        HalfKind::Bf16 => 2 * (c - 8) + 1,
+        HalfKind::F16 => c,
     }
 }
 
-/// A bf16 weight matrix `(n, k)` packed in panels of [`PANEL`] output columns (see the module
-/// docs). The last panel is padded with zero weights.
+/// `bits` of `kind` as f32, exactly.
+fn widen_bits(kind: HalfKind, bits: u16) -> f32 {
+    match kind {
+        HalfKind::Bf16 => f32::from_bits(u32::from(bits) << 16),
+        HalfKind::F16 => f16::from_bits(bits).to_f32(),
+    }
+}
+
+/// A bf16 or f16 weight matrix `(n, k)` packed in panels of [`PANEL`] output columns (see the
+/// module docs). The last panel is padded with zero weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PackedBf16 {
+pub struct PackedHalf {
     data: Vec<Position>,
     n: usize,
     k: usize,
+    kind: HalfKind,
 }
 
-impl PackedBf16 {
-    /// Packs `w`, `n` rows of `k` weights, on the rayon pool.
+impl PackedHalf {
+    /// Packs the bf16 weights `w`, `n` rows of `k`, on the rayon pool.
     ///
     /// # Panics
     /// If `w.len() != n * k`.
-    pub fn pack(w: &[bf16], n: usize, k: usize) -> Self {
+    pub fn pack_bf16(w: &[bf16], n: usize, k: usize) -> Self {
+        let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
+        Self::pack(HalfKind::Bf16, &bits, n, k)
+    }
+
+    /// Packs `w`, `n` rows of `k` bit patterns of `kind`, on the rayon pool.
+    ///
+    /// # Panics
+    /// If `w.len() != n * k`.
+    pub fn pack(kind: HalfKind, w: &[u16], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "packed: the weight is not ({n}, {k})");
         let len = n.div_ceil(PANEL) * k;
         let mut data: Vec<Position> = Vec::with_capacity(len);
@@ -88,13 +110,13 @@ impl PackedBf16 {
                 .par_chunks_mut(k)
                 .enumerate()
                 .for_each(|(q, panel)| {
-                    let rows: Vec<&[bf16]> = (q * PANEL..n.min((q + 1) * PANEL))
+                    let rows: Vec<&[u16]> = (q * PANEL..n.min((q + 1) * PANEL))
                         .map(|j| &w[j * k..][..k])
                         .collect();
                     for (p, dst) in panel.iter_mut().enumerate() {
                         let mut pos = [0u16; PANEL];
                         for (c, row) in rows.iter().enumerate() {
-                            pos[slot(c)] = row[p].to_bits();
+                            pos[slot(kind, c)] = row[p];
                         }
                         dst.write(Position(pos));
                     }
@@ -103,7 +125,12 @@ impl PackedBf16 {
         // SAFETY: the loop above wrote each of the first `len` elements (every panel's `k`
         // positions; with k == 0 there are none), and `len` is within the capacity.
         unsafe { data.set_len(len) };
-        Self { data, n, k }
+        Self { data, n, k, kind }
+    }
+
+    /// The encoding of the weights.
+    pub fn kind(&self) -> HalfKind {
+        self.kind
     }
 
     /// Output columns (weight rows).
@@ -121,22 +148,22 @@ impl PackedBf16 {
         self.data.len() * std::mem::size_of::<Position>()
     }
 
-    /// Weight row `j` (output column `j`), or `None` past the last.
-    pub fn row(&self, j: usize) -> Option<Vec<bf16>> {
+    /// The bit patterns of weight row `j` (output column `j`), or `None` past the last.
+    pub fn row(&self, j: usize) -> Option<Vec<u16>> {
         (j < self.n).then(|| {
-            let (q, s) = (j / PANEL, slot(j % PANEL));
+            let (q, s) = (j / PANEL, slot(self.kind, j % PANEL));
             self.data[q * self.k..][..self.k]
                 .iter()
-                .map(|pos| bf16::from_bits(pos.0[s]))
+                .map(|pos| pos.0[s])
                 .collect()
         })
     }
 
-    /// Weight rows `rows` as one row-major `(rows.len(), k)` matrix.
+    /// The bit patterns of weight rows `rows` as one row-major `(rows.len(), k)` matrix.
     ///
     /// # Panics
     /// If the range ends past the last row.
-    pub fn rows(&self, rows: std::ops::Range<usize>) -> Vec<bf16> {
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Vec<u16> {
         assert!(rows.end <= self.n, "packed: rows past {}", self.n);
         rows.flat_map(|j| self.row(j).unwrap_or_default()).collect()
     }
@@ -163,25 +190,30 @@ impl PackedBf16 {
             .with_min_len(64)
             .for_each(|(line, p)| {
                 for (q, dst) in panels.clone().zip(line.chunks_exact_mut(PANEL)) {
-                    widen_position(cpu, &self.data[q * k + p], dst);
+                    widen_position(cpu, self.kind, &self.data[q * k + p], dst);
                 }
             });
     }
 }
 
-/// The sixteen weights of `pos` widened to f32 into `dst`, in column order.
-fn widen_position(cpu: Cpu, pos: &Position, dst: &mut [f32]) {
+/// The sixteen weights of `kind` at `pos` widened to f32 into `dst`, in column order.
+fn widen_position(cpu: Cpu, kind: HalfKind, pos: &Position, dst: &mut [f32]) {
     assert_eq!(dst.len(), PANEL);
     #[cfg(target_arch = "x86_64")]
     if cpu.has(Feature::Avx2) {
-        // SAFETY: the `Cpu` holds AVX2 (a `Cpu` only holds what was detected); `pos` is a
-        // position and `dst` sixteen floats.
-        unsafe { x86::widen_into(pos, dst) };
+        // SAFETY: the `Cpu` holds AVX2, FMA and F16C (a `Cpu` only holds what was detected);
+        // `pos` is a position and `dst` sixteen floats.
+        unsafe {
+            match kind {
+                HalfKind::Bf16 => x86::widen_into::<false>(pos, dst),
+                HalfKind::F16 => x86::widen_into::<true>(pos, dst),
+            }
+        }
         return;
     }
     let _ = cpu;
     for (c, d) in dst.iter_mut().enumerate() {
-        *d = f32::from_bits(u32::from(pos.0[slot(c)]) << 16);
+        *d = widen_bits(kind, pos.0[slot(kind, c)]);
     }
 }
 
@@ -193,7 +225,7 @@ fn widen_position(cpu: Cpu, pos: &Position, dst: &mut [f32]) {
 pub fn packed_batch(
     xs: &[f32],
     batch: usize,
-    w: &PackedBf16,
+    w: &PackedHalf,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
@@ -212,7 +244,7 @@ pub fn packed_batch_at(
     cpu: Cpu,
     xs: &[f32],
     batch: usize,
-    w: &PackedBf16,
+    w: &PackedHalf,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
@@ -312,7 +344,7 @@ impl Out {
 unsafe fn panels_portable(
     xs: &[f32],
     batch: usize,
-    w: &PackedBf16,
+    w: &PackedHalf,
     bias: Option<&[f32]>,
     from: usize,
     to: usize,
@@ -325,7 +357,7 @@ unsafe fn panels_portable(
             let mut s = [0.0f32; PANEL];
             for (pos, &xv) in panel.iter().zip(x) {
                 for (c, s) in s.iter_mut().enumerate() {
-                    *s += xv * f32::from_bits(u32::from(pos.0[slot(c)]) << 16);
+                    *s += xv * widen_bits(w.kind, pos.0[slot(w.kind, c)]);
                 }
             }
             // SAFETY: r < batch, q a panel of the output, written by this task only.
@@ -344,15 +376,26 @@ unsafe fn panels_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Out, PackedBf16, Position, PANEL, PANEL_GROUP};
+    use super::{HalfKind, Out, PackedHalf, Position, PANEL, PANEL_GROUP};
 
-    /// The sixteen weights at `p`, widened: columns 0-7 and 8-15.
+    /// The sixteen weights at `p`, widened: columns 0-7 and 8-15; f16 with `F16`, else bf16.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `p` points to a [`Position`].
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2 and F16C; `p` points to a [`Position`].
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    pub(super) unsafe fn widen(p: *const Position) -> (__m256, __m256) {
+    pub(super) unsafe fn widen<const F16: bool>(p: *const Position) -> (__m256, __m256) {
+        if F16 {
+            // SAFETY: `p` is a readable, 32-byte aligned position of sixteen f16 (the
+            // caller's promise): two 16-byte halves.
+            let (lo, hi) = unsafe {
+                (
+                    _mm_load_si128(p.cast()),
+                    _mm_load_si128(p.cast::<__m128i>().add(1)),
+                )
+            };
+            return (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi));
+        }
         // SAFETY: `p` is a readable, 32-byte aligned position (the caller's promise).
         let v = unsafe { _mm256_load_si256(p.cast()) };
         let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
@@ -363,13 +406,13 @@ mod x86 {
     /// [`widen`] stored into `dst`.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `dst` holds sixteen floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn widen_into(pos: &Position, dst: &mut [f32]) {
+    /// The CPU must support AVX2 and F16C; `dst` holds sixteen floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen_into<const F16: bool>(pos: &Position, dst: &mut [f32]) {
         debug_assert_eq!(dst.len(), PANEL);
         // SAFETY: `pos` is a position; `dst` holds two vectors of eight floats.
         unsafe {
-            let (lo, hi) = widen(pos);
+            let (lo, hi) = widen::<F16>(pos);
             _mm256_storeu_ps(dst.as_mut_ptr(), lo);
             _mm256_storeu_ps(dst.as_mut_ptr().add(8), hi);
         }
@@ -380,11 +423,11 @@ mod x86 {
     /// at the same offsets from there.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `x` holds `R` rows of `k` values and `w` `P` panels
+    /// The CPU must support AVX2, FMA and F16C; `x` holds `R` rows of `k` values and `w` `P` panels
     /// of `k` positions.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile<const R: usize, const P: usize>(
+    unsafe fn tile<const R: usize, const P: usize, const F16: bool>(
         x: *const f32,
         k: usize,
         w: *const Position,
@@ -402,7 +445,7 @@ mod x86 {
             }
             for q in 0..P {
                 // SAFETY: panel q < P, position p < k (the caller's promise).
-                let (lo, hi) = unsafe { widen(w.add(q * k + p)) };
+                let (lo, hi) = unsafe { widen::<F16>(w.add(q * k + p)) };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: row r < R, position p < k.
                     let b = unsafe { _mm256_broadcast_ss(&*x.add(r * k + p)) };
@@ -428,12 +471,11 @@ mod x86 {
     ///
     /// # Safety
     /// As [`tile`] and [`Out::store`].
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run<const R: usize, const P: usize>(
+    unsafe fn run<const R: usize, const P: usize, const F16: bool>(
         xs: &[f32],
-        w: &PackedBf16,
+        w: &PackedHalf,
         bias: Option<&[f32]>,
         r0: usize,
         q: usize,
@@ -444,7 +486,7 @@ mod x86 {
         let base = w.data.as_ptr();
         // SAFETY: rows r0..r0 + R of `xs` and panels q..q + P exist (the caller's promise).
         let sums = unsafe {
-            tile::<R, P>(
+            tile::<R, P, F16>(
                 xs.as_ptr().add(r0 * k),
                 k,
                 base.add(q * k),
@@ -467,14 +509,37 @@ mod x86 {
     /// The weights are prefetched two panels (one row: two groups of four) ahead.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `xs` is `batch` rows of `w.k()`, `bias` `w.n()`
+    /// The CPU must support AVX2, FMA and F16C; `xs` is `batch` rows of `w.k()`, `bias` `w.n()`
     /// long, `from <= to <= ` the panels of `w`, `dst` the output of `batch` rows of `w.n()`
     /// whose columns of panels `from..to` no other thread writes meanwhile.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn panels(
         xs: &[f32],
         batch: usize,
-        w: &PackedBf16,
+        w: &PackedHalf,
+        bias: Option<&[f32]>,
+        from: usize,
+        to: usize,
+        dst: Out,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            match w.kind {
+                HalfKind::Bf16 => panels_of::<false>(xs, batch, w, bias, from, to, dst),
+                HalfKind::F16 => panels_of::<true>(xs, batch, w, bias, from, to, dst),
+            }
+        }
+    }
+
+    /// [`panels`] for weights of one kind: f16 with `F16`, else bf16.
+    ///
+    /// # Safety
+    /// As [`panels`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn panels_of<const F16: bool>(
+        xs: &[f32],
+        batch: usize,
+        w: &PackedHalf,
         bias: Option<&[f32]>,
         from: usize,
         to: usize,
@@ -493,11 +558,11 @@ mod x86 {
                     unsafe {
                         match (batch, to - q >= step) {
                             (1, true) => {
-                                run::<1, PANEL_GROUP>(xs, w, bias, 0, q, ahead(q, by), dst)
+                                run::<1, PANEL_GROUP, F16>(xs, w, bias, 0, q, ahead(q, by), dst)
                             }
-                            (1, false) => run::<1, 1>(xs, w, bias, 0, q, ahead(q, by), dst),
-                            (_, true) => run::<2, 2>(xs, w, bias, 0, q, ahead(q, by), dst),
-                            (_, false) => run::<2, 1>(xs, w, bias, 0, q, ahead(q, by), dst),
+                            (1, false) => run::<1, 1, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
+                            (_, true) => run::<2, 2, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
+                            (_, false) => run::<2, 1, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
                         }
                     }
                     q += if to - q >= step { step } else { 1 };
@@ -508,10 +573,10 @@ mod x86 {
                     let a = ahead(q, 2);
                     unsafe {
                         match batch {
-                            3 => run::<3, 1>(xs, w, bias, 0, q, a, dst),
-                            4 => run::<4, 1>(xs, w, bias, 0, q, a, dst),
-                            5 => run::<5, 1>(xs, w, bias, 0, q, a, dst),
-                            _ => run::<6, 1>(xs, w, bias, 0, q, a, dst),
+                            3 => run::<3, 1, F16>(xs, w, bias, 0, q, a, dst),
+                            4 => run::<4, 1, F16>(xs, w, bias, 0, q, a, dst),
+                            5 => run::<5, 1, F16>(xs, w, bias, 0, q, a, dst),
+                            _ => run::<6, 1, F16>(xs, w, bias, 0, q, a, dst),
                         }
                     }
                 }
@@ -526,10 +591,10 @@ mod x86 {
                         let a = if g == 0 { ahead(q, 2) } else { None };
                         unsafe {
                             match size {
-                                1 => run::<1, 1>(xs, w, bias, r0, q, a, dst),
-                                2 => run::<2, 1>(xs, w, bias, r0, q, a, dst),
-                                3 => run::<3, 1>(xs, w, bias, r0, q, a, dst),
-                                _ => run::<4, 1>(xs, w, bias, r0, q, a, dst),
+                                1 => run::<1, 1, F16>(xs, w, bias, r0, q, a, dst),
+                                2 => run::<2, 1, F16>(xs, w, bias, r0, q, a, dst),
+                                3 => run::<3, 1, F16>(xs, w, bias, r0, q, a, dst),
+                                _ => run::<4, 1, F16>(xs, w, bias, r0, q, a, dst),
                             }
                         }
                         r0 += size;
@@ -547,19 +612,32 @@ mod tests {
     use crate::gemv::tests::check_batch;
     use crate::test_values::{assert_f32_sum_close, f64_product, on_threads, values};
 
-    fn bf16s(len: usize, seed: u64) -> Vec<bf16> {
-        values(len, seed).into_iter().map(bf16::from_f32).collect()
+    const KINDS: [HalfKind; 2] = [HalfKind::Bf16, HalfKind::F16];
+
+    /// `len` bit patterns of `kind` (values in [-1, 1)).
+    fn halves(kind: HalfKind, len: usize, seed: u64) -> Vec<u16> {
+        values(len, seed)
+            .into_iter()
+            .map(|v| match kind {
+                HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
+                HalfKind::F16 => f16::from_f32(v).to_bits(),
+            })
+            .collect()
     }
 
-    fn check(cpu: Cpu, k: usize, n: usize, batch: usize, with_bias: bool) {
+    fn wide(kind: HalfKind, w: &[u16]) -> Vec<f32> {
+        w.iter().map(|&b| widen_bits(kind, b)).collect()
+    }
+
+    fn check(cpu: Cpu, kind: HalfKind, k: usize, n: usize, batch: usize, with_bias: bool) {
         let xs: Vec<Vec<f32>> = (0..batch)
             .map(|r| values(k, 1 + (k + 7 * r) as u64))
             .collect();
-        let w = bf16s(n * k, 2 + n as u64);
-        let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-        let packed = PackedBf16::pack(&w, n, k);
+        let w = halves(kind, n * k, 2 + n as u64);
+        let wide = wide(kind, &w);
+        let packed = PackedHalf::pack(kind, &w, n, k);
         let bias = with_bias.then(|| values(n, 3));
-        let what = format!("{cpu:?} k={k} n={n}");
+        let what = format!("{cpu:?} {kind:?} k={k} n={n}");
         check_batch(
             &what,
             &xs,
@@ -578,9 +656,11 @@ mod tests {
     #[test]
     fn every_level_matches_the_f64_reference_on_odd_sizes() {
         for cpu in levels() {
-            for &(k, n) in &[(1, 1), (7, 3), (8, 4), (9, 5), (33, 17), (64, 13), (5, 70)] {
-                for batch in 1..=9 {
-                    check(cpu, k, n, batch, batch % 2 == 0);
+            for kind in KINDS {
+                for &(k, n) in &[(1, 1), (7, 3), (8, 4), (9, 5), (33, 17), (64, 13), (5, 70)] {
+                    for batch in 1..=9 {
+                        check(cpu, kind, k, n, batch, batch % 2 == 0);
+                    }
                 }
             }
         }
@@ -590,11 +670,13 @@ mod tests {
     fn every_level_matches_when_split_over_threads() {
         // Large enough to take the parallel path, with panels not a multiple of the tasks.
         for cpu in levels() {
-            for batch in [1, 2, 3, 5, 7, 8] {
-                check(cpu, 257, 1023, batch, true);
+            for kind in KINDS {
+                for batch in [1, 2, 3, 5, 7, 8] {
+                    check(cpu, kind, 257, 1023, batch, true);
+                }
+                check(cpu, kind, 896, 301, 8, false);
+                check(cpu, kind, 2000, 45, 6, true);
             }
-            check(cpu, 896, 301, 8, false);
-            check(cpu, 2000, 45, 6, true);
         }
     }
 
@@ -606,17 +688,26 @@ mod tests {
             return;
         }
         let (k, n) = (37, 21);
-        let w = bf16s(n * k, 5);
-        let xs = values(3 * k, 6);
-        let mut out = vec![0.0; 3 * n];
-        packed_batch_at(cpu, &xs, 3, &PackedBf16::pack(&w, n, k), None, &mut out);
-        for (x, got) in xs.chunks_exact(k).zip(out.chunks_exact(n)) {
-            for (row, &g) in w.chunks_exact(k).zip(got) {
-                let s = x
-                    .iter()
-                    .zip(row)
-                    .fold(0.0f32, |s, (a, b)| a.mul_add(b.to_f32(), s));
-                assert_eq!(s.to_bits(), g.to_bits());
+        for kind in KINDS {
+            let w = halves(kind, n * k, 5);
+            let xs = values(3 * k, 6);
+            let mut out = vec![0.0; 3 * n];
+            packed_batch_at(
+                cpu,
+                &xs,
+                3,
+                &PackedHalf::pack(kind, &w, n, k),
+                None,
+                &mut out,
+            );
+            for (x, got) in xs.chunks_exact(k).zip(out.chunks_exact(n)) {
+                for (row, &g) in w.chunks_exact(k).zip(got) {
+                    let s = x
+                        .iter()
+                        .zip(row)
+                        .fold(0.0f32, |s, (a, &b)| a.mul_add(widen_bits(kind, b), s));
+                    assert_eq!(s.to_bits(), g.to_bits(), "{kind:?}");
+                }
             }
         }
     }
@@ -624,32 +715,47 @@ mod tests {
     #[test]
     fn rows_and_the_transposed_widening_give_back_the_weights() {
         let (k, n) = (11, 37);
-        let w = bf16s(n * k, 9);
-        let packed = on_threads(2, || PackedBf16::pack(&w, n, k));
-        assert_eq!(packed.rows(0..n), w);
-        assert_eq!(packed.row(n), None);
-        assert_eq!(packed.row(20), Some(w[20 * k..21 * k].to_vec()));
-        let mut t = vec![f32::NAN; k * 2 * PANEL];
-        packed.widen_transposed(1..3, &mut t);
-        for p in 0..k {
-            for c in 0..2 * PANEL {
-                let j = PANEL + c;
-                let want = if j < n { w[j * k + p].to_f32() } else { 0.0 };
-                assert_eq!(t[p * 2 * PANEL + c], want, "p {p} column {j}");
+        for kind in KINDS {
+            let w = halves(kind, n * k, 9);
+            let packed = on_threads(2, || PackedHalf::pack(kind, &w, n, k));
+            assert_eq!((packed.kind(), packed.n(), packed.k()), (kind, n, k));
+            assert_eq!(packed.rows(0..n), w);
+            assert_eq!(packed.row(n), None);
+            assert_eq!(packed.row(20), Some(w[20 * k..21 * k].to_vec()));
+            let mut t = vec![f32::NAN; k * 2 * PANEL];
+            packed.widen_transposed(1..3, &mut t);
+            for p in 0..k {
+                for c in 0..2 * PANEL {
+                    let j = PANEL + c;
+                    let want = if j < n {
+                        widen_bits(kind, w[j * k + p])
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(t[p * 2 * PANEL + c], want, "{kind:?} p {p} column {j}");
+                }
             }
         }
+        let w: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32)).collect();
+        assert_eq!(
+            PackedHalf::pack_bf16(&w, 2, 3).rows(1..2),
+            [0x4040, 0x4080, 0x40a0]
+        );
     }
 
     #[test]
     fn every_level_widens_a_position_in_column_order() {
-        let w: Vec<bf16> = bf16s(PANEL * 3, 14);
-        let packed = PackedBf16::pack(&w, PANEL, 3);
-        for cpu in levels() {
-            for p in 0..3 {
-                let mut got = [f32::NAN; PANEL];
-                widen_position(cpu, &packed.data[p], &mut got);
-                let want: Vec<f32> = (0..PANEL).map(|c| w[c * 3 + p].to_f32()).collect();
-                assert_eq!(got.to_vec(), want, "{cpu:?} position {p}");
+        for kind in KINDS {
+            let w = halves(kind, PANEL * 3, 14);
+            let packed = PackedHalf::pack(kind, &w, PANEL, 3);
+            for cpu in levels() {
+                for p in 0..3 {
+                    let mut got = [f32::NAN; PANEL];
+                    widen_position(cpu, kind, &packed.data[p], &mut got);
+                    let want: Vec<f32> =
+                        (0..PANEL).map(|c| widen_bits(kind, w[c * 3 + p])).collect();
+                    assert_eq!(got.to_vec(), want, "{cpu:?} {kind:?} position {p}");
+                }
             }
         }
     }
@@ -657,12 +763,14 @@ mod tests {
     #[test]
     fn empty_shapes_are_products_of_nothing() {
         for cpu in levels() {
-            let packed = PackedBf16::pack(&[], 3, 0);
-            let mut out = vec![f32::NAN; 6];
-            packed_batch_at(cpu, &[], 2, &packed, Some(&[1.0, 2.0, 3.0]), &mut out);
-            assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
-            let packed = PackedBf16::pack(&[], 0, 4);
-            packed_batch_at(cpu, &[0.0; 4], 1, &packed, None, &mut []);
+            for kind in KINDS {
+                let packed = PackedHalf::pack(kind, &[], 3, 0);
+                let mut out = vec![f32::NAN; 6];
+                packed_batch_at(cpu, &[], 2, &packed, Some(&[1.0, 2.0, 3.0]), &mut out);
+                assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+                let packed = PackedHalf::pack(kind, &[], 0, 4);
+                packed_batch_at(cpu, &[0.0; 4], 1, &packed, None, &mut []);
+            }
         }
     }
 }

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use auris_kernels::packed::PackedBf16;
+use auris_kernels::halfgemv::HalfKind;
+use auris_kernels::packed::PackedHalf;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
 
 use crate::linear::{dequantize_rows, quantize_rows, QUANTIZE_CHUNK_WEIGHTS};
 use crate::plan::table_format;
@@ -23,7 +25,7 @@ enum Table {
     },
     /// The bf16 table of a tied head packed in panels ([`Embedding::share_packed`]): a lookup
     /// gathers a row's values from its panel.
-    Packed(Arc<PackedBf16>),
+    Packed(Arc<PackedHalf>),
 }
 
 /// `embed_tokens`: `(vocab, hidden)` rows looked up by token id.
@@ -99,17 +101,13 @@ impl Embedding {
         match &self.table {
             Table::Dense(t) => Ok(t.clone()),
             Table::Quant { qtensor, .. } => Ok(qtensor.dequantize(&Device::Cpu)?),
-            Table::Packed(p) => Ok(Tensor::from_vec(
-                p.rows(0..p.n()),
-                (p.n(), p.k()),
-                &Device::Cpu,
-            )?),
+            Table::Packed(p) => half_rows(p, p.rows(0..p.n()), p.n(), &Device::Cpu),
         }
     }
 
     /// The packed table shared with a tied head ([`Embedding::share_packed`]).
     #[cfg(test)]
-    pub(crate) fn packed(&self) -> Option<&Arc<PackedBf16>> {
+    pub(crate) fn packed(&self) -> Option<&Arc<PackedHalf>> {
         match &self.table {
             Table::Packed(p) => Some(p),
             _ => None,
@@ -117,12 +115,16 @@ impl Embedding {
     }
 
     /// Looks rows up in `head`, a tied head's weight packed from this very table, and drops
-    /// the table: the model then holds the values once. Only a bf16 table on the CPU of the
-    /// same shape is replaced (a head stored in another precision than the table differs
-    /// from it); otherwise nothing changes.
-    pub(crate) fn share_packed(&mut self, head: &Arc<PackedBf16>) {
+    /// the table: the model then holds the values once. Only a table on the CPU of the head's
+    /// precision (bf16 or f16) and shape is replaced (a head stored in another precision than
+    /// the table differs from it); otherwise nothing changes.
+    pub(crate) fn share_packed(&mut self, head: &Arc<PackedHalf>) {
         if let Table::Dense(t) = &self.table {
-            let same = t.dtype() == DType::BF16
+            let dtype = match head.kind() {
+                HalfKind::Bf16 => DType::BF16,
+                HalfKind::F16 => DType::F16,
+            };
+            let same = t.dtype() == dtype
                 && t.device().is_cpu()
                 && (head.n(), head.k()) == (self.vocab, self.hidden);
             if same {
@@ -165,10 +167,30 @@ impl Embedding {
                 for &id in ids {
                     rows.extend(p.row(id as usize).ok_or_else(|| out_of_range(id))?);
                 }
-                Ok(Tensor::from_vec(rows, (ids.len(), self.hidden), device)?)
+                half_rows(p, rows, ids.len(), device)
             }
         }
     }
+}
+
+/// `count` rows of `table`'s bit patterns `bits` as a `(count, k)` tensor of its dtype.
+fn half_rows(
+    table: &PackedHalf,
+    bits: Vec<u16>,
+    count: usize,
+    device: &Device,
+) -> Result<Tensor, LlmError> {
+    let shape = (count, table.k());
+    Ok(match table.kind() {
+        HalfKind::Bf16 => {
+            let v: Vec<bf16> = bits.into_iter().map(bf16::from_bits).collect();
+            Tensor::from_vec(v, shape, device)?
+        }
+        HalfKind::F16 => {
+            let v: Vec<f16> = bits.into_iter().map(f16::from_bits).collect();
+            Tensor::from_vec(v, shape, device)?
+        }
+    })
 }
 
 #[cfg(test)]

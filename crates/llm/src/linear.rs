@@ -6,7 +6,7 @@
 //! - half: bf16/f16 bits computed in f32; single rows through [`gemv_half_batch`], several
 //!   rows by widening a chunk of weight rows at a time to f32 and calling candle's matmul
 //!   (gemm);
-//! - packed: bf16 on the CPU packed in panels of 16 output columns ([`Linear::pack`],
+//! - packed: bf16/f16 on the CPU packed in panels of 16 output columns ([`Linear::pack`],
 //!   [`auris_kernels::packed`]); single rows and stacks of rows through [`packed_batch`], whose
 //!   register tile keeps a batch's sums for sixteen outputs at once, several rows of a prefill
 //!   by widening blocks of panels for gemm ([`linear_into_packed`]);
@@ -31,7 +31,7 @@ use half::{bf16, f16};
 use auris_kernels::gemv::gemv_batch;
 use auris_kernels::halfgemv::{gemv_half_batch, HalfKind};
 use auris_kernels::linear::{linear_into, linear_into_packed, Rows};
-use auris_kernels::packed::{packed_batch, PackedBf16};
+use auris_kernels::packed::{packed_batch, PackedHalf};
 use auris_kernels::q4k::q4k_gemv_batch;
 use auris_kernels::qgemv::{dequantize_par, qgemv_batch, BlockKind, QuantRow};
 use auris_kernels::round::Compute;
@@ -64,8 +64,8 @@ enum Weight {
         qtensor: Arc<QTensor>,
         format: WeightFormat,
     },
-    /// bf16 on the CPU, packed for the decode kernels (shared with a tied embedding table).
-    Packed(Arc<PackedBf16>),
+    /// bf16/f16 on the CPU, packed for the decode kernels (shared with a tied embedding table).
+    Packed(Arc<PackedHalf>),
 }
 
 /// `y = x · wᵀ + b` with `weight` `(out, in)` and an optional `bias` `(out)`.
@@ -175,7 +175,10 @@ impl Linear {
                 HalfKind::F16 => WeightFormat::F16,
             },
             Weight::Quant { format, .. } => *format,
-            Weight::Packed(_) => WeightFormat::Bf16,
+            Weight::Packed(p) => match p.kind() {
+                HalfKind::Bf16 => WeightFormat::Bf16,
+                HalfKind::F16 => WeightFormat::F16,
+            },
         }
     }
 
@@ -190,23 +193,26 @@ impl Linear {
         }
     }
 
-    /// Packs a bf16 weight held on the CPU in panels of 16 output columns
+    /// Packs a bf16 or f16 weight held on the CPU in panels of 16 output columns
     /// ([`auris_kernels::packed`]): a decode step's products with one row or a stack of rows
     /// then keep sixteen outputs' sums for up to six rows in registers (on a 2-core Zen 3 a
     /// whole decoder's products ran 1.15-1.2x faster for one row, 1.65-1.7x for a stack of 8),
     /// and a prefill widens blocks of panels instead of rows. The same values, in another
     /// layout: every other weight stays as it is.
     pub(crate) fn pack(&mut self) -> Result<(), LlmError> {
-        if let Weight::Half {
-            bits,
-            kind: HalfKind::Bf16,
-        } = &self.weight
-        {
-            let (n, k) = (self.out_dim, self.in_dim);
+        if let Weight::Half { bits, kind } = &self.weight {
+            let (n, k, kind) = (self.out_dim, self.in_dim, *kind);
             let bits = bits.contiguous()?;
-            if let Some(p) =
-                with_cpu_slices::<bf16, bf16, _>(&bits, &bits, |w, _| PackedBf16::pack(w, n, k))?
-            {
+            let pack = |w: &[u16]| PackedHalf::pack(kind, w, n, k);
+            let packed = match kind {
+                HalfKind::Bf16 => with_cpu_slices::<bf16, bf16, _>(&bits, &bits, |w, _| {
+                    pack(w.reinterpret_cast())
+                })?,
+                HalfKind::F16 => {
+                    with_cpu_slices::<f16, f16, _>(&bits, &bits, |w, _| pack(w.reinterpret_cast()))?
+                }
+            };
+            if let Some(p) = packed {
                 self.weight = Weight::Packed(Arc::new(p));
             }
         }
@@ -214,7 +220,7 @@ impl Linear {
     }
 
     /// The packed weight, when [`Linear::pack`] packed it.
-    pub(crate) fn packed(&self) -> Option<&Arc<PackedBf16>> {
+    pub(crate) fn packed(&self) -> Option<&Arc<PackedHalf>> {
         match &self.weight {
             Weight::Packed(p) => Some(p),
             _ => None,
@@ -252,18 +258,20 @@ impl Linear {
                 qtensor: Arc::new(cat_quant(parts, *format, out_dim, in_dim)?),
                 format: *format,
             },
-            Some(Weight::Packed(_)) => {
+            Some(Weight::Packed(first)) => {
+                let kind = first.kind();
                 let rows = parts
                     .iter()
                     .map(|p| match &p.weight {
-                        Weight::Packed(w) => Some(w.rows(0..w.n())),
+                        Weight::Packed(w) if w.kind() == kind => Some(w.rows(0..w.n())),
                         _ => None,
                     })
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| {
                         mismatch("weight", "mixed storage", "share one storage format")
                     })?;
-                Weight::Packed(Arc::new(PackedBf16::pack(&rows.concat(), out_dim, in_dim)))
+                let packed = PackedHalf::pack(kind, &rows.concat(), out_dim, in_dim);
+                Weight::Packed(Arc::new(packed))
             }
             None => return Err(mismatch("parts", "0", "at least one")),
         };
@@ -456,7 +464,7 @@ impl Linear {
 
     /// Packed weights, several rows: [`linear_into_packed`] widens blocks of panels inside the
     /// product, onto an output that starts as the bias rows.
-    fn packed_rows(&self, xs: &Tensor, w: &PackedBf16) -> Result<Tensor, LlmError> {
+    fn packed_rows(&self, xs: &Tensor, w: &PackedHalf) -> Result<Tensor, LlmError> {
         let (k, n) = (self.in_dim, self.out_dim);
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         let m = xs.elem_count() / k.max(1);
@@ -963,11 +971,10 @@ mod tests {
                 &values(theirs.forward(&seq).unwrap()),
                 1e-5,
             );
-            // Packed in panels (bf16 only; f16 stays as it is): the same products, one row
-            // or several, in another layout.
+            // Packed in panels: the same products, one row or several, in another layout.
             let mut packed = ours.clone();
             packed.pack().unwrap();
-            assert_eq!(packed.packed().is_some(), format == WeightFormat::Bf16);
+            assert!(packed.packed().is_some(), "{format}");
             assert_eq!(
                 (packed.format(), packed.weight_bytes()),
                 (format, 2 * n * k)

@@ -776,14 +776,14 @@ impl Qwen2Decoder {
         let storage = Storage::new(Some(options.stored_weights()), rows);
         let mut model = Self::load_impl(cfg, vb, storage)?;
         model.set_compute(options.compute);
-        model.pack_bf16()?;
+        model.pack_half()?;
         Ok(model)
     }
 
-    /// Packs every linear weight kept in bf16 on the CPU in panels for the decode kernels
-    /// ([`Linear::pack`]); a tied embedding table that holds the same bf16 values then looks
+    /// Packs every linear weight kept in bf16 or f16 on the CPU in panels for the decode
+    /// kernels ([`Linear::pack`]); a tied embedding table that holds the same values then looks
     /// its rows up in the packed head rather than keeping a second copy.
-    fn pack_bf16(&mut self) -> Result<(), LlmError> {
+    fn pack_half(&mut self) -> Result<(), LlmError> {
         for layer in &mut self.layers {
             layer.self_attn.qkv_proj.pack()?;
             layer.self_attn.o_proj.pack()?;

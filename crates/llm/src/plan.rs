@@ -156,11 +156,10 @@ impl SizePlan {
             sizes.transient = sizes.transient.max(transient);
             if part == Part::Embedding {
                 sizes.head += self.tied_head_bytes(shape);
-                // A tied bf16 head shares the table, then is packed beside it (the table then
-                // looks its rows up in the packed head).
-                if self.tied
-                    && self.storage.map(WeightFormat::head_format) == Some(WeightFormat::Bf16)
-                {
+                // A tied bf16/f16 head shares the table, then is packed beside it (the table
+                // then looks its rows up in the packed head).
+                let head = self.storage.map(WeightFormat::head_format);
+                if self.tied && matches!(head, Some(WeightFormat::Bf16 | WeightFormat::F16)) {
                     sizes.transient = sizes.transient.max(self.tensor_bytes(Part::Head, shape).1);
                 }
             }
@@ -193,9 +192,9 @@ impl SizePlan {
             (QUANTIZE_CHUNK_WEIGHTS.max(cols) as u64)
                 .min(numel)
                 .saturating_mul(2 * read_bytes + 4)
-        } else if stored == WeightFormat::Bf16 {
-            // Packing a bf16 linear for the decode kernels (`Linear::pack`) holds the packed
-            // copy beside the row-major one, one linear at a time.
+        } else if matches!(stored, WeightFormat::Bf16 | WeightFormat::F16) {
+            // Packing a bf16/f16 linear for the decode kernels (`Linear::pack`) holds the
+            // packed copy beside the row-major one, one linear at a time.
             numel.saturating_mul(2)
         } else {
             0

@@ -952,7 +952,7 @@ fn block_formats_on_rows_that_do_not_divide_keep_bf16() {
 /// blocks (no second copy) and computes exactly what an untied `q8_0` head with
 /// `lm_head = embed_tokens` does; the float formats keep the checkpoint's table.
 #[test]
-fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it_as_bf16_does() {
+fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it_as_half_ones_do() {
     let untied_cfg = storage_cfg();
     let tied_cfg = Qwen2Config {
         tie_word_embeddings: true,
@@ -1002,26 +1002,40 @@ fn quantised_modes_store_the_embedding_as_q8_0_and_tied_heads_share_it_as_bf16_d
         assert!(err > 0.0 && err <= 0.5 / 127.0 + 1e-3, "{format}: {err}");
     }
 
-    // bf16: the head is packed for the decode kernels and the table looks its rows up there
-    // (one copy of the values); the lookups and the logits are those of the plain table.
-    let tied = load_stored(&tied_cfg, &w, DType::BF16, WeightFormat::Bf16);
-    assert!(tied.head_shares_embedding(), "bf16: head copies the table");
-    assert_eq!(tied.embedding_format(), None);
-    assert_eq!(tied.embedding_bytes(), v * h * 2);
-    let got = tied.embed_tokens(&ids).unwrap();
-    let want = embed
-        .index_select(&ids.flatten_all().unwrap(), 0)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    assert_eq!(got.dtype(), DType::F32);
-    assert_eq!(max_diff(&got, &want.to_dtype(DType::F32).unwrap()), 0.0);
-    let a = tied.forward_embeds_all(&xs, &mut tied.new_cache()).unwrap();
-    let err = max_diff(&a, &expect) / max_abs(&expect);
-    assert!(err <= 1e-5, "tied bf16 relative logit error {err}");
-    assert!(tied
-        .embed_tokens(&Tensor::new(&[[48u32]], &Device::Cpu).unwrap())
-        .is_err());
+    // bf16 and f16: the head is packed for the decode kernels and the table looks its rows up
+    // there (one copy of the values); the lookups and the logits are those of the plain table.
+    for (dtype, format) in [
+        (DType::BF16, WeightFormat::Bf16),
+        (DType::F16, WeightFormat::F16),
+    ] {
+        let tied = load_stored(&tied_cfg, &w, dtype, format);
+        assert!(
+            tied.head_shares_embedding(),
+            "{format}: head copies the table"
+        );
+        assert_eq!(tied.embedding_format(), None);
+        assert_eq!(tied.embedding_bytes(), v * h * 2);
+        let got = tied.embed_tokens(&ids).unwrap();
+        let want = w[&embed_name]
+            .to_dtype(dtype)
+            .unwrap()
+            .index_select(&ids.flatten_all().unwrap(), 0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        assert_eq!(max_diff(&got, &want.to_dtype(DType::F32).unwrap()), 0.0);
+        let reference = load(&tied_cfg, &upcast(&w, dtype), DType::F32);
+        let expect = reference
+            .forward_embeds_all(&xs, &mut reference.new_cache())
+            .unwrap();
+        let a = tied.forward_embeds_all(&xs, &mut tied.new_cache()).unwrap();
+        let err = max_diff(&a, &expect) / max_abs(&expect);
+        assert!(err <= 1e-5, "tied {format} relative logit error {err}");
+        assert!(tied
+            .embed_tokens(&Tensor::new(&[[48u32]], &Device::Cpu).unwrap())
+            .is_err());
+    }
 
     let tied = load_stored(&tied_cfg, &w, DType::BF16, WeightFormat::Q8_0);
     let a = tied.forward_embeds_all(&xs, &mut tied.new_cache()).unwrap();

@@ -173,7 +173,7 @@ fn quantised_loads_read_by_rows_make_the_same_blocks() {
 /// The size plan's transient buffer of a quantised load is one chunk of rows (its mapped
 /// pages and copy in the read dtype, and f32), not the tensor: 64 MiB for the 7B's
 /// 156032 x 4096 bf16 head in q8_0 rather than its 1.3 GB; a tensor smaller than a chunk is
-/// read at once, and float storage quantises nothing (bf16 packs a linear at a time).
+/// read at once, and float storage quantises nothing (bf16 and f16 pack a linear at a time).
 #[test]
 fn the_size_plan_transient_is_one_chunk_of_rows() {
     let cfg = storage_cfg();
@@ -190,13 +190,11 @@ fn the_size_plan_transient_is_one_chunk_of_rows() {
         transient(DType::BF16, WeightFormat::Q8_0, &[48, 64]),
         48 * 64 * 8
     );
-    // bf16 packs each linear for the decode kernels beside its row-major copy; f16 and f32
-    // keep theirs.
-    assert_eq!(
-        transient(DType::BF16, WeightFormat::Bf16, &head),
-        156_032 * 4096 * 2
-    );
-    assert_eq!(transient(DType::BF16, WeightFormat::F16, &head), 0);
+    // bf16 and f16 pack each linear for the decode kernels beside its row-major copy; f32
+    // keeps its own.
+    for half in [WeightFormat::Bf16, WeightFormat::F16] {
+        assert_eq!(transient(DType::BF16, half, &head), 156_032 * 4096 * 2);
+    }
     assert_eq!(transient(DType::F32, WeightFormat::F32, &head), 0);
 }
 
