@@ -321,21 +321,24 @@ pub fn linear_into_with<'a>(
 ) {
     let w = w.into();
     x.check();
-    let rounded;
-    let x = match compute {
-        Compute::F32 => x,
-        Compute::Bf16 => {
-            rounded = rounded_bf16(&x.data[..x.span()]);
-            Rows {
-                data: &rounded,
-                ..x
-            }
-        }
-    };
+    let mut rounded = Vec::new();
+    let x = in_precision(compute, x, &mut rounded);
     let round_w = compute == Compute::Bf16 && !matches!(w, Weight::Bf16(_));
     match w {
         Weight::F32(w) if !round_w => gemm_into(y, y_cols, col0, x, w),
         w => widened_blocks_into(y, y_cols, col0, x, w, round_w),
+    }
+}
+
+/// `x` as the products take it under `compute`: as it is, or its values rounded to bf16 into
+/// `store` (one copy of its rows). `x` must be checked.
+fn in_precision<'a>(compute: Compute, x: Rows<'a>, store: &'a mut Vec<f32>) -> Rows<'a> {
+    match compute {
+        Compute::F32 => x,
+        Compute::Bf16 => {
+            *store = rounded_bf16(&x.data[..x.span()]);
+            Rows { data: store, ..x }
+        }
     }
 }
 
@@ -398,17 +401,8 @@ pub fn linear_into_packed(
     x.check();
     let k = x.len;
     assert_eq!(w.k(), k, "linear: w is not (out, {k})");
-    let rounded;
-    let x = match compute {
-        Compute::F32 => x,
-        Compute::Bf16 => {
-            rounded = rounded_bf16(&x.data[..x.span()]);
-            Rows {
-                data: &rounded,
-                ..x
-            }
-        }
-    };
+    let mut rounded = Vec::new();
+    let x = in_precision(compute, x, &mut rounded);
     let round_w = compute == Compute::Bf16 && w.kind() != HalfKind::Bf16;
     let n = w.n();
     let panels = n.div_ceil(PANEL);
