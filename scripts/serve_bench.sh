@@ -3,19 +3,23 @@
 # OpenAI chat completions with `input_audio`, in the style of `vllm bench serve`. For each weight
 # type and each N of --clients: a fresh server, one warm-up request, then a closed loop of N
 # concurrent clients sending a fixed number of requests (clips of 3 s, 10 s and 29.9 s in turn,
-# greedy, 64 new tokens each; scripts/serve_bench.py). Reports aggregate output tokens/s,
-# requests/s, p50/p99 time to first token, time per output token, inter-token latency and end to
-# end latency. Writes bench/serve_results.json (every run, with the machine) and
+# greedy, 64 new tokens each by default; scripts/serve_bench.py). Reports aggregate output
+# tokens/s, requests/s, p50/p99 time to first token, time per output token, inter-token latency
+# and end to end latency. Writes bench/serve_results.json (every run, with the machine) and
 # bench/serve_results.md (the table) and prints the table.
 #
 #   scripts/serve_bench.sh [--quick] [--only auris|llama] [--weights LIST] [--clients LIST]
-#                          [--requests R] [--threads T] [--out PATH]
+#                          [--requests R] [--clips LIST] [--new-tokens M] [--threads T]
+#                          [--out PATH]
 #
-#   --quick         6 requests per N (default 12; at least N, in rounds of 3)
+#   --quick         6 requests per N (default 12; at least N, in rounds of the clips)
 #   --only ENGINE   auris or llama (default both)
 #   --weights LIST  bf16,q8_0 (the default) or one of them
 #   --clients LIST  concurrencies (default 1,2,4,8)
-#   --requests R    requests per N (a multiple of 3 keeps the clip mix even)
+#   --requests R    requests per N (a multiple of the clips keeps the mix even)
+#   --clips LIST    clip lengths in seconds, sent in turn: 3, 10, 29.9 (default all three);
+#                   `--clips 3 --new-tokens 256` makes the load bound by decoding, not prefill
+#   --new-tokens M  tokens asked of each request (default 64)
 #   --threads T     threads of each server (default: all cores)
 #   --out PATH      the JSON file; the table goes next to it with .md
 #
@@ -25,11 +29,11 @@
 #               `--dtype bf16` (bf16 weights kept), and `--quant q8_0`; `--parallel N` when the
 #               binary has that option (otherwise it serves one request at a time).
 #   llama       llama-server built from the llama.cpp vendored in the pinned llama-cpp-python
-#               sdist (scripts/lib/llama_cpp.sh), `-np N`, a context of N x 1024 tokens (1024 per
-#               slot: 750 audio tokens, the prompt and 64 new tokens), the text GGUF of the same
-#               type (bf16 or q8_0) and a bf16 mmproj GGUF, made by the vendored
+#               sdist (scripts/lib/llama_cpp.sh), `-np N`, a context of N x (960 + new tokens)
+#               tokens (per slot: 750 audio tokens, the prompt and the new tokens), the text
+#               GGUF of the same type (bf16 or q8_0) and a bf16 mmproj GGUF, made by the vendored
 #               convert_hf_to_gguf.py; prompt caching off (every request repeats a clip: a cache
-#               would skip its prefill); `ignore_eos`, so every answer has 64 tokens.
+#               would skip its prefill); `ignore_eos`, so every answer has all its tokens.
 # Differences that stay: auris serve has no ignore_eos (an answer may end early at an
 # end-of-sequence token: the table gives the mean output tokens), and llama.cpp's audio path pads
 # every clip to a 30 s window (750 audio tokens whatever the length; auris: 25 per second), so
@@ -60,9 +64,8 @@ MODEL_BF16="$WORK/realistic-bf16"
 SERVE="$WORK/serve"
 MODEL="$SERVE/model"
 GGUF_DIR="$SERVE/gguf"
-CLIPS="$WORK/clip_3s.wav,$WORK/clip_10s.wav,$WORK/clip_29p9s.wav"
+CLIP_SECONDS="3,10,29.9"
 NEW_TOKENS=64
-CTX_PER_SLOT=1024
 
 COMMAND="scripts/serve_bench.sh $*"
 REQUESTS=12
@@ -78,6 +81,8 @@ while (($#)); do
     --weights) WEIGHTS="${2:?--weights needs a list}"; shift ;;
     --clients) CLIENTS="${2:?--clients needs a list}"; shift ;;
     --requests) REQUESTS="${2:?--requests needs a number}"; shift ;;
+    --clips) CLIP_SECONDS="${2:?--clips needs a list}"; shift ;;
+    --new-tokens) NEW_TOKENS="${2:?--new-tokens needs a number}"; shift ;;
     --threads) THREADS="${2:?--threads needs a number}"; shift ;;
     --out) OUT="${2:?--out needs a path}"; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -92,6 +97,23 @@ esac
 for w in ${WEIGHTS//,/ }; do
   [[ "$w" == bf16 || "$w" == q8_0 ]] || { echo "--weights: bf16 or q8_0, not $w" >&2; exit 2; }
 done
+[[ "$NEW_TOKENS" =~ ^[1-9][0-9]*$ ]] || { echo "--new-tokens: a positive number, not $NEW_TOKENS" >&2; exit 2; }
+CLIPS=""
+CLIP_COUNT=0
+for c in ${CLIP_SECONDS//,/ }; do
+  case "$c" in
+    3) f=clip_3s.wav ;;
+    10) f=clip_10s.wav ;;
+    29.9) f=clip_29p9s.wav ;;
+    *) echo "--clips: 3, 10 or 29.9 seconds, not $c" >&2; exit 2 ;;
+  esac
+  CLIPS="${CLIPS:+$CLIPS,}$WORK/$f"
+  CLIP_COUNT=$((CLIP_COUNT + 1))
+done
+((CLIP_COUNT > 0)) || { echo "--clips: at least one clip" >&2; exit 2; }
+# llama-server's slot: a clip's 750 audio tokens (every clip is padded to 30 s), the chat
+# template and question, and the new tokens.
+CTX_PER_SLOT=$((960 + NEW_TOKENS))
 
 log() { echo "serve_bench.sh: $*" >&2; }
 wants() { [[ -z "$ONLY" || "$ONLY" == "$1" ]]; }
@@ -176,9 +198,9 @@ bench_run() {
   "$PY" scripts/serve_bench.py run --base "$base" --clients 1 --requests 1 --clips "$WORK/clip_3s.wav" \
     --max-tokens 8 --body-extra "$extra" --label "warm-up" --engine "$engine" --weights "$w" \
     --out "$SERVE/warmup.json" 2>/dev/null || { log "$label: the warm-up request failed"; exit 1; }
-  # At least one request per client, in whole rounds of the three clips.
+  # At least one request per client, in whole rounds of the clips.
   local requests="$REQUESTS"
-  ((requests >= n)) || requests=$(((n + 2) / 3 * 3))
+  ((requests >= n)) || requests=$(((n + CLIP_COUNT - 1) / CLIP_COUNT * CLIP_COUNT))
   log "$label: $requests requests"
   "$PY" scripts/serve_bench.py run --base "$base" --clients "$n" --requests "$requests" \
     --clips "$CLIPS" --max-tokens "$NEW_TOKENS" --body-extra "$extra" --label "$label" \
