@@ -267,10 +267,16 @@ pub fn packed_batch_at(
     if panels == 0 {
         return;
     }
-    let dst = Out {
-        ptr: out.as_mut_ptr(),
-        n,
+    let product = Product {
+        xs,
         batch,
+        w,
+        bias,
+        dst: Out {
+            ptr: out.as_mut_ptr(),
+            n,
+            batch,
+        },
     };
     let task = |from: usize, to: usize| {
         #[cfg(target_arch = "x86_64")]
@@ -279,12 +285,12 @@ pub fn packed_batch_at(
             // detected); `xs` is `batch` rows of k, `bias` n long, `from..to` panels of `w`
             // and `dst` the whole output, of which this task writes only those panels'
             // columns (no other task does).
-            unsafe { x86::panels(xs, batch, w, bias, from, to, dst) };
+            unsafe { x86::panels(product, from, to) };
             return;
         }
         let _ = cpu;
         // SAFETY: as above, for the portable code.
-        unsafe { panels_portable(xs, batch, w, bias, from, to, dst) };
+        unsafe { panels_portable(product, from, to) };
     };
     let threads = rayon::current_num_threads();
     if threads <= 1 || n * k < PARALLEL_MIN_WEIGHTS {
@@ -296,6 +302,17 @@ pub fn packed_batch_at(
     (0..panels.div_ceil(per))
         .into_par_iter()
         .for_each(|t| task(t * per, ((t + 1) * per).min(panels)));
+}
+
+/// One product's operands, shared by its tasks: `batch` rows `xs` of `w.k()`, the bias, and
+/// the output.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    xs: &'a [f32],
+    batch: usize,
+    w: &'a PackedHalf,
+    bias: Option<&'a [f32]>,
+    dst: Out,
 }
 
 /// The output rows, shared by the tasks of one product: each writes the columns of its own
@@ -341,15 +358,14 @@ impl Out {
 ///
 /// # Safety
 /// As [`x86::panels`], the CPU features aside.
-unsafe fn panels_portable(
-    xs: &[f32],
-    batch: usize,
-    w: &PackedHalf,
-    bias: Option<&[f32]>,
-    from: usize,
-    to: usize,
-    dst: Out,
-) {
+unsafe fn panels_portable(product: Product, from: usize, to: usize) {
+    let Product {
+        xs,
+        batch,
+        w,
+        bias,
+        dst,
+    } = product;
     let k = w.k;
     for q in from..to {
         let panel = &w.data[q * k..][..k];
@@ -376,7 +392,7 @@ unsafe fn panels_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{HalfKind, Out, PackedHalf, Position, PANEL, PANEL_GROUP};
+    use super::{HalfKind, Position, Product, PANEL, PANEL_GROUP};
 
     /// The sixteen weights at `p`, widened: columns 0-7 and 8-15; f16 with `F16`, else bf16.
     ///
@@ -474,14 +490,14 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn run<const R: usize, const P: usize, const F16: bool>(
-        xs: &[f32],
-        w: &PackedHalf,
-        bias: Option<&[f32]>,
+        product: Product,
         r0: usize,
         q: usize,
         ahead: Option<usize>,
-        dst: Out,
     ) {
+        let Product {
+            xs, w, bias, dst, ..
+        } = product;
         let k = w.k;
         let base = w.data.as_ptr();
         // SAFETY: rows r0..r0 + R of `xs` and panels q..q + P exist (the caller's promise).
@@ -509,24 +525,16 @@ mod x86 {
     /// The weights are prefetched two panels (one row: two groups of four) ahead.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `xs` is `batch` rows of `w.k()`, `bias` `w.n()`
-    /// long, `from <= to <= ` the panels of `w`, `dst` the output of `batch` rows of `w.n()`
-    /// whose columns of panels `from..to` no other thread writes meanwhile.
+    /// The CPU must support AVX2, FMA and F16C; in `product`, `xs` is `batch` rows of `w.k()`,
+    /// `bias` `w.n()` long and `dst` the output of `batch` rows of `w.n()`, whose columns of
+    /// panels `from..to` (`from <= to <=` the panels of `w`) no other thread writes meanwhile.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn panels(
-        xs: &[f32],
-        batch: usize,
-        w: &PackedHalf,
-        bias: Option<&[f32]>,
-        from: usize,
-        to: usize,
-        dst: Out,
-    ) {
+    pub(super) unsafe fn panels(product: Product, from: usize, to: usize) {
         // SAFETY: forwarded.
         unsafe {
-            match w.kind {
-                HalfKind::Bf16 => panels_of::<false>(xs, batch, w, bias, from, to, dst),
-                HalfKind::F16 => panels_of::<true>(xs, batch, w, bias, from, to, dst),
+            match product.w.kind {
+                HalfKind::Bf16 => panels_of::<false>(product, from, to),
+                HalfKind::F16 => panels_of::<true>(product, from, to),
             }
         }
     }
@@ -536,16 +544,10 @@ mod x86 {
     /// # Safety
     /// As [`panels`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn panels_of<const F16: bool>(
-        xs: &[f32],
-        batch: usize,
-        w: &PackedHalf,
-        bias: Option<&[f32]>,
-        from: usize,
-        to: usize,
-        dst: Out,
-    ) {
-        let all = w.n.div_ceil(PANEL);
+    unsafe fn panels_of<const F16: bool>(product: Product, from: usize, to: usize) {
+        let p = product;
+        let batch = p.batch;
+        let all = p.w.n.div_ceil(PANEL);
         let ahead = |q: usize, by: usize| Some((q + by).min(all));
         // SAFETY (every call below): rows r0..r0 + R < batch and panels q..q + P <= to are in
         // range; the rest is the caller's promise.
@@ -557,12 +559,10 @@ mod x86 {
                     let by = 2 * step;
                     unsafe {
                         match (batch, to - q >= step) {
-                            (1, true) => {
-                                run::<1, PANEL_GROUP, F16>(xs, w, bias, 0, q, ahead(q, by), dst)
-                            }
-                            (1, false) => run::<1, 1, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
-                            (_, true) => run::<2, 2, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
-                            (_, false) => run::<2, 1, F16>(xs, w, bias, 0, q, ahead(q, by), dst),
+                            (1, true) => run::<1, PANEL_GROUP, F16>(p, 0, q, ahead(q, by)),
+                            (1, false) => run::<1, 1, F16>(p, 0, q, ahead(q, by)),
+                            (_, true) => run::<2, 2, F16>(p, 0, q, ahead(q, by)),
+                            (_, false) => run::<2, 1, F16>(p, 0, q, ahead(q, by)),
                         }
                     }
                     q += if to - q >= step { step } else { 1 };
@@ -573,10 +573,10 @@ mod x86 {
                     let a = ahead(q, 2);
                     unsafe {
                         match batch {
-                            3 => run::<3, 1, F16>(xs, w, bias, 0, q, a, dst),
-                            4 => run::<4, 1, F16>(xs, w, bias, 0, q, a, dst),
-                            5 => run::<5, 1, F16>(xs, w, bias, 0, q, a, dst),
-                            _ => run::<6, 1, F16>(xs, w, bias, 0, q, a, dst),
+                            3 => run::<3, 1, F16>(p, 0, q, a),
+                            4 => run::<4, 1, F16>(p, 0, q, a),
+                            5 => run::<5, 1, F16>(p, 0, q, a),
+                            _ => run::<6, 1, F16>(p, 0, q, a),
                         }
                     }
                 }
@@ -591,10 +591,10 @@ mod x86 {
                         let a = if g == 0 { ahead(q, 2) } else { None };
                         unsafe {
                             match size {
-                                1 => run::<1, 1, F16>(xs, w, bias, r0, q, a, dst),
-                                2 => run::<2, 1, F16>(xs, w, bias, r0, q, a, dst),
-                                3 => run::<3, 1, F16>(xs, w, bias, r0, q, a, dst),
-                                _ => run::<4, 1, F16>(xs, w, bias, r0, q, a, dst),
+                                1 => run::<1, 1, F16>(p, r0, q, a),
+                                2 => run::<2, 1, F16>(p, r0, q, a),
+                                3 => run::<3, 1, F16>(p, r0, q, a),
+                                _ => run::<4, 1, F16>(p, r0, q, a),
                             }
                         }
                         r0 += size;
