@@ -34,6 +34,7 @@
 //! (`-- packed-f16 1,8` against `-- f16 1,8`): one row 38-42 ms against 48, eight 65-71 ms
 //! against 114-125.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -90,8 +91,7 @@ impl PackedHalf {
     /// # Panics
     /// If `w.len() != n * k`.
     pub fn pack_bf16(w: &[bf16], n: usize, k: usize) -> Self {
-        let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
-        Self::pack(HalfKind::Bf16, &bits, n, k)
+        Self::pack(HalfKind::Bf16, w.reinterpret_cast(), n, k)
     }
 
     /// Packs `w`, `n` rows of `k` bit patterns of `kind`, on the rayon pool.
