@@ -82,15 +82,24 @@ fn run<T: Sync>(
     f: &(impl Fn(&[T], &mut [f32]) + Sync),
 ) {
     let n = w.len() / row_len;
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || w.len() < PARALLEL_MIN_WEIGHTS {
+    let Some(per_chunk) = units_per_task(n, w.len(), ROW_BLOCK) else {
         f(w, t);
         return;
-    }
-    // A few chunks per thread so a thread slowed by another process does not hold up the
-    // rest.
-    let per_chunk = n.div_ceil(threads * 4).next_multiple_of(ROW_BLOCK);
+    };
     t.par_chunks_mut(per_chunk * batch)
         .zip(w.par_chunks(per_chunk * row_len))
         .for_each(|(t, w)| f(w, t));
+}
+
+/// How a product of `weights` weights, in `units` independent units (weight rows, panels), is
+/// split over the rayon pool: `None` when it runs on the calling thread (one thread, or too
+/// few weights), else the units per task, a multiple of `multiple`.
+pub(crate) fn units_per_task(units: usize, weights: usize, multiple: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || weights < PARALLEL_MIN_WEIGHTS {
+        return None;
+    }
+    // A few tasks per thread, so a thread slowed by another process does not hold up the
+    // rest.
+    Some(units.div_ceil(threads * 4).next_multiple_of(multiple))
 }

@@ -348,13 +348,7 @@ fn widened_blocks_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: We
     let k = x.len;
     assert!(w.len().is_multiple_of(k), "linear: w is not (out, {k})");
     let out = w.len() / k;
-    // Whole tiles of the AVX-512 microkernel (64 rows of the weight), so only the last block
-    // runs the narrower edge kernels.
-    let block_rows = match WIDEN_BLOCK / k {
-        0 => 1,
-        r if r < BLOCK_ALIGN => r,
-        r => r / BLOCK_ALIGN * BLOCK_ALIGN,
-    };
+    let block_rows = widen_block_len(k);
     with_widen_buffer(|buf| {
         for start in (0..out).step_by(block_rows) {
             let len = block_rows.min(out - start);
@@ -366,6 +360,17 @@ fn widened_blocks_into(y: &mut [f32], y_cols: usize, col0: usize, x: Rows, w: We
             gemm_into(y, y_cols, col0 + start, x, buf);
         }
     });
+}
+
+/// Weight rows (output columns) widened at a time for rows of `k`: about [`WIDEN_BLOCK`]
+/// weights, in whole tiles of the AVX-512 microkernel (64 rows of the weight) so that only the
+/// last block runs the narrower edge kernels; at least one row.
+fn widen_block_len(k: usize) -> usize {
+    match WIDEN_BLOCK / k {
+        0 => 1,
+        r if r < BLOCK_ALIGN => r,
+        r => r / BLOCK_ALIGN * BLOCK_ALIGN,
+    }
 }
 
 /// Runs `f` with this thread's buffer for widened weights, or a fresh one when a product
@@ -406,12 +411,7 @@ pub fn linear_into_packed(
     let round_w = compute == Compute::Bf16 && w.kind() != HalfKind::Bf16;
     let n = w.n();
     let panels = n.div_ceil(PANEL);
-    // Whole tiles of the AVX-512 microkernel (64 columns), as in `widened_blocks_into`.
-    let block = match WIDEN_BLOCK / (k * PANEL) {
-        0 => 1,
-        b if b * PANEL < BLOCK_ALIGN => b,
-        b => (b * PANEL / BLOCK_ALIGN * BLOCK_ALIGN) / PANEL,
-    };
+    let block = (widen_block_len(k) / PANEL).max(1);
     with_widen_buffer(|buf| {
         for q in (0..panels).step_by(block) {
             let to = (q + block).min(panels);

@@ -38,15 +38,12 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::batch::units_per_task;
 use crate::cpu::{Cpu, Feature};
 use crate::halfgemv::HalfKind;
 
 /// Output columns per panel.
 pub const PANEL: usize = 16;
-
-/// Below this many weights a product runs on the calling thread: waking the pool would cost
-/// more than it saves.
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
 /// Panels per task are a multiple of this, so that one activation row walks four panels at a
 /// time.
@@ -141,11 +138,6 @@ impl PackedHalf {
     /// Input values (weights per row).
     pub fn k(&self) -> usize {
         self.k
-    }
-
-    /// Bytes held (the padding of the last panel included).
-    pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<Position>()
     }
 
     /// The bit patterns of weight row `j` (output column `j`), or `None` past the last.
@@ -292,13 +284,10 @@ pub fn packed_batch_at(
         // SAFETY: as above, for the portable code.
         unsafe { panels_portable(product, from, to) };
     };
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || n * k < PARALLEL_MIN_WEIGHTS {
+    let Some(per) = units_per_task(panels, n * k, PANEL_GROUP) else {
         task(0, panels);
         return;
-    }
-    // A few tasks per thread, so a thread slowed by another process does not hold up the rest.
-    let per = panels.div_ceil(threads * 4).next_multiple_of(PANEL_GROUP);
+    };
     (0..panels.div_ceil(per))
         .into_par_iter()
         .for_each(|t| task(t * per, ((t + 1) * per).min(panels)));
