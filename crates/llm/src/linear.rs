@@ -205,12 +205,8 @@ impl Linear {
             let bits = bits.contiguous()?;
             let pack = |w: &[u16]| PackedHalf::pack(kind, w, n, k);
             let packed = match kind {
-                HalfKind::Bf16 => with_cpu_slices::<bf16, bf16, _>(&bits, &bits, |w, _| {
-                    pack(w.reinterpret_cast())
-                })?,
-                HalfKind::F16 => {
-                    with_cpu_slices::<f16, f16, _>(&bits, &bits, |w, _| pack(w.reinterpret_cast()))?
-                }
+                HalfKind::Bf16 => with_cpu_slice::<bf16, _>(&bits, |w| pack(w.reinterpret_cast()))?,
+                HalfKind::F16 => with_cpu_slice::<f16, _>(&bits, |w| pack(w.reinterpret_cast()))?,
             };
             if let Some(p) = packed {
                 self.weight = Weight::Packed(Arc::new(p));
@@ -404,9 +400,7 @@ impl Linear {
             }
             Weight::Packed(w) => {
                 let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-                with_cpu_slices::<f32, f32, _>(&xs, &xs, |x, _| {
-                    packed_batch(x, m, w, bias, &mut out)
-                })?
+                with_cpu_slice::<f32, _>(&xs, |x| packed_batch(x, m, w, bias, &mut out))?
             }
         };
         done.map(|()| Tensor::from_vec(out, out_dims(xs, n), xs.device()))
@@ -470,14 +464,14 @@ impl Linear {
         let m = xs.elem_count() / k.max(1);
         let x2 = xs.reshape((m, k))?;
         let y = match self.bias_rows(&x2, m)? {
-            Some(mut y) => with_cpu_slices::<f32, f32, _>(&x2, &x2, |x, _| {
+            Some(mut y) => with_cpu_slice::<f32, _>(&x2, |x| {
                 linear_into_packed(Compute::F32, &mut y, n, 0, Rows::dense(x, m), w);
                 y
             })?,
             None => None,
         };
         let y = y.ok_or_else(|| LlmError::BadInput {
-            what: "rows for a packed bf16 weight",
+            what: "rows for a packed half-precision weight",
             expected: "f32 rows on the CPU".into(),
             actual: xs.dims().to_vec(),
             dtype: xs.dtype(),

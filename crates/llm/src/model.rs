@@ -535,6 +535,26 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The layer's four products: attention's qkv and output, the MLP's gate+up and down.
+    fn linears(&self) -> [&Linear; 4] {
+        [
+            &self.self_attn.qkv_proj,
+            &self.self_attn.o_proj,
+            &self.mlp.gate_up_proj,
+            &self.mlp.down_proj,
+        ]
+    }
+
+    /// [`DecoderLayer::linears`], to change them.
+    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.self_attn.qkv_proj,
+            &mut self.self_attn.o_proj,
+            &mut self.mlp.gate_up_proj,
+            &mut self.mlp.down_proj,
+        ]
+    }
+
     fn load(
         cfg: &Qwen2Config,
         layer: usize,
@@ -737,12 +757,10 @@ impl Qwen2Decoder {
     /// Every product of the model in `compute` (see [`LoadOptions::compute`]).
     fn set_compute(&mut self, compute: Compute) {
         for layer in &mut self.layers {
-            let attn = &mut layer.self_attn;
-            attn.compute = compute;
-            attn.qkv_proj.set_compute(compute);
-            attn.o_proj.set_compute(compute);
-            layer.mlp.gate_up_proj.set_compute(compute);
-            layer.mlp.down_proj.set_compute(compute);
+            layer.self_attn.compute = compute;
+            for linear in layer.linears_mut() {
+                linear.set_compute(compute);
+            }
         }
         self.lm_head.set_compute(compute);
         self.compute = compute;
@@ -785,10 +803,9 @@ impl Qwen2Decoder {
     /// its rows up in the packed head rather than keeping a second copy.
     fn pack_half(&mut self) -> Result<(), LlmError> {
         for layer in &mut self.layers {
-            layer.self_attn.qkv_proj.pack()?;
-            layer.self_attn.o_proj.pack()?;
-            layer.mlp.gate_up_proj.pack()?;
-            layer.mlp.down_proj.pack()?;
+            for linear in layer.linears_mut() {
+                linear.pack()?;
+            }
         }
         self.lm_head.pack()?;
         if self.cfg.tie_word_embeddings {
@@ -908,12 +925,8 @@ impl Qwen2Decoder {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| {
-                l.self_attn.qkv_proj.weight_bytes()
-                    + l.self_attn.o_proj.weight_bytes()
-                    + l.mlp.gate_up_proj.weight_bytes()
-                    + l.mlp.down_proj.weight_bytes()
-            })
+            .flat_map(DecoderLayer::linears)
+            .map(Linear::weight_bytes)
             .sum();
         layers + self.lm_head.weight_bytes()
     }
